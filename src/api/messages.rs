@@ -1,0 +1,129 @@
+//! `POST /api/v1/messages` (registration) and
+//! `GET /api/v1/messages/{channel}/{id}` (status and timeline).
+
+use std::collections::BTreeMap;
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::domain::Channel;
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::store::{NewMessage, RegisterReceipt};
+
+/// Longest accepted id (tenant, campaign, provider message id, recipient).
+const MAX_ID_LEN: usize = 256;
+
+/// One message to register, as senders post it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    tenant_id: String,
+    campaign_id: String,
+    channel: String,
+    provider_message_id: String,
+    #[serde(default)]
+    recipient: Option<String>,
+}
+
+/// Parses a JSON array, a single object, or NDJSON (one object per line).
+fn parse_body(body: &[u8]) -> Result<Vec<Registration>, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::BadRequest("body is not UTF-8".to_owned()))?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        return serde_json::from_str(trimmed)
+            .map_err(|error| ApiError::BadRequest(format!("invalid JSON array: {error}")));
+    }
+    let mut registrations = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let registration = serde_json::from_str(line)
+            .map_err(|error| ApiError::BadRequest(format!("line {}: {error}", index + 1)))?;
+        registrations.push(registration);
+    }
+    Ok(registrations)
+}
+
+fn check_id(what: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > MAX_ID_LEN || value.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "{what} must be 1 to {MAX_ID_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Registers messages (idempotent), creating tenants and campaigns on first
+/// use, and applies statuses that arrived before them. Everything is
+/// validated before anything is stored.
+pub async fn register(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let registrations = parse_body(&body)?;
+    if registrations.is_empty() {
+        return Err(ApiError::BadRequest("no messages in body".to_owned()));
+    }
+    let mut by_campaign: BTreeMap<(String, String), Vec<NewMessage>> = BTreeMap::new();
+    for (index, registration) in registrations.into_iter().enumerate() {
+        let at = |error: ApiError| match error {
+            ApiError::BadRequest(message) => {
+                ApiError::BadRequest(format!("message {index}: {message}"))
+            }
+            other => other,
+        };
+        check_id("tenant_id", &registration.tenant_id).map_err(at)?;
+        check_id("campaign_id", &registration.campaign_id).map_err(at)?;
+        check_id("provider_message_id", &registration.provider_message_id).map_err(at)?;
+        if let Some(recipient) = &registration.recipient {
+            check_id("recipient", recipient).map_err(at)?;
+        }
+        let channel = Channel::parse(&registration.channel).ok_or_else(|| {
+            at(ApiError::BadRequest(
+                "channel must be \"whatsapp\" or \"email\"".to_owned(),
+            ))
+        })?;
+        caller.require_campaign(&registration.tenant_id, &registration.campaign_id)?;
+        by_campaign
+            .entry((registration.tenant_id, registration.campaign_id))
+            .or_default()
+            .push(NewMessage {
+                channel,
+                provider_message_id: registration.provider_message_id,
+                recipient: registration.recipient,
+            });
+    }
+    let mut total = RegisterReceipt::default();
+    for ((tenant_id, campaign_id), messages) in by_campaign {
+        let campaign_pk = state.hub.ensure_campaign(&tenant_id, &campaign_id).await?;
+        let receipt = state.hub.register(campaign_pk, messages).await?;
+        total.registered += receipt.registered;
+        total.existing += receipt.existing;
+        total.applied_buffered += receipt.applied_buffered;
+        total.conflicts.extend(receipt.conflicts);
+    }
+    Ok(HttpResponse::Ok().json(total))
+}
+
+/// Returns a message's current status, seen set and timeline.
+pub async fn show(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (channel, provider_message_id) = path.into_inner();
+    let channel = Channel::parse(&channel).ok_or(ApiError::NotFound("unknown channel"))?;
+    let message = state
+        .hub
+        .store()
+        .message(channel, &provider_message_id)
+        .await?
+        .ok_or(ApiError::NotFound("no such message"))?;
+    caller.require_campaign(&message.tenant_id, &message.campaign_id)?;
+    Ok(HttpResponse::Ok().json(message))
+}

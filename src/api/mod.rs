@@ -1,0 +1,25 @@
+//! The API for senders and dashboards under `/api/v1` (bearer tokens).
+
+mod campaigns;
+mod messages;
+
+use actix_web::web;
+
+pub use campaigns::resolve_campaign;
+
+/// Registers the `/api/v1` routes; `body_limit` bounds registration bodies.
+pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
+    cfg.service(
+        web::resource("/api/v1/messages")
+            .app_data(web::PayloadConfig::new(body_limit))
+            .route(web::post().to(messages::register)),
+    )
+    .route(
+        "/api/v1/messages/{channel}/{provider_message_id}",
+        web::get().to(messages::show),
+    )
+    .route(
+        "/api/v1/campaigns/{campaign_id}/metrics",
+        web::get().to(campaigns::metrics),
+    );
+}

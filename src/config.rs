@@ -1,0 +1,187 @@
+//! Typed settings, read once from flags and the environment (clap), then
+//! completed with generated secrets (see [`crate::secrets`]).
+//!
+//! No other module reads the environment: everything it needs is passed down
+//! from here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::SecretString;
+
+/// Flags and environment variables shared by every subcommand that opens the
+/// store or needs the secrets.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// `sqlite://…` (default, embedded) or `postgres://…`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://statushub.db")]
+    pub database_url: String,
+
+    /// Where generated secrets are kept (file mode 0600).
+    #[arg(long, env = "STATUSHUB_DATA_DIR", default_value = ".statushub")]
+    pub data_dir: PathBuf,
+
+    /// SQLite `synchronous` mode: `full` (a commit survives power loss) or
+    /// `normal` (a commit survives a crash of the process, not of the machine).
+    #[arg(long, env = "STATUSHUB_SQLITE_SYNCHRONOUS", default_value = "full")]
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// SQLite durability mode; see [`StoreArgs::sqlite_synchronous`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSynchronous {
+    Full,
+    Normal,
+}
+
+/// Secrets: each may come from the environment; a missing one is generated
+/// once and kept in the data directory.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SecretArgs {
+    /// Meta app secret for X-Hub-Signature-256.
+    #[arg(long, env = "WHATSAPP_WEBHOOK_SECRET", hide_env_values = true)]
+    pub whatsapp_webhook_secret: Option<SecretString>,
+
+    /// Token Meta sends on the GET verification request.
+    #[arg(long, env = "WHATSAPP_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
+    pub whatsapp_webhook_verify_token: Option<SecretString>,
+
+    /// Key that signs API and subscriber tokens.
+    #[arg(long, env = "STATUSHUB_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<SecretString>,
+
+    /// Bearer token for the admin, debug and ops endpoints.
+    #[arg(long, env = "STATUSHUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
+}
+
+/// Everything `statushub serve` needs.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Listen address.
+    #[arg(long, env = "STATUSHUB_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+
+    /// Optional shared secret for the SNS endpoint (basic-auth password or `?token=`).
+    #[arg(long, env = "SES_WEBHOOK_SECRET", hide_env_values = true)]
+    pub ses_webhook_secret: Option<SecretString>,
+
+    /// Comma-separated SNS topic ARNs to accept; empty accepts any.
+    #[arg(
+        long,
+        env = "SNS_TOPIC_ARNS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub sns_topic_arns: Vec<String>,
+
+    /// Directory of pre-provisioned SNS signing certificates.
+    #[arg(long, env = "SNS_CERT_DIR")]
+    pub sns_cert_dir: Option<PathBuf>,
+
+    /// `false` disables provider signature checks; for local experiments only.
+    #[arg(long, env = "ENABLE_WEBHOOK_VERIFICATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_webhook_verification: bool,
+
+    /// Largest accepted webhook body, in bytes.
+    #[arg(long, env = "STATUSHUB_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+
+    /// Largest accepted `POST /api/v1/messages` body, in bytes.
+    #[arg(long, env = "STATUSHUB_API_BODY_LIMIT", default_value_t = 64 * 1024 * 1024)]
+    pub api_body_limit: usize,
+
+    /// Most statuses the DB actor commits in one transaction.
+    #[arg(long, env = "STATUSHUB_MAX_BATCH", default_value_t = 2_000)]
+    pub max_batch: usize,
+
+    /// Most statuses waiting for a commit before webhooks get 503.
+    #[arg(long, env = "STATUSHUB_MAX_QUEUE", default_value_t = 50_000)]
+    pub max_queue: usize,
+
+    /// Seconds a campaign actor may sit idle before it stops.
+    #[arg(long, env = "STATUSHUB_CAMPAIGN_IDLE_SECS", default_value_t = 300)]
+    pub campaign_idle_secs: u64,
+
+    /// Days a status for an unknown message id is kept waiting for its message.
+    #[arg(long, env = "STATUSHUB_UNMATCHED_RETENTION_DAYS", default_value_t = 7)]
+    pub unmatched_retention_days: u64,
+
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "STATUSHUB_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+/// The validated settings the application is built from.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    pub sqlite_synchronous: SqliteSynchronous,
+    pub data_dir: PathBuf,
+    pub secrets: Secrets,
+    pub ses_webhook_secret: Option<SecretString>,
+    pub sns_topic_arns: Vec<String>,
+    pub sns_cert_dir: Option<PathBuf>,
+    pub enable_webhook_verification: bool,
+    pub body_limit: usize,
+    pub api_body_limit: usize,
+    pub max_batch: usize,
+    pub max_queue: usize,
+    pub campaign_idle: Duration,
+    pub unmatched_retention: Duration,
+    pub workers: Option<usize>,
+}
+
+/// The secrets every running hub has, from the environment or generated.
+#[derive(Clone, Debug)]
+pub struct Secrets {
+    pub whatsapp_webhook_secret: SecretString,
+    pub whatsapp_verify_token: SecretString,
+    pub auth_secret: SecretString,
+    pub admin_token: SecretString,
+}
+
+impl Settings {
+    /// Builds settings from parsed flags, loading or generating secrets.
+    pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+
+        let secrets = crate::secrets::load_or_generate(&args.store.data_dir, &args.secrets)
+            .context("failed to load or generate secrets")?;
+        if args.max_batch == 0 || args.max_queue < args.max_batch {
+            anyhow::bail!("max_batch must be positive and at most max_queue");
+        }
+        Ok(Settings {
+            bind: args.bind,
+            database_url: args.store.database_url,
+            sqlite_synchronous: args.store.sqlite_synchronous,
+            data_dir: args.store.data_dir,
+            secrets,
+            ses_webhook_secret: args.ses_webhook_secret,
+            sns_topic_arns: args
+                .sns_topic_arns
+                .into_iter()
+                .map(|arn| arn.trim().to_owned())
+                .filter(|arn| !arn.is_empty())
+                .collect(),
+            sns_cert_dir: args.sns_cert_dir,
+            enable_webhook_verification: args.enable_webhook_verification,
+            body_limit: args.body_limit,
+            api_body_limit: args.api_body_limit,
+            max_batch: args.max_batch,
+            max_queue: args.max_queue,
+            campaign_idle: Duration::from_secs(args.campaign_idle_secs.max(1)),
+            unmatched_retention: Duration::from_secs(args.unmatched_retention_days * 24 * 3600),
+            workers: args.workers,
+        })
+    }
+}

@@ -1,0 +1,70 @@
+//! The single HTTP error type: maps every failure to the status the spec
+//! requires, with a small JSON body and no internals.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::hub::HubError;
+use crate::store::StoreError;
+
+/// Seconds a provider is asked to wait before retrying after a 503.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// Errors an endpoint can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The store is down or the write queue is full; nothing was stored.
+    #[error("temporarily unavailable, retry later")]
+    Unavailable,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<HubError> for ApiError {
+    fn from(error: HubError) -> Self {
+        match error {
+            HubError::Overloaded | HubError::Unavailable => ApiError::Unavailable,
+            HubError::Unexpected(what) => ApiError::Internal(anyhow::anyhow!(what)),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(error = %error, source = ?std::error::Error::source(&error), "store read failed");
+        ApiError::Unavailable
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(error) = self {
+            tracing::error!(error = ?error, "internal error");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unavailable) {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
+        }
+        response.json(serde_json::json!({ "error": self.to_string() }))
+    }
+}

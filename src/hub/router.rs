@@ -1,0 +1,116 @@
+//! The router: finds the actor of a campaign, starting it when needed, and
+//! forgets actors that stopped.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::campaign_actor::CampaignActor;
+use super::db_actor::DbActor;
+use super::messages::{CountActive, Locate, Stopped};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The router actor. It is the only place campaign actors are started, so
+/// there is never more than one actor per campaign in this process.
+#[derive(Debug)]
+pub struct Router {
+    /// Live campaign actors by campaign key. An entry whose actor stopped is
+    /// replaced on the next `Locate` (and removed on `Stopped`).
+    actors: HashMap<i64, (u64, Addr<CampaignActor>)>,
+    /// Number given to the next actor started, so a late `Stopped` from an
+    /// old actor never removes its successor.
+    next_generation: u64,
+    store: Store,
+    db: Addr<DbActor>,
+    idle_timeout: Duration,
+    metrics: Metrics,
+}
+
+impl Router {
+    /// Returns a router that starts campaign actors over `store` and `db`.
+    pub fn new(store: Store, db: Addr<DbActor>, idle_timeout: Duration, metrics: Metrics) -> Self {
+        Router {
+            actors: HashMap::new(),
+            next_generation: 0,
+            store,
+            db,
+            idle_timeout,
+            metrics,
+        }
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+}
+
+impl Handler<Locate> for Router {
+    type Result = MessageResult<Locate>;
+
+    /// Handler for `Locate`: returns the campaign's live actor, starting one
+    /// (which hydrates itself) if there is none.
+    fn handle(&mut self, Locate { campaign_pk }: Locate, ctx: &mut Self::Context) -> Self::Result {
+        if let Some((_, addr)) = self
+            .actors
+            .get(&campaign_pk)
+            .filter(|(_, addr)| addr.connected())
+        {
+            return MessageResult(addr.clone());
+        }
+        self.next_generation += 1;
+        let actor = CampaignActor::new(
+            campaign_pk,
+            self.next_generation,
+            self.store.clone(),
+            self.db.clone(),
+            ctx.address(),
+            self.idle_timeout,
+        );
+        let addr = actor.start();
+        self.actors
+            .insert(campaign_pk, (self.next_generation, addr.clone()));
+        self.metrics
+            .active_campaign_actors
+            .set(self.actors.len() as i64);
+        MessageResult(addr)
+    }
+}
+
+impl Handler<Stopped> for Router {
+    type Result = ();
+
+    /// Handler for `Stopped`: forgets the actor unless a newer one took its place.
+    fn handle(
+        &mut self,
+        Stopped {
+            campaign_pk,
+            generation,
+        }: Stopped,
+        _: &mut Self::Context,
+    ) {
+        if self
+            .actors
+            .get(&campaign_pk)
+            .is_some_and(|(live, _)| *live == generation)
+        {
+            self.actors.remove(&campaign_pk);
+        }
+        self.metrics
+            .active_campaign_actors
+            .set(self.actors.len() as i64);
+    }
+}
+
+impl Handler<CountActive> for Router {
+    type Result = usize;
+
+    /// Handler for `CountActive`: returns how many campaign actors are live.
+    fn handle(&mut self, _: CountActive, _: &mut Self::Context) -> usize {
+        self.actors
+            .values()
+            .filter(|(_, addr)| addr.connected())
+            .count()
+    }
+}

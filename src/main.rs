@@ -1,0 +1,33 @@
+//! The statushub binary: parses the command line and calls the library.
+
+use clap::Parser as _;
+
+use statushub::cli::{Cli, Command};
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    let subscriber = statushub::telemetry::get_subscriber("info", std::io::stderr);
+    statushub::telemetry::init_subscriber(subscriber);
+    let cli = Cli::parse();
+    match statushub::run(cli.command.unwrap_or_else(|| default_serve())).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error.cause_chain = ?error, error.message = %error, "statushub failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `statushub` with no subcommand runs `serve` with its defaults (and the
+/// environment).
+fn default_serve() -> Command {
+    match Cli::try_parse_from(["statushub", "serve"]) {
+        Ok(Cli {
+            command: Some(command),
+        }) => command,
+        // `serve` has no required arguments, so parsing it cannot fail
+        // unless an environment variable is invalid: report that and exit.
+        Ok(Cli { command: None }) => unreachable!("serve was given"),
+        Err(error) => error.exit(),
+    }
+}

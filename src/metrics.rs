@@ -1,0 +1,123 @@
+//! Prometheus metrics: one registry, named metrics as fields.
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric statushub exports. Cheap to clone (the metrics are shared).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route pattern and status code.
+    pub http_requests: IntCounterVec,
+    /// Statuses by outcome: applied, duplicate, unmatched.
+    pub statuses: IntCounterVec,
+    /// Payloads stored as dead letters.
+    pub dead_letters: IntCounter,
+    /// Rows per committed batch.
+    pub db_batch_rows: Histogram,
+    /// Seconds per commit.
+    pub db_commit_seconds: Histogram,
+    /// Failed commits.
+    pub db_commit_failures: IntCounter,
+    /// Rows waiting for a commit.
+    pub db_queue_depth: IntGauge,
+    /// Writes refused because the queue was full (answered 503).
+    pub db_queue_rejections: IntCounter,
+    /// Campaign actors running.
+    pub active_campaign_actors: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("statushub".to_owned()), None)
+            .expect("a constant prefix is a valid metric namespace");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route and status code",
+            ),
+            &["route", "code"],
+        )
+        .expect("valid metric definition");
+        let statuses = IntCounterVec::new(
+            Opts::new("statuses_total", "Provider statuses by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric definition");
+        let dead_letters =
+            IntCounter::new("dead_letters_total", "Signed payloads kept as dead letters")
+                .expect("valid metric definition");
+        let db_batch_rows = Histogram::with_opts(
+            HistogramOpts::new("db_batch_rows", "Rows per committed batch").buckets(vec![
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+            ]),
+        )
+        .expect("valid metric definition");
+        let db_commit_seconds = Histogram::with_opts(
+            HistogramOpts::new("db_commit_seconds", "Seconds per commit").buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )
+        .expect("valid metric definition");
+        let db_commit_failures = IntCounter::new("db_commit_failures_total", "Failed commits")
+            .expect("valid metric definition");
+        let db_queue_depth = IntGauge::new("db_queue_depth", "Rows waiting for a commit")
+            .expect("valid metric definition");
+        let db_queue_rejections = IntCounter::new(
+            "db_queue_rejections_total",
+            "Writes refused with 503 because the queue was full",
+        )
+        .expect("valid metric definition");
+        let active_campaign_actors =
+            IntGauge::new("active_campaign_actors", "Campaign actors running")
+                .expect("valid metric definition");
+        let metrics = Metrics {
+            registry,
+            http_requests,
+            statuses,
+            dead_letters,
+            db_batch_rows,
+            db_commit_seconds,
+            db_commit_failures,
+            db_queue_depth,
+            db_queue_rejections,
+            active_campaign_actors,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(metrics.http_requests.clone()),
+            Box::new(metrics.statuses.clone()),
+            Box::new(metrics.dead_letters.clone()),
+            Box::new(metrics.db_batch_rows.clone()),
+            Box::new(metrics.db_commit_seconds.clone()),
+            Box::new(metrics.db_commit_failures.clone()),
+            Box::new(metrics.db_queue_depth.clone()),
+            Box::new(metrics.db_queue_rejections.clone()),
+            Box::new(metrics.active_campaign_actors.clone()),
+        ];
+        for collector in collectors {
+            metrics
+                .registry
+                .register(collector)
+                .expect("each metric is registered once");
+        }
+        metrics
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which
+        // `new` cannot create.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,190 @@
+//! Builds the application: opens the store, starts the actors, binds the
+//! listener and serves HTTP. Tests call [`Application::build`] with port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+use tracing::Instrument as _;
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How often buffered statuses past their retention are dropped.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// State every handler can reach through `web::Data<AppState>`.
+#[derive(Debug)]
+pub struct AppState {
+    pub hub: Hub,
+    pub settings: Arc<Settings>,
+    pub metrics: Metrics,
+    pub started_at: Instant,
+}
+
+/// A built, bound, not yet running statushub.
+pub struct Application {
+    port: u16,
+    server: Server,
+    store: Store,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Opens the store (running migrations), starts the hub's actors and
+    /// binds the listener. Must run inside an actix system.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = Store::connect(&settings.database_url, settings.sqlite_synchronous)
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to open the store at {}",
+                    redact(&settings.database_url)
+                )
+            })?;
+        let listener = TcpListener::bind(settings.bind)
+            .with_context(|| format!("failed to bind {}", settings.bind))?;
+        Self::build_with(settings, store, listener)
+    }
+
+    /// Like [`Application::build`], with an opened store and a bound listener.
+    pub fn build_with(
+        settings: Settings,
+        store: Store,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let port = listener.local_addr()?.port();
+        let metrics = Metrics::new();
+        let hub = Hub::start(
+            store.clone(),
+            settings.max_batch,
+            settings.max_queue,
+            settings.campaign_idle,
+            metrics.clone(),
+        );
+        if !settings.enable_webhook_verification {
+            tracing::warn!(
+                "WEBHOOK SIGNATURE VERIFICATION IS DISABLED: anyone can post statuses; never run like this in production"
+            );
+        }
+        spawn_expiry(hub.clone(), settings.unmatched_retention);
+        let authenticator = web::Data::new(Authenticator::new(
+            &settings.secrets.auth_secret,
+            &settings.secrets.admin_token,
+        ));
+        let body_limit = settings.body_limit;
+        let api_body_limit = settings.api_body_limit;
+        let workers = settings.workers;
+        let state = web::Data::new(AppState {
+            hub,
+            settings: Arc::new(settings),
+            metrics,
+            started_at: Instant::now(),
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(observe))
+                .app_data(state.clone())
+                .app_data(authenticator.clone())
+                .app_data(web::PayloadConfig::new(body_limit))
+                .configure(crate::webhooks::configure)
+                .configure(|cfg| crate::api::configure(cfg, api_body_limit))
+                .configure(crate::ops::configure)
+        })
+        .client_request_timeout(Duration::from_secs(10))
+        .shutdown_timeout(10);
+        if let Some(workers) = workers {
+            server = server.workers(workers.max(1));
+        }
+        let server = server.listen(listener)?.run();
+        tracing::info!(port, "statushub listening");
+        Ok(Application {
+            port,
+            server,
+            store,
+        })
+    }
+
+    /// Returns the port the listener is bound to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the server is stopped (SIGINT/SIGTERM), then closes the store.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.store.close().await;
+        result
+    }
+}
+
+/// Drops buffered statuses past their retention, hourly.
+fn spawn_expiry(hub: Hub, retention: Duration) {
+    actix_web::rt::spawn(async move {
+        let mut interval = actix_web::rt::time::interval(EXPIRY_INTERVAL);
+        loop {
+            interval.tick().await;
+            match hub.expire_unmatched(retention).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "dropped expired unmatched statuses"),
+                Err(error) => {
+                    tracing::warn!(error = %error, "failed to drop expired unmatched statuses")
+                }
+            }
+        }
+    });
+}
+
+/// Gives each request a span with an id, method and path (never the query
+/// string, which may hold a token) and counts it by route and status code.
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.clone());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let span = tracing::info_span!("request", id = %&request_id[..12], method = %req.method(), path = %req.path());
+    let result = next.call(req).instrument(span.clone()).await;
+    let code = match &result {
+        Ok(response) => response.status(),
+        Err(error) => error.as_response_error().status_code(),
+    };
+    span.in_scope(|| tracing::debug!(code = code.as_u16(), "request finished"));
+    if let Some(metrics) = metrics {
+        metrics
+            .http_requests
+            .with_label_values(&[route.as_str(), code.as_str()])
+            .inc();
+    }
+    result
+}
+
+/// Hides a password in a database URL for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,302 @@
+//! What the DB actor asks the store to commit, what it gets back, and the
+//! backend-neutral part of a commit: applying a batch of updates, in order,
+//! to message states read inside the transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::domain::{Channel, Failure, Status, StatusSet, StatusUpdate, Tally};
+
+use super::MessageRef;
+
+/// One unit of work for the DB actor. Every write statushub makes is one of
+/// these, so a single actor owns the write connection and batches them.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// Creates the tenant and the campaign (with zeroed counters) if needed.
+    EnsureCampaign {
+        tenant_id: String,
+        campaign_id: String,
+    },
+    /// Registers messages in a campaign and applies their buffered statuses.
+    Register {
+        campaign_pk: i64,
+        messages: Vec<NewMessage>,
+    },
+    /// Applies updates to known messages of one campaign.
+    Apply {
+        campaign_pk: i64,
+        updates: Vec<(i64, StatusUpdate)>,
+    },
+    /// Buffers updates for message ids nobody registered (yet).
+    Buffer { updates: Vec<StatusUpdate> },
+    /// Keeps a signed payload that could not be interpreted.
+    DeadLetter(DeadLetter),
+    /// Drops buffered statuses received before `older_than_ms`.
+    ExpireUnmatched { older_than_ms: i64 },
+}
+
+impl WriteOp {
+    /// Returns how many rows this operation writes, roughly: what the queue
+    /// bound and the batch bound count.
+    pub fn weight(&self) -> usize {
+        match self {
+            WriteOp::Register { messages, .. } => messages.len().max(1),
+            WriteOp::Apply { updates, .. } => updates.len().max(1),
+            WriteOp::Buffer { updates } => updates.len().max(1),
+            WriteOp::EnsureCampaign { .. }
+            | WriteOp::DeadLetter(_)
+            | WriteOp::ExpireUnmatched { .. } => 1,
+        }
+    }
+}
+
+/// A message to register.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    pub channel: Channel,
+    pub provider_message_id: String,
+    pub recipient: Option<String>,
+}
+
+/// A signed payload kept verbatim.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub channel: Channel,
+    pub reason: String,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// What happened to one update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// Recorded in the timeline; `changed` tells whether the status set moved.
+    Applied { changed: bool },
+    /// This notification was recorded before.
+    Duplicate,
+    /// Kept until its message is registered.
+    Buffered,
+    /// Its message was registered after the update was routed: route it again.
+    Known(MessageRef),
+}
+
+/// A campaign's committed counters, as a commit leaves them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterRow {
+    pub campaign_pk: i64,
+    pub version: i64,
+    pub tally: Tally,
+    pub updated_at_ms: i64,
+}
+
+/// What a registration did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RegisterReceipt {
+    /// Messages newly registered.
+    pub registered: usize,
+    /// Messages that were already registered in this campaign.
+    pub existing: usize,
+    /// Provider ids already registered in another campaign (left untouched).
+    pub conflicts: Vec<String>,
+    /// Buffered statuses applied to the registered messages.
+    pub applied_buffered: usize,
+}
+
+/// The outcome of one [`WriteOp`], in the same order as the ops.
+#[derive(Clone, Debug)]
+pub enum OpOutcome {
+    Campaign {
+        campaign_pk: i64,
+    },
+    Registered {
+        receipt: RegisterReceipt,
+        counters: Option<CounterRow>,
+    },
+    Applied {
+        outcomes: Vec<UpdateOutcome>,
+        counters: Option<CounterRow>,
+    },
+    Buffered {
+        outcomes: Vec<UpdateOutcome>,
+    },
+    DeadLettered,
+    Expired {
+        removed: u64,
+    },
+}
+
+/// A message's state as read inside the transaction, and changed there.
+#[derive(Clone, Debug)]
+pub(crate) struct LoadedMessage {
+    pub campaign_pk: i64,
+    pub set: StatusSet,
+    pub failure: Option<Failure>,
+    pub dirty: bool,
+}
+
+/// An event row to insert.
+#[derive(Clone, Debug)]
+pub(crate) struct EventRow<'a> {
+    pub message_pk: i64,
+    pub campaign_pk: i64,
+    pub update: &'a StatusUpdate,
+    pub changed: bool,
+}
+
+/// What applying a batch of updates produced: the rows to write and the
+/// counter deltas per campaign.
+#[derive(Debug, Default)]
+pub(crate) struct Applied<'a> {
+    /// Per input update: `None` for a duplicate, else whether it changed the message.
+    pub results: Vec<Option<bool>>,
+    pub events: Vec<EventRow<'a>>,
+    /// Per campaign: the counter delta and how many changes raise the version.
+    pub deltas: HashMap<i64, (Tally, i64)>,
+}
+
+/// Applies `updates` in order to `states` (loaded in the transaction),
+/// skipping notifications whose idempotency key is in `existing_keys` or
+/// repeats earlier in the batch. Pure: the caller writes what it returns.
+///
+/// # Implementation Notes
+///
+/// A failure reason is kept from the failure with the earliest provider
+/// timestamp, so which reason a message keeps does not depend on arrival
+/// order either (ties keep the one already stored).
+pub(crate) fn apply_updates<'a>(
+    states: &mut HashMap<i64, LoadedMessage>,
+    updates: &[(i64, &'a StatusUpdate)],
+    existing_keys: &HashSet<String>,
+) -> Applied<'a> {
+    let mut applied = Applied::default();
+    let mut batch_keys: HashSet<&str> = HashSet::with_capacity(updates.len());
+    for &(message_pk, update) in updates {
+        let key = update.idempotency_key.as_str();
+        let Some(state) = states.get_mut(&message_pk) else {
+            // The message row vanished: nothing deletes messages, so this is
+            // a bug upstream; treat the update as already seen rather than
+            // inventing a row.
+            applied.results.push(None);
+            continue;
+        };
+        if existing_keys.contains(key) || !batch_keys.insert(key) {
+            applied.results.push(None);
+            continue;
+        }
+        let before = state.set;
+        let after = match update.status {
+            Some(status) => before.with(status, update.timestamp_ms),
+            None => before,
+        };
+        if update.status == Some(Status::Failed) {
+            if let Some(failure) = &update.failure {
+                let earlier = before
+                    .first_seen(Status::Failed)
+                    .is_none_or(|first| update.timestamp_ms < first);
+                if state.failure.is_none() || earlier {
+                    state.failure = Some(failure.clone());
+                    state.dirty = true;
+                }
+            }
+        }
+        let changed = after != before;
+        if changed {
+            state.set = after;
+            state.dirty = true;
+            let entry = applied.deltas.entry(state.campaign_pk).or_default();
+            entry.0 = entry.0.plus(&Tally::transition(Some(&before), &after));
+            entry.1 += 1;
+        }
+        applied.events.push(EventRow {
+            message_pk,
+            campaign_pk: state.campaign_pk,
+            update,
+            changed,
+        });
+        applied.results.push(Some(changed));
+    }
+    applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(key: &str, status: Status, ts: i64) -> StatusUpdate {
+        StatusUpdate {
+            channel: Channel::Whatsapp,
+            provider_message_id: "wamid.1".to_owned(),
+            event: status.as_str().to_owned(),
+            status: Some(status),
+            timestamp_ms: ts,
+            idempotency_key: key.to_owned(),
+            failure: None,
+            details: serde_json::Value::Null,
+        }
+    }
+
+    fn one_message() -> HashMap<i64, LoadedMessage> {
+        HashMap::from([(
+            1,
+            LoadedMessage {
+                campaign_pk: 7,
+                set: StatusSet::EMPTY,
+                failure: None,
+                dirty: false,
+            },
+        )])
+    }
+
+    #[test]
+    fn duplicates_in_batch_and_in_store_are_skipped() {
+        let mut states = one_message();
+        let read = update("k-read", Status::Read, 10);
+        let delivered = update("k-delivered", Status::Delivered, 5);
+        let existing = HashSet::from(["k-delivered".to_owned()]);
+        let applied = apply_updates(
+            &mut states,
+            &[(1, &read), (1, &read), (1, &delivered)],
+            &existing,
+        );
+        assert_eq!(applied.results, vec![Some(true), None, None]);
+        assert_eq!(applied.events.len(), 1);
+        let (delta, versions) = applied.deltas[&7];
+        assert_eq!(
+            (delta.read, delta.delivered, delta.sent, versions),
+            (1, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn implied_status_arriving_later_only_records_its_timestamp() {
+        let mut states = one_message();
+        let read = update("k-read", Status::Read, 10);
+        let delivered = update("k-delivered", Status::Delivered, 5);
+        let applied = apply_updates(&mut states, &[(1, &read), (1, &delivered)], &HashSet::new());
+        // The set is unchanged by `delivered`, but its first timestamp is new.
+        assert_eq!(applied.results, vec![Some(true), Some(true)]);
+        let (delta, _) = applied.deltas[&7];
+        assert_eq!(delta.delivered, 1);
+        assert_eq!(states[&1].set.first_seen(Status::Delivered), Some(5));
+    }
+
+    #[test]
+    fn earliest_failure_reason_wins() {
+        let mut states = one_message();
+        let mut late = update("k-late", Status::Failed, 20);
+        late.failure = Some(Failure {
+            code: "late".into(),
+            title: "late".into(),
+        });
+        let mut early = update("k-early", Status::Failed, 10);
+        early.failure = Some(Failure {
+            code: "early".into(),
+            title: "early".into(),
+        });
+        apply_updates(&mut states, &[(1, &late), (1, &early)], &HashSet::new());
+        assert_eq!(
+            states[&1].failure.as_ref().map(|f| f.code.as_str()),
+            Some("early")
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! Durable storage: one [`Store`] type over the backends, the write
+//! operations the DB actor commits in batches, and the reads the hub and the
+//! API need.
+//!
+//! Writes go through one path, [`Store::commit`], which the DB actor calls
+//! with everything queued since its previous commit. A commit computes each
+//! message's transition from the row it reads *inside* the transaction
+//! (pure [`crate::domain`] algebra) and changes counters by deltas, so the
+//! counters always equal a `COUNT` over `messages`, whatever the order of
+//! arrival, and no in-memory copy of a message has to be trusted.
+
+mod batch;
+mod sqlite;
+
+use serde::Serialize;
+
+pub use batch::{
+    CounterRow, DeadLetter, NewMessage, OpOutcome, RegisterReceipt, UpdateOutcome, WriteOp,
+};
+pub use sqlite::SqliteStore;
+
+use crate::config::SqliteSynchronous;
+use crate::domain::{CampaignCounters, Channel, StatusUpdate};
+
+/// Errors of the storage layer. Callers map them to 503 (the store is down or
+/// busy: providers retry) and log the cause; clients never see SQL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url: {0}")]
+    UnsupportedUrl(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Where a known message lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MessageRef {
+    pub message_pk: i64,
+    pub campaign_pk: i64,
+}
+
+/// A campaign's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CampaignInfo {
+    pub campaign_pk: i64,
+    pub tenant_id: String,
+    pub campaign_id: String,
+}
+
+/// A message and its timeline, for `GET /api/v1/messages/{channel}/{id}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageView {
+    pub tenant_id: String,
+    pub campaign_id: String,
+    pub channel: String,
+    pub provider_message_id: String,
+    pub recipient: Option<String>,
+    pub status: String,
+    pub seen: Vec<SeenStatus>,
+    pub error: Option<crate::domain::Failure>,
+    pub timeline: Vec<TimelineEvent>,
+}
+
+/// One status of a message's seen set, with its first provider timestamp
+/// (absent for a status that was only implied).
+#[derive(Clone, Debug, Serialize)]
+pub struct SeenStatus {
+    pub status: String,
+    pub first_at: Option<String>,
+}
+
+/// One provider notification in a message's timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineEvent {
+    pub id: i64,
+    pub event: String,
+    pub status: Option<String>,
+    /// Whether this event changed the message's status set.
+    pub changed: bool,
+    pub provider_at: String,
+    pub received_at: String,
+    pub details: serde_json::Value,
+}
+
+/// One stored event for the debug log (`GET /webhooks/events`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RecentEvent {
+    pub id: i64,
+    pub kind: &'static str,
+    pub channel: String,
+    pub provider_message_id: String,
+    pub tenant_id: Option<String>,
+    pub campaign_id: Option<String>,
+    pub event: String,
+    pub status: Option<String>,
+    pub changed: bool,
+    pub provider_at: String,
+    pub received_at: String,
+}
+
+/// Row counts for `/webhooks/health`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StoreStats {
+    pub messages: i64,
+    pub events_stored: i64,
+    pub unmatched_buffered: i64,
+    pub dead_letters: i64,
+}
+
+/// A stored dead letter, for the debug page.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetterView {
+    pub id: i64,
+    pub channel: String,
+    pub reason: String,
+    pub content_type: Option<String>,
+    /// The body as text (lossy where it is not UTF-8).
+    pub body: String,
+    pub received_at: String,
+}
+
+/// The store, over whichever backend `DATABASE_URL` selects.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens the database named by `url`, creating an SQLite file if needed,
+    /// and runs the migrations.
+    pub async fn connect(url: &str, synchronous: SqliteSynchronous) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            let store = SqliteStore::connect(url, synchronous).await?;
+            Ok(Store::Sqlite(store))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Err(StoreError::UnsupportedUrl(
+                "the PostgreSQL backend is not built yet; use sqlite://".to_owned(),
+            ))
+        } else {
+            Err(StoreError::UnsupportedUrl(
+                "expected sqlite:// or postgres://".to_owned(),
+            ))
+        }
+    }
+
+    /// Commits a batch of write operations in one transaction and returns one
+    /// outcome per operation, in order.
+    pub async fn commit(
+        &self,
+        ops: &[&WriteOp],
+        now_ms: i64,
+    ) -> Result<Vec<OpOutcome>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.commit(ops, now_ms).await,
+        }
+    }
+
+    /// Finds the registered messages among `provider_message_ids`.
+    pub async fn resolve(
+        &self,
+        channel: Channel,
+        provider_message_ids: &[&str],
+    ) -> Result<Vec<(String, MessageRef)>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.resolve(channel, provider_message_ids).await,
+        }
+    }
+
+    /// Returns a campaign's identity and committed counters.
+    pub async fn campaign_counters(
+        &self,
+        campaign_pk: i64,
+    ) -> Result<Option<CampaignCounters>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.campaign_counters(campaign_pk).await,
+        }
+    }
+
+    /// Finds campaigns named `campaign_id`, in `tenant_id` when given.
+    pub async fn find_campaigns(
+        &self,
+        tenant_id: Option<&str>,
+        campaign_id: &str,
+    ) -> Result<Vec<CampaignInfo>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.find_campaigns(tenant_id, campaign_id).await,
+        }
+    }
+
+    /// Returns a message with its timeline.
+    pub async fn message(
+        &self,
+        channel: Channel,
+        provider_message_id: &str,
+    ) -> Result<Option<MessageView>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.message(channel, provider_message_id).await,
+        }
+    }
+
+    /// Returns the newest stored events (applied and unmatched), newest first.
+    pub async fn recent_events(&self, limit: u32) -> Result<Vec<RecentEvent>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.recent_events(limit).await,
+        }
+    }
+
+    /// Returns the newest dead letters, newest first.
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterView>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.dead_letters(limit).await,
+        }
+    }
+
+    /// Returns row counts.
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.stats().await,
+        }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.ping().await,
+        }
+    }
+
+    /// Returns the campaign's counters recomputed with `COUNT` over its
+    /// messages: the invariant the live counters must always equal.
+    pub async fn recount(&self, campaign_pk: i64) -> Result<crate::domain::Tally, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.recount(campaign_pk).await,
+        }
+    }
+
+    /// Closes the pools.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(store) => store.close().await,
+        }
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC (`2026-11-28T12:00:00.000Z`).
+pub fn format_ms(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Returns the current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Re-exported so the hub can name the update type next to the store's.
+pub type Update = StatusUpdate;

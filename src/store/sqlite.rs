@@ -1,0 +1,967 @@
+//! The SQLite backend: WAL, `synchronous=FULL` by default, one writer
+//! connection (the DB actor's) and a small pool of readers.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
+
+use super::batch::{
+    CounterRow, EventRow, LoadedMessage, OpOutcome, RegisterReceipt, UpdateOutcome, WriteOp,
+    apply_updates,
+};
+use super::{
+    CampaignInfo, DeadLetterView, MessageRef, MessageView, RecentEvent, SeenStatus, StoreError,
+    StoreStats, TimelineEvent, format_ms,
+};
+use crate::config::SqliteSynchronous as Synchronous;
+use crate::domain::{CampaignCounters, Channel, Failure, Status, StatusSet, StatusUpdate, Tally};
+
+/// Rows per multi-row statement: keeps every statement far below SQLite's
+/// limit of 32,766 bound parameters (the widest row binds 14).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Connections that serve reads (webhook routing, API, debug page). WAL lets
+/// them read while the writer commits.
+const READ_CONNECTIONS: u32 = 4;
+
+/// How long a statement waits for a lock before failing with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The SQLite store. Cloning is cheap (pools are reference-counted).
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    /// One connection, used only by [`SqliteStore::commit`]: SQLite has one
+    /// writer at a time anyway, and a single connection means the DB actor
+    /// never waits on a lock held by another connection of ours.
+    writer: SqlitePool,
+    /// Readers; never used for writes.
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file and runs the migrations.
+    pub async fn connect(url: &str, synchronous: Synchronous) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Closes both pools.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// Commits `ops` in one transaction; see [`super::Store::commit`].
+    pub async fn commit(
+        &self,
+        ops: &[&WriteOp],
+        now_ms: i64,
+    ) -> Result<Vec<OpOutcome>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let outcomes = commit_in(&mut tx, ops, now_ms).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Finds registered messages by provider id.
+    pub async fn resolve(
+        &self,
+        channel: Channel,
+        provider_message_ids: &[&str],
+    ) -> Result<Vec<(String, MessageRef)>, StoreError> {
+        let mut found = Vec::with_capacity(provider_message_ids.len());
+        for chunk in provider_message_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT id, campaign_pk, provider_message_id FROM messages WHERE channel = ",
+            );
+            query.push_bind(channel.as_str());
+            query.push(" AND provider_message_id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&self.reader).await? {
+                found.push((
+                    row.try_get("provider_message_id")?,
+                    MessageRef {
+                        message_pk: row.try_get("id")?,
+                        campaign_pk: row.try_get("campaign_pk")?,
+                    },
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Returns a campaign's committed counters.
+    pub async fn campaign_counters(
+        &self,
+        campaign_pk: i64,
+    ) -> Result<Option<CampaignCounters>, StoreError> {
+        let row = sqlx::query(
+            "SELECT c.tenant_id, c.campaign_id, k.* FROM campaigns c
+             JOIN campaign_counters k ON k.campaign_pk = c.id WHERE c.id = ?",
+        )
+        .bind(campaign_pk)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let counters = counter_row(&row)?;
+        Ok(Some(CampaignCounters::from_tally(
+            row.try_get("tenant_id")?,
+            row.try_get("campaign_id")?,
+            counters.version,
+            &counters.tally,
+            format_ms(counters.updated_at_ms),
+        )))
+    }
+
+    /// Finds campaigns by name, optionally within one tenant.
+    pub async fn find_campaigns(
+        &self,
+        tenant_id: Option<&str>,
+        campaign_id: &str,
+    ) -> Result<Vec<CampaignInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, campaign_id FROM campaigns
+             WHERE campaign_id = ? AND (? IS NULL OR tenant_id = ?) ORDER BY id LIMIT 10",
+        )
+        .bind(campaign_id)
+        .bind(tenant_id)
+        .bind(tenant_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(CampaignInfo {
+                    campaign_pk: row.try_get("id")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    campaign_id: row.try_get("campaign_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Returns a message and its timeline (oldest provider timestamp first).
+    pub async fn message(
+        &self,
+        channel: Channel,
+        provider_message_id: &str,
+    ) -> Result<Option<MessageView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.*, c.tenant_id, c.campaign_id FROM messages m
+             JOIN campaigns c ON c.id = m.campaign_pk
+             WHERE m.channel = ? AND m.provider_message_id = ?",
+        )
+        .bind(channel.as_str())
+        .bind(provider_message_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let message_pk: i64 = row.try_get("id")?;
+        let set = status_set(&row)?;
+        let seen = Status::ALL
+            .iter()
+            .filter(|status| set.contains(**status))
+            .map(|status| SeenStatus {
+                status: status.as_str().to_owned(),
+                first_at: set.first_seen(*status).map(format_ms),
+            })
+            .collect();
+        let events = sqlx::query(
+            "SELECT id, event, status, changed, provider_ts, received_at, details
+             FROM status_events WHERE message_pk = ? ORDER BY provider_ts, id LIMIT 1000",
+        )
+        .bind(message_pk)
+        .fetch_all(&self.reader)
+        .await?;
+        let timeline = events
+            .iter()
+            .map(|event| {
+                let details: Option<String> = event.try_get("details")?;
+                Ok(TimelineEvent {
+                    id: event.try_get("id")?,
+                    event: event.try_get("event")?,
+                    status: event.try_get("status")?,
+                    changed: event.try_get("changed")?,
+                    provider_at: format_ms(event.try_get("provider_ts")?),
+                    received_at: format_ms(event.try_get("received_at")?),
+                    details: details
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                        .unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(MessageView {
+            tenant_id: row.try_get("tenant_id")?,
+            campaign_id: row.try_get("campaign_id")?,
+            channel: row.try_get("channel")?,
+            provider_message_id: row.try_get("provider_message_id")?,
+            recipient: row.try_get("recipient")?,
+            status: row.try_get("status")?,
+            seen,
+            error: failure(&row)?,
+            timeline,
+        }))
+    }
+
+    /// Returns the newest events, applied and unmatched, newest first.
+    pub async fn recent_events(&self, limit: u32) -> Result<Vec<RecentEvent>, StoreError> {
+        let applied = sqlx::query(
+            "SELECT e.id, m.channel, m.provider_message_id, c.tenant_id, c.campaign_id,
+                    e.event, e.status, e.changed, e.provider_ts, e.received_at
+             FROM status_events e
+             JOIN messages m ON m.id = e.message_pk
+             JOIN campaigns c ON c.id = e.campaign_pk
+             ORDER BY e.id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        let unmatched = sqlx::query(
+            "SELECT id, channel, provider_message_id, status_update, received_at
+             FROM unmatched_statuses ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut events = Vec::with_capacity(applied.len() + unmatched.len());
+        for row in &applied {
+            events.push(RecentEvent {
+                id: row.try_get("id")?,
+                kind: "applied",
+                channel: row.try_get("channel")?,
+                provider_message_id: row.try_get("provider_message_id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                campaign_id: row.try_get("campaign_id")?,
+                event: row.try_get("event")?,
+                status: row.try_get("status")?,
+                changed: row.try_get("changed")?,
+                provider_at: format_ms(row.try_get("provider_ts")?),
+                received_at: format_ms(row.try_get("received_at")?),
+            });
+        }
+        for row in &unmatched {
+            let update = buffered_update(row)?;
+            events.push(RecentEvent {
+                id: row.try_get("id")?,
+                kind: "unmatched",
+                channel: row.try_get("channel")?,
+                provider_message_id: row.try_get("provider_message_id")?,
+                tenant_id: None,
+                campaign_id: None,
+                event: update.event,
+                status: update.status.map(|status| status.as_str().to_owned()),
+                changed: false,
+                provider_at: format_ms(update.timestamp_ms),
+                received_at: format_ms(row.try_get("received_at")?),
+            });
+        }
+        // Newest first across both tables, by arrival time.
+        events.sort_by(|a, b| b.received_at.cmp(&a.received_at).then(b.id.cmp(&a.id)));
+        events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(events)
+    }
+
+    /// Returns the newest dead letters.
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, channel, reason, content_type, body, received_at
+             FROM dead_letters ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let body: Vec<u8> = row.try_get("body")?;
+                Ok(DeadLetterView {
+                    id: row.try_get("id")?,
+                    channel: row.try_get("channel")?,
+                    reason: row.try_get("reason")?,
+                    content_type: row.try_get("content_type")?,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                    received_at: format_ms(row.try_get("received_at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Returns row counts.
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM messages) AS messages,
+                    (SELECT COUNT(*) FROM status_events) AS events,
+                    (SELECT COUNT(*) FROM unmatched_statuses) AS unmatched,
+                    (SELECT COUNT(*) FROM dead_letters) AS dead",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(StoreStats {
+            messages: row.try_get("messages")?,
+            events_stored: row.try_get("events")?,
+            unmatched_buffered: row.try_get("unmatched")?,
+            dead_letters: row.try_get("dead")?,
+        })
+    }
+
+    /// Runs a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    /// Recounts a campaign from its message rows.
+    pub async fn recount(&self, campaign_pk: i64) -> Result<Tally, StoreError> {
+        let rows = sqlx::query("SELECT seen FROM messages WHERE campaign_pk = ?")
+            .bind(campaign_pk)
+            .fetch_all(&self.reader)
+            .await?;
+        let mut tally = Tally::default();
+        for row in rows {
+            let seen: i64 = row.try_get("seen")?;
+            let set = StatusSet::from_parts(mask(seen)?, [None; 6]);
+            tally = tally.plus(&set.tally());
+        }
+        Ok(tally)
+    }
+}
+
+/// One pending application of an update to a known message, with the index
+/// of the op (and of the update in it) whose outcome it decides.
+struct Pending<'a> {
+    op_index: usize,
+    update_index: Option<usize>,
+    message_pk: i64,
+    update: &'a StatusUpdate,
+}
+
+/// The body of a commit, inside the transaction.
+async fn commit_in(
+    conn: &mut SqliteConnection,
+    ops: &[&WriteOp],
+    now_ms: i64,
+) -> Result<Vec<OpOutcome>, StoreError> {
+    let mut outcomes: Vec<Option<OpOutcome>> = vec![None; ops.len()];
+    let mut deltas: HashMap<i64, (Tally, i64)> = HashMap::new();
+    let mut touched: HashSet<i64> = HashSet::new();
+    let mut pending: Vec<Pending<'_>> = Vec::new();
+    let mut drained: Vec<(usize, i64, StatusUpdate)> = Vec::new();
+
+    // 1. Campaigns, registrations, buffers, dead letters, expiry, in op order.
+    for (op_index, op) in ops.iter().enumerate() {
+        match op {
+            WriteOp::EnsureCampaign {
+                tenant_id,
+                campaign_id,
+            } => {
+                let campaign_pk = ensure_campaign(conn, tenant_id, campaign_id, now_ms).await?;
+                outcomes[op_index] = Some(OpOutcome::Campaign { campaign_pk });
+            }
+            WriteOp::Register {
+                campaign_pk,
+                messages,
+            } => {
+                let (receipt, registered) = register(conn, *campaign_pk, messages, now_ms).await?;
+                if receipt.registered > 0 {
+                    let delta = Tally::transition(None, &StatusSet::EMPTY);
+                    let entry = deltas.entry(*campaign_pk).or_default();
+                    for _ in 0..receipt.registered {
+                        entry.0 = entry.0.plus(&delta);
+                    }
+                    entry.1 += 1;
+                }
+                touched.insert(*campaign_pk);
+                for (message_pk, update) in take_unmatched(conn, &registered).await? {
+                    drained.push((op_index, message_pk, update));
+                }
+                outcomes[op_index] = Some(OpOutcome::Registered {
+                    receipt,
+                    counters: None,
+                });
+            }
+            WriteOp::Buffer { updates } => {
+                let results = buffer(conn, updates, now_ms).await?;
+                outcomes[op_index] = Some(OpOutcome::Buffered { outcomes: results });
+            }
+            WriteOp::DeadLetter(letter) => {
+                sqlx::query(
+                    "INSERT INTO dead_letters (channel, reason, content_type, body, received_at)
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(letter.channel.as_str())
+                .bind(&letter.reason)
+                .bind(&letter.content_type)
+                .bind(&letter.body)
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await?;
+                outcomes[op_index] = Some(OpOutcome::DeadLettered);
+            }
+            WriteOp::ExpireUnmatched { older_than_ms } => {
+                let removed = sqlx::query("DELETE FROM unmatched_statuses WHERE received_at < ?")
+                    .bind(older_than_ms)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                outcomes[op_index] = Some(OpOutcome::Expired { removed });
+            }
+            WriteOp::Apply {
+                campaign_pk,
+                updates,
+            } => {
+                touched.insert(*campaign_pk);
+                for (update_index, (message_pk, update)) in updates.iter().enumerate() {
+                    pending.push(Pending {
+                        op_index,
+                        update_index: Some(update_index),
+                        message_pk: *message_pk,
+                        update,
+                    });
+                }
+                outcomes[op_index] = Some(OpOutcome::Applied {
+                    outcomes: vec![UpdateOutcome::Duplicate; updates.len()],
+                    counters: None,
+                });
+            }
+        }
+    }
+    for (op_index, message_pk, update) in &drained {
+        pending.push(Pending {
+            op_index: *op_index,
+            update_index: None,
+            message_pk: *message_pk,
+            update,
+        });
+    }
+
+    // 2. Apply every update to the states read here, in order.
+    if !pending.is_empty() {
+        let message_pks: Vec<i64> = pending.iter().map(|each| each.message_pk).collect();
+        let mut states = load_states(conn, &message_pks).await?;
+        let keys: Vec<&str> = pending
+            .iter()
+            .map(|each| each.update.idempotency_key.as_str())
+            .collect();
+        let existing = existing_keys(conn, &keys).await?;
+        let inputs: Vec<(i64, &StatusUpdate)> = pending
+            .iter()
+            .map(|each| (each.message_pk, each.update))
+            .collect();
+        let applied = apply_updates(&mut states, &inputs, &existing);
+        insert_events(conn, &applied.events, now_ms).await?;
+        update_messages(conn, &states, now_ms).await?;
+        for (campaign_pk, (delta, versions)) in applied.deltas {
+            let entry = deltas.entry(campaign_pk).or_default();
+            entry.0 = entry.0.plus(&delta);
+            entry.1 += versions;
+            touched.insert(campaign_pk);
+        }
+        for (each, result) in pending.iter().zip(&applied.results) {
+            let outcome = match result {
+                Some(changed) => UpdateOutcome::Applied { changed: *changed },
+                None => UpdateOutcome::Duplicate,
+            };
+            match (&mut outcomes[each.op_index], each.update_index) {
+                (Some(OpOutcome::Applied { outcomes, .. }), Some(index)) => {
+                    outcomes[index] = outcome
+                }
+                (Some(OpOutcome::Registered { receipt, .. }), None) => {
+                    if matches!(outcome, UpdateOutcome::Applied { .. }) {
+                        receipt.applied_buffered += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // 3. Counters: deltas, so concurrent writers (PostgreSQL) stay exact.
+    let mut counters: HashMap<i64, CounterRow> = HashMap::new();
+    for campaign_pk in touched {
+        let (delta, versions) = deltas.remove(&campaign_pk).unwrap_or_default();
+        let row = if delta.is_zero() && versions == 0 {
+            sqlx::query("SELECT * FROM campaign_counters WHERE campaign_pk = ?")
+                .bind(campaign_pk)
+                .fetch_one(&mut *conn)
+                .await?
+        } else {
+            sqlx::query(
+                "UPDATE campaign_counters SET version = version + ?, total = total + ?,
+                    sent = sent + ?, delivered = delivered + ?, read = read + ?,
+                    clicked = clicked + ?, complained = complained + ?,
+                    now_pending = now_pending + ?, now_sent = now_sent + ?,
+                    now_delivered = now_delivered + ?, now_read = now_read + ?,
+                    now_failed = now_failed + ?, updated_at = ?
+                 WHERE campaign_pk = ? RETURNING *",
+            )
+            .bind(versions)
+            .bind(delta.total)
+            .bind(delta.sent)
+            .bind(delta.delivered)
+            .bind(delta.read)
+            .bind(delta.clicked)
+            .bind(delta.complained)
+            .bind(delta.by_status[0])
+            .bind(delta.by_status[1])
+            .bind(delta.by_status[2])
+            .bind(delta.by_status[3])
+            .bind(delta.by_status[4])
+            .bind(now_ms)
+            .bind(campaign_pk)
+            .fetch_one(&mut *conn)
+            .await?
+        };
+        counters.insert(campaign_pk, counter_row(&row)?);
+    }
+    for (op, outcome) in ops.iter().zip(outcomes.iter_mut()) {
+        match (op, outcome) {
+            (
+                WriteOp::Register { campaign_pk, .. },
+                Some(OpOutcome::Registered { counters: slot, .. }),
+            )
+            | (
+                WriteOp::Apply { campaign_pk, .. },
+                Some(OpOutcome::Applied { counters: slot, .. }),
+            ) => {
+                *slot = counters.get(campaign_pk).cloned();
+            }
+            _ => {}
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.ok_or_else(|| StoreError::Corrupt("operation without outcome".to_owned()))
+        })
+        .collect()
+}
+
+async fn ensure_campaign(
+    conn: &mut SqliteConnection,
+    tenant_id: &str,
+    campaign_id: &str,
+    now_ms: i64,
+) -> Result<i64, StoreError> {
+    sqlx::query("INSERT INTO tenants (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+        .bind(tenant_id)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO campaigns (tenant_id, campaign_id, created_at) VALUES (?, ?, ?)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant_id)
+    .bind(campaign_id)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    let campaign_pk: i64 =
+        sqlx::query_scalar("SELECT id FROM campaigns WHERE tenant_id = ? AND campaign_id = ?")
+            .bind(tenant_id)
+            .bind(campaign_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    sqlx::query("INSERT INTO campaign_counters (campaign_pk, updated_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+        .bind(campaign_pk)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    Ok(campaign_pk)
+}
+
+/// Inserts new messages; returns the receipt and the messages of this
+/// campaign (new or not) whose buffered statuses should be applied.
+async fn register(
+    conn: &mut SqliteConnection,
+    campaign_pk: i64,
+    messages: &[super::NewMessage],
+    now_ms: i64,
+) -> Result<(RegisterReceipt, Vec<(i64, Channel, String)>), StoreError> {
+    let mut receipt = RegisterReceipt::default();
+    let mut registered = Vec::with_capacity(messages.len());
+    let mut seen_in_op: HashSet<(Channel, &str)> = HashSet::new();
+    let unique: Vec<&super::NewMessage> = messages
+        .iter()
+        .filter(|message| {
+            seen_in_op.insert((message.channel, message.provider_message_id.as_str()))
+        })
+        .collect();
+    let mut inserted: HashSet<(String, String)> = HashSet::new();
+    for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO messages (campaign_pk, channel, provider_message_id, recipient, created_at, updated_at) ",
+        );
+        query.push_values(chunk, |mut row, message| {
+            row.push_bind(campaign_pk)
+                .push_bind(message.channel.as_str())
+                .push_bind(&message.provider_message_id)
+                .push_bind(&message.recipient)
+                .push_bind(now_ms)
+                .push_bind(now_ms);
+        });
+        query.push(" ON CONFLICT (channel, provider_message_id) DO NOTHING RETURNING channel, provider_message_id");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            inserted.insert((row.try_get("channel")?, row.try_get("provider_message_id")?));
+        }
+    }
+    for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT id, campaign_pk, channel, provider_message_id FROM messages WHERE (channel, provider_message_id) IN (",
+        );
+        let mut list = query.separated(", ");
+        for message in chunk {
+            list.push("(");
+            list.push_bind_unseparated(message.channel.as_str());
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(&message.provider_message_id);
+            list.push_unseparated(")");
+        }
+        query.push(")");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            let channel: String = row.try_get("channel")?;
+            let provider_message_id: String = row.try_get("provider_message_id")?;
+            let owner: i64 = row.try_get("campaign_pk")?;
+            if owner != campaign_pk {
+                receipt.conflicts.push(provider_message_id);
+                continue;
+            }
+            if inserted.contains(&(channel.clone(), provider_message_id.clone())) {
+                receipt.registered += 1;
+            } else {
+                receipt.existing += 1;
+            }
+            let channel = Channel::parse(&channel)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown channel {channel}")))?;
+            registered.push((row.try_get("id")?, channel, provider_message_id));
+        }
+    }
+    Ok((receipt, registered))
+}
+
+/// Removes and returns the buffered statuses of `messages`.
+async fn take_unmatched(
+    conn: &mut SqliteConnection,
+    messages: &[(i64, Channel, String)],
+) -> Result<Vec<(i64, StatusUpdate)>, StoreError> {
+    let mut taken = Vec::new();
+    for chunk in messages.chunks(ROWS_PER_STATEMENT) {
+        let by_key: HashMap<(&str, &str), i64> = chunk
+            .iter()
+            .map(|(message_pk, channel, id)| ((channel.as_str(), id.as_str()), *message_pk))
+            .collect();
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "DELETE FROM unmatched_statuses WHERE (channel, provider_message_id) IN (",
+        );
+        let mut list = query.separated(", ");
+        for (_, channel, id) in chunk {
+            list.push("(");
+            list.push_bind_unseparated(channel.as_str());
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(id);
+            list.push_unseparated(")");
+        }
+        query.push(") RETURNING id, channel, provider_message_id, status_update");
+        let mut rows = query.build().fetch_all(&mut *conn).await?;
+        // Apply in arrival order; the outcome does not depend on it, but the
+        // timeline ids then follow arrival.
+        rows.sort_by_key(|row| row.try_get::<i64, _>("id").unwrap_or_default());
+        for row in rows {
+            let channel: String = row.try_get("channel")?;
+            let id: String = row.try_get("provider_message_id")?;
+            let Some(message_pk) = by_key.get(&(channel.as_str(), id.as_str())) else {
+                continue;
+            };
+            taken.push((*message_pk, buffered_update(&row)?));
+        }
+    }
+    Ok(taken)
+}
+
+/// Buffers updates for unknown messages, unless the message exists by now.
+async fn buffer(
+    conn: &mut SqliteConnection,
+    updates: &[StatusUpdate],
+    now_ms: i64,
+) -> Result<Vec<UpdateOutcome>, StoreError> {
+    let mut results = vec![UpdateOutcome::Duplicate; updates.len()];
+    let mut known: HashMap<(String, String), MessageRef> = HashMap::new();
+    for chunk in updates.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT id, campaign_pk, channel, provider_message_id FROM messages WHERE (channel, provider_message_id) IN (",
+        );
+        let mut list = query.separated(", ");
+        for update in chunk {
+            list.push("(");
+            list.push_bind_unseparated(update.channel.as_str());
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(&update.provider_message_id);
+            list.push_unseparated(")");
+        }
+        query.push(")");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            known.insert(
+                (row.try_get("channel")?, row.try_get("provider_message_id")?),
+                MessageRef {
+                    message_pk: row.try_get("id")?,
+                    campaign_pk: row.try_get("campaign_pk")?,
+                },
+            );
+        }
+    }
+    let mut to_insert = Vec::new();
+    let mut keys_in_op = HashSet::new();
+    for (index, update) in updates.iter().enumerate() {
+        let key = (
+            update.channel.as_str().to_owned(),
+            update.provider_message_id.clone(),
+        );
+        if let Some(message) = known.get(&key) {
+            results[index] = UpdateOutcome::Known(*message);
+        } else if keys_in_op.insert(update.idempotency_key.as_str()) {
+            let json = serde_json::to_string(update)
+                .map_err(|error| StoreError::Corrupt(format!("unserializable update: {error}")))?;
+            to_insert.push((index, update, json));
+        }
+    }
+    for chunk in to_insert.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO unmatched_statuses (idempotency_key, channel, provider_message_id, status_update, received_at) ",
+        );
+        query.push_values(chunk, |mut row, (_, update, json)| {
+            row.push_bind(&update.idempotency_key)
+                .push_bind(update.channel.as_str())
+                .push_bind(&update.provider_message_id)
+                .push_bind(json)
+                .push_bind(now_ms);
+        });
+        query.push(" ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key");
+        let inserted: HashSet<String> = query
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get("idempotency_key"))
+            .collect::<Result<_, _>>()?;
+        for (index, update, _) in chunk {
+            if inserted.contains(&update.idempotency_key) {
+                results[*index] = UpdateOutcome::Buffered;
+            }
+        }
+    }
+    Ok(results)
+}
+
+async fn load_states(
+    conn: &mut SqliteConnection,
+    message_pks: &[i64],
+) -> Result<HashMap<i64, LoadedMessage>, StoreError> {
+    let unique: Vec<i64> = message_pks
+        .iter()
+        .copied()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut states = HashMap::with_capacity(unique.len());
+    for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM messages WHERE id IN (");
+        let mut list = query.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        query.push(")");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            states.insert(
+                row.try_get("id")?,
+                LoadedMessage {
+                    campaign_pk: row.try_get("campaign_pk")?,
+                    set: status_set(&row)?,
+                    failure: failure(&row)?,
+                    dirty: false,
+                },
+            );
+        }
+    }
+    Ok(states)
+}
+
+async fn existing_keys(
+    conn: &mut SqliteConnection,
+    keys: &[&str],
+) -> Result<HashSet<String>, StoreError> {
+    let mut existing = HashSet::new();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT idempotency_key FROM status_events WHERE idempotency_key IN (",
+        );
+        let mut list = query.separated(", ");
+        for key in chunk {
+            list.push_bind(*key);
+        }
+        query.push(")");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            existing.insert(row.try_get("idempotency_key")?);
+        }
+    }
+    Ok(existing)
+}
+
+async fn insert_events(
+    conn: &mut SqliteConnection,
+    events: &[EventRow<'_>],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO status_events (idempotency_key, message_pk, campaign_pk, event, status, changed,
+             provider_ts, details, received_at) ",
+        );
+        query.push_values(chunk, |mut row, event| {
+            let details = if event.update.details.is_null() && event.update.failure.is_none() {
+                None
+            } else {
+                let mut details = event.update.details.clone();
+                if let (Some(failure), Some(object)) =
+                    (&event.update.failure, details.as_object_mut())
+                {
+                    object.insert("failure".to_owned(), serde_json::json!(failure));
+                } else if let Some(failure) = &event.update.failure {
+                    details = serde_json::json!({ "failure": failure });
+                }
+                Some(details.to_string())
+            };
+            row.push_bind(&event.update.idempotency_key)
+                .push_bind(event.message_pk)
+                .push_bind(event.campaign_pk)
+                .push_bind(&event.update.event)
+                .push_bind(event.update.status.map(Status::as_str))
+                .push_bind(event.changed)
+                .push_bind(event.update.timestamp_ms)
+                .push_bind(details)
+                .push_bind(now_ms);
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Writes every changed message state with one multi-row `UPDATE … FROM
+/// (VALUES …)` per chunk.
+async fn update_messages(
+    conn: &mut SqliteConnection,
+    states: &HashMap<i64, LoadedMessage>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let dirty: Vec<(&i64, &LoadedMessage)> =
+        states.iter().filter(|(_, state)| state.dirty).collect();
+    for chunk in dirty.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "UPDATE messages SET seen = v.column2, status = v.column3, sent_at = v.column4,
+                delivered_at = v.column5, read_at = v.column6, clicked_at = v.column7,
+                complained_at = v.column8, failed_at = v.column9, error_code = v.column10,
+                error_title = v.column11, updated_at = v.column12
+             FROM (",
+        );
+        query.push_values(chunk, |mut row, (message_pk, state)| {
+            let first = state.set.first_seen_ms();
+            row.push_bind(**message_pk)
+                .push_bind(i64::from(state.set.mask()))
+                .push_bind(state.set.current().as_str())
+                .push_bind(first[0])
+                .push_bind(first[1])
+                .push_bind(first[2])
+                .push_bind(first[3])
+                .push_bind(first[4])
+                .push_bind(first[5])
+                .push_bind(state.failure.as_ref().map(|failure| failure.code.clone()))
+                .push_bind(state.failure.as_ref().map(|failure| failure.title.clone()))
+                .push_bind(now_ms);
+        });
+        query.push(") AS v WHERE messages.id = v.column1");
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+fn mask(seen: i64) -> Result<u8, StoreError> {
+    u8::try_from(seen).map_err(|_| StoreError::Corrupt(format!("status mask {seen} out of range")))
+}
+
+fn status_set(row: &SqliteRow) -> Result<StatusSet, StoreError> {
+    let seen: i64 = row.try_get("seen")?;
+    let first = [
+        row.try_get("sent_at")?,
+        row.try_get("delivered_at")?,
+        row.try_get("read_at")?,
+        row.try_get("clicked_at")?,
+        row.try_get("complained_at")?,
+        row.try_get("failed_at")?,
+    ];
+    Ok(StatusSet::from_parts(mask(seen)?, first))
+}
+
+fn failure(row: &SqliteRow) -> Result<Option<Failure>, StoreError> {
+    let code: Option<String> = row.try_get("error_code")?;
+    let title: Option<String> = row.try_get("error_title")?;
+    Ok(code.map(|code| Failure {
+        code,
+        title: title.unwrap_or_default(),
+    }))
+}
+
+fn buffered_update(row: &SqliteRow) -> Result<StatusUpdate, StoreError> {
+    let json: String = row.try_get("status_update")?;
+    serde_json::from_str(&json)
+        .map_err(|error| StoreError::Corrupt(format!("buffered update: {error}")))
+}
+
+fn counter_row(row: &SqliteRow) -> Result<CounterRow, StoreError> {
+    Ok(CounterRow {
+        campaign_pk: row.try_get("campaign_pk")?,
+        version: row.try_get("version")?,
+        tally: Tally {
+            total: row.try_get("total")?,
+            sent: row.try_get("sent")?,
+            delivered: row.try_get("delivered")?,
+            read: row.try_get("read")?,
+            clicked: row.try_get("clicked")?,
+            complained: row.try_get("complained")?,
+            by_status: [
+                row.try_get("now_pending")?,
+                row.try_get("now_sent")?,
+                row.try_get("now_delivered")?,
+                row.try_get("now_read")?,
+                row.try_get("now_failed")?,
+            ],
+        },
+        updated_at_ms: row.try_get("updated_at")?,
+    })
+}

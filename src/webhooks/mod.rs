@@ -1,0 +1,58 @@
+//! Provider-facing endpoints. Each provider module verifies the caller the
+//! provider's way, parses the payload into [`crate::domain::StatusUpdate`]s
+//! and hands them to the hub; the reply waits for the commit.
+
+pub mod whatsapp;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::domain::Channel;
+use crate::error::ApiError;
+use crate::hub::{Hub, WebhookReceipt};
+use crate::store::DeadLetter;
+
+/// Registers `/webhooks/whatsapp` (and later providers) on `cfg`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/webhooks/whatsapp")
+            .route(web::get().to(whatsapp::verify_subscription))
+            .route(web::post().to(whatsapp::receive)),
+    );
+}
+
+/// Applies what could be interpreted, dead-letters the raw body when any part
+/// could not be, and answers with the receipt once everything is durable.
+pub(crate) async fn apply_and_reply(
+    hub: &Hub,
+    req: &HttpRequest,
+    channel: Channel,
+    body: &[u8],
+    parsed: crate::domain::Parsed,
+) -> Result<HttpResponse, ApiError> {
+    let crate::domain::Parsed { updates, problems } = parsed;
+    let dead_letter = async {
+        if problems.is_empty() {
+            return Ok(0);
+        }
+        let reason = problems.join("; ");
+        tracing::warn!(channel = %channel, reason = %reason, "keeping uninterpretable payload as a dead letter");
+        hub.dead_letter(DeadLetter {
+            channel,
+            reason,
+            content_type: req
+                .headers()
+                .get(actix_web::http::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+            body: body.to_vec(),
+        })
+        .await
+        .map(|()| 1)
+    };
+    let (receipt, dead_lettered) = futures_util::join!(hub.apply(updates), dead_letter);
+    let receipt = WebhookReceipt {
+        dead_lettered: dead_lettered?,
+        ..receipt?
+    };
+    Ok(HttpResponse::Ok().json(receipt))
+}
