@@ -9,7 +9,7 @@ async fn main() -> std::process::ExitCode {
     let subscriber = statushub::telemetry::get_subscriber("info", std::io::stderr);
     statushub::telemetry::init_subscriber(subscriber);
     let cli = Cli::parse();
-    match statushub::run(cli.command.unwrap_or_else(|| default_serve())).await {
+    match statushub::run(cli.command.unwrap_or_else(default_serve)).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error.cause_chain = ?error, error.message = %error, "statushub failed");

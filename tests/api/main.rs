@@ -1,0 +1,12 @@
+//! Integration tests: the real server over real HTTP on a random port, with a
+//! real SQLite file in a temporary directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod auth;
+mod durability;
+mod registration;
+mod robustness;
+mod whatsapp;

@@ -1,0 +1,76 @@
+//! `POST /api/v1/messages`: JSON arrays and NDJSON, idempotency, conflicts.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn ndjson_and_arrays_register_idempotently() {
+    let app = spawn_app().await;
+    let ndjson = "{\"tenant_id\":\"t1\",\"campaign_id\":\"c1\",\"channel\":\"whatsapp\",\"provider_message_id\":\"wamid.1\",\"recipient\":\"+15550001\"}\n\
+                  \n\
+                  {\"tenant_id\":\"t1\",\"campaign_id\":\"c1\",\"channel\":\"email\",\"provider_message_id\":\"ses-1\"}\n";
+
+    let response = app
+        .client
+        .post(app.url("/api/v1/messages"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let first: serde_json::Value = response.json().await.unwrap();
+    let again = app
+        .register(&json!([{"tenant_id": "t1", "campaign_id": "c1", "channel": "whatsapp", "provider_message_id": "wamid.1"}]))
+        .await;
+
+    assert_eq!(first["registered"], 2);
+    assert_eq!(again["registered"], 0);
+    assert_eq!(again["existing"], 1);
+    let metrics = app.metrics("c1").await;
+    assert_eq!(metrics["total"], 2);
+    assert_eq!(metrics["by_status"]["pending"], 2);
+    assert_eq!(
+        app.message("whatsapp", "wamid.1").await["recipient"],
+        "+15550001"
+    );
+}
+
+#[actix_web::test]
+async fn a_message_id_already_in_another_campaign_is_a_conflict() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "c1", &["wamid.1"]).await;
+
+    let receipt = app
+        .register_whatsapp("t1", "c2", &["wamid.1", "wamid.2"])
+        .await;
+
+    assert_eq!(receipt["registered"], 1);
+    assert_eq!(receipt["conflicts"], json!(["wamid.1"]));
+    assert_eq!(app.metrics("c1").await["total"], 1);
+    assert_eq!(app.metrics("c2").await["total"], 1);
+}
+
+#[actix_web::test]
+async fn the_same_campaign_name_in_two_tenants_needs_a_tenant_for_the_admin() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "spring", &["wamid.1"]).await;
+    app.register_whatsapp("t2", "spring", &["wamid.2", "wamid.3"])
+        .await;
+
+    let ambiguous = app
+        .get("/api/v1/campaigns/spring/metrics", ADMIN_TOKEN)
+        .await;
+    let t2: serde_json::Value = app
+        .get("/api/v1/campaigns/spring/metrics?tenant_id=t2", ADMIN_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    assert_eq!(ambiguous.status(), 400);
+    assert_eq!(t2["total"], 2);
+    assert_eq!(t2["tenant_id"], "t2");
+}

@@ -1,0 +1,213 @@
+//! Bad input gets a documented answer, never a 500 or a hung connection,
+//! and the hub stays healthy.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+async fn assert_healthy(app: &TestApp) {
+    let response = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[actix_web::test]
+async fn signed_junk_is_dead_lettered_and_acknowledged() {
+    let app = spawn_app().await;
+    let junk: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        br#"{"object":"page","entry":[]}"#.to_vec(),
+        br#"{"object":"whatsapp_business_account","entry":"nope"}"#.to_vec(),
+        br#"{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{"statuses":[{"id":7,"status":["read"],"timestamp":{}}]}}]}]}"#.to_vec(),
+        "{\"object\":\"whatsapp_business_account\",\"entry\":[{\"changes\":[{\"value\":{\"statuses\":[{\"id\":\"wamid.\u{1F4A5}\u{202E}\",\"status\":\"r\u{0000}ead\",\"timestamp\":\"-99999999999999999999\"}]}}]}]}".as_bytes().to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x80],
+        b"".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+    ];
+
+    for (index, body) in junk.iter().enumerate() {
+        let response = app.post_whatsapp_bytes(body.clone()).await;
+        assert_eq!(response.status(), 200, "case {index}");
+        let receipt: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(receipt["dead_lettered"], 1, "case {index}");
+        assert_eq!(receipt["applied"], 0, "case {index}");
+    }
+
+    assert_eq!(app.count_rows("dead_letters").await, junk.len() as i64);
+    let letters: serde_json::Value = app
+        .get("/webhooks/dead-letters?limit=100", ADMIN_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(letters.as_array().unwrap().len(), junk.len());
+    assert_eq!(
+        letters[junk.len() - 1]["body"],
+        "{not json",
+        "kept verbatim, oldest last"
+    );
+    assert_healthy(&app).await;
+}
+
+#[actix_web::test]
+async fn a_bad_status_beside_good_ones_loses_nothing() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "c1", &["wamid.good"]).await;
+    let mut payload = whatsapp_payload(&[("wamid.good", "read", 1_700_000_000)]);
+    payload["entry"][0]["changes"][0]["value"]["statuses"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "wamid.bad", "status": "read", "timestamp": "yesterday"}));
+
+    let receipt: serde_json::Value = app.post_whatsapp(&payload).await.json().await.unwrap();
+
+    assert_eq!(receipt["applied"], 1);
+    assert_eq!(receipt["dead_lettered"], 1);
+    assert_eq!(app.metrics("c1").await["read"], 1);
+}
+
+#[actix_web::test]
+async fn unsigned_junk_with_verification_disabled_is_a_bad_request() {
+    let app = spawn_app_with(|settings| settings.enable_webhook_verification = false).await;
+
+    for body in [&b"{not json"[..], br#"{"object":"page"}"#, b"\xff\xfe"] {
+        let response = app.post_whatsapp_raw(body.to_vec(), None).await;
+        assert_eq!(response.status(), 400);
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert!(error["error"].as_str().unwrap().len() > 5);
+    }
+    assert_eq!(app.count_rows("dead_letters").await, 0);
+    assert_healthy(&app).await;
+}
+
+#[actix_web::test]
+async fn oversized_bodies_are_refused_with_413() {
+    let app = spawn_app().await;
+    let huge = vec![b' '; 1024 * 1024 + 1];
+
+    let response = app.post_whatsapp_bytes(huge).await;
+
+    assert_eq!(response.status(), 413);
+    assert_eq!(app.count_rows("dead_letters").await, 0);
+    assert_healthy(&app).await;
+}
+
+#[actix_web::test]
+async fn oversized_body_without_content_length_is_refused_too() {
+    let app = spawn_app().await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![b'x'; 64 * 1024])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+
+    let response = app
+        .client
+        .post(app.url("/webhooks/whatsapp"))
+        .header("x-hub-signature-256", "sha256=00")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+
+    assert!(
+        response.status() == 413 || response.status() == 401,
+        "{}",
+        response.status()
+    );
+    assert_healthy(&app).await;
+}
+
+#[actix_web::test]
+async fn malformed_api_input_gets_clear_errors() {
+    let app = spawn_app().await;
+    let cases = [
+        json!([{"tenant_id": "t1", "campaign_id": "c1", "channel": "sms", "provider_message_id": "x"}]),
+        json!([{"tenant_id": "", "campaign_id": "c1", "channel": "whatsapp", "provider_message_id": "x"}]),
+        json!([{"tenant_id": "t1", "campaign_id": "c1", "channel": "whatsapp"}]),
+        json!([{"tenant_id": "t1", "campaign_id": "c1", "channel": "whatsapp", "provider_message_id": 5}]),
+        json!([{"tenant_id": "t1", "campaign_id": "c1", "channel": "whatsapp", "provider_message_id": "x".repeat(300)}]),
+        json!([]),
+        json!("hello"),
+    ];
+    for case in &cases {
+        let response = app.register_with(ADMIN_TOKEN, case).await;
+        assert_eq!(response.status(), 400, "{case}");
+    }
+    assert_eq!(
+        app.count_rows("messages").await,
+        0,
+        "nothing stored from a rejected batch"
+    );
+
+    let not_found = app.get("/api/v1/campaigns/nope/metrics", ADMIN_TOKEN).await;
+    assert_eq!(not_found.status(), 404);
+    let not_found = app.get("/api/v1/messages/whatsapp/nope", ADMIN_TOKEN).await;
+    assert_eq!(not_found.status(), 404);
+    let bad_channel = app.get("/api/v1/messages/pigeon/nope", ADMIN_TOKEN).await;
+    assert_eq!(bad_channel.status(), 404);
+    assert_healthy(&app).await;
+}
+
+#[actix_web::test]
+async fn ops_endpoints_answer() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "c1", &["wamid.a"]).await;
+    app.send_statuses(&[
+        ("wamid.a", "read", 1_700_000_000),
+        ("wamid.unknown", "sent", 1_700_000_000),
+    ])
+    .await;
+
+    let health: serde_json::Value = app
+        .get("/webhooks/health", ADMIN_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["database"], "ok");
+    assert_eq!(health["stats"]["events_stored"], 1);
+    assert_eq!(health["stats"]["unmatched_buffered"], 1);
+    assert!(health["active_campaign_actors"].as_i64().unwrap() >= 1);
+    assert_eq!(health["queue_depth"], 0);
+    assert_eq!(health["recent_events"].as_array().unwrap().len(), 2);
+
+    let events: serde_json::Value = app
+        .get("/webhooks/events?limit=1", ADMIN_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events.as_array().unwrap().len(), 1);
+    let events: serde_json::Value = app
+        .get("/webhooks/events?limit=5000", ADMIN_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events.as_array().unwrap().len(), 2);
+
+    let metrics = app.get("/metrics", ADMIN_TOKEN).await.text().await.unwrap();
+    assert!(
+        metrics.contains("statushub_statuses_total{outcome=\"applied\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("statushub_http_requests_total{code=\"200\",route=\"/webhooks/whatsapp\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("statushub_db_commit_seconds_bucket"));
+
+    for path in [
+        "/metrics",
+        "/webhooks/health",
+        "/webhooks/events",
+        "/webhooks/dead-letters",
+    ] {
+        let anonymous = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401, "{path}");
+        let tenant = app.get(path, &app.tenant_token("t1", None)).await;
+        assert_eq!(tenant.status(), 403, "{path}");
+    }
+}
