@@ -2,6 +2,7 @@
 //! provider's way, parses the payload into [`crate::domain::StatusUpdate`]s
 //! and hands them to the hub; the reply waits for the commit.
 
+pub mod ses;
 pub mod whatsapp;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -11,13 +12,14 @@ use crate::error::ApiError;
 use crate::hub::{Hub, WebhookReceipt};
 use crate::store::DeadLetter;
 
-/// Registers `/webhooks/whatsapp` (and later providers) on `cfg`.
+/// Registers `/webhooks/whatsapp`, `/webhooks/email` (and later providers) on `cfg`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/webhooks/whatsapp")
             .route(web::get().to(whatsapp::verify_subscription))
             .route(web::post().to(whatsapp::receive)),
     );
+    cfg.route("/webhooks/email", web::post().to(ses::receive));
 }
 
 /// Applies what could be interpreted, dead-letters the raw body when any part

@@ -1,0 +1,1052 @@
+//! AWS SES events through SNS, end to end over HTTP: real RSA signatures
+//! (a key and self-signed certificate made by the `openssl` CLI, served from
+//! a temporary `SNS_CERT_DIR`), AWS's genuine signed notifications and
+//! documented SES examples from `../shared/vectors/`, topics, subscription
+//! confirmation against a local stand-in, and the shared secret.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::helpers::*;
+
+/// The region host every test message claims to come from.
+const SNS_HOST: &str = "sns.eu-west-1.amazonaws.com";
+/// The test certificate's file name in the cert dir, and the last segment of
+/// its `SigningCertURL`.
+const CERT_NAME: &str = "SimpleNotificationService-statushub-test.pem";
+const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:ses-events";
+const OTHER_TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:someone-else";
+const SUBSCRIPTION_ARN: &str =
+    "arn:aws:sns:eu-west-1:123456789012:ses-events:2bcfbf39-05c3-41de-beaa-fcfcc21c8f55";
+const TENANT: &str = "t1";
+
+fn cert_url() -> String {
+    format!("https://{SNS_HOST}/{CERT_NAME}")
+}
+
+/// An RSA key and a self-signed certificate for it, made by the `openssl`
+/// CLI: the certificate in `certs/` (the `SNS_CERT_DIR`), the key beside it.
+struct Signer {
+    dir: tempfile::TempDir,
+}
+
+impl Signer {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("certs")).unwrap();
+        let output = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=sns.amazonaws.com"])
+            .arg("-keyout")
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("certs").join(CERT_NAME))
+            .output()
+            .expect("these tests need the openssl cli to make a key and certificate");
+        assert!(output.status.success(), "{output:?}");
+        Signer { dir }
+    }
+
+    fn cert_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// Returns the base64 RSASSA-PKCS1-v1_5 signature of `text`: SHA1 for
+    /// version `1`, SHA256 for `2`.
+    fn signature(&self, version: &str, text: &str) -> String {
+        let digest = if version == "1" { "-sha1" } else { "-sha256" };
+        let mut child = Command::new("openssl")
+            .args(["dgst", digest, "-sign"])
+            .arg(self.dir.path().join("key.pem"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        STANDARD.encode(output.stdout)
+    }
+
+    /// Signs `envelope` as SNS does, with `version`, naming the test
+    /// certificate.
+    fn sign(&self, mut envelope: Value, version: &str) -> Value {
+        envelope["SignatureVersion"] = version.into();
+        envelope["SigningCertURL"] = cert_url().into();
+        envelope["Signature"] = self.signature(version, &canonical(&envelope)).into();
+        envelope
+    }
+}
+
+/// Returns the keys AWS signs for the envelope's type that it holds, in
+/// the signed order, written here from AWS's documentation (independently of
+/// statushub's own code).
+fn signed_keys(envelope: &Value) -> Vec<&'static str> {
+    let keys: &[&'static str] = if envelope["Type"] == "Notification" {
+        &[
+            "Message",
+            "MessageId",
+            "Subject",
+            "Timestamp",
+            "TopicArn",
+            "Type",
+        ]
+    } else {
+        &[
+            "Message",
+            "MessageId",
+            "SubscribeURL",
+            "Timestamp",
+            "Token",
+            "TopicArn",
+            "Type",
+        ]
+    };
+    keys.iter()
+        .copied()
+        .filter(|key| envelope.get(*key).is_some())
+        .collect()
+}
+
+/// Returns the string AWS signs: each signed key as `Key\nValue\n`.
+fn canonical(envelope: &Value) -> String {
+    signed_keys(envelope)
+        .into_iter()
+        .map(|key| format!("{key}\n{}\n", envelope[key].as_str().unwrap()))
+        .collect()
+}
+
+/// Returns `text` with its last character changed.
+fn flip_last(text: &str) -> String {
+    let mut text = text.to_owned();
+    let last = text.pop().unwrap();
+    text.push(if last == 'x' { 'y' } else { 'x' });
+    text
+}
+
+fn sns_message_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// An unsigned SNS notification of `topic` carrying `message`.
+fn notification_of(topic: &str, message: &str) -> Value {
+    json!({
+        "Type": "Notification",
+        "MessageId": sns_message_id(),
+        "TopicArn": topic,
+        "Message": message,
+        "Timestamp": "2024-05-01T12:00:00.123Z",
+        "UnsubscribeURL": format!("https://{SNS_HOST}/?Action=Unsubscribe&SubscriptionArn={topic}:sub"),
+    })
+}
+
+fn notification(message: &str) -> Value {
+    notification_of(TOPIC, message)
+}
+
+/// An unsigned `SubscriptionConfirmation` or `UnsubscribeConfirmation`.
+fn confirmation(kind: &str, topic: &str, token: &str) -> Value {
+    json!({
+        "Type": kind,
+        "MessageId": sns_message_id(),
+        "Token": token,
+        "TopicArn": topic,
+        "Message": format!("You have chosen to subscribe to the topic {topic}.\nTo confirm the subscription, visit the SubscribeURL included in this message."),
+        "SubscribeURL": subscribe_url(topic, token),
+        "Timestamp": "2024-05-01T12:00:00.000Z",
+    })
+}
+
+fn subscribe_url(topic: &str, token: &str) -> String {
+    format!("https://{SNS_HOST}/?Action=ConfirmSubscription&TopicArn={topic}&Token={token}")
+}
+
+/// The minimal SES event of every type: name, key of its object, the object.
+#[rustfmt::skip]
+const SES_EVENTS: [(&str, &str, &str); 10] = [
+    ("Send", "send", "{}"),
+    ("Delivery", "delivery", r#"{"timestamp":"2024-05-01T12:00:02.000Z","recipients":["a@example.com"],"smtpResponse":"250 ok"}"#),
+    ("Open", "open", r#"{"timestamp":"2024-05-01T12:00:05.000Z","userAgent":"Mozilla/5.0","ipAddress":"192.0.2.1"}"#),
+    ("Click", "click", r#"{"timestamp":"2024-05-01T12:00:06.000Z","link":"https://example.com/","linkTags":{"a":["b"]}}"#),
+    ("Bounce", "bounce", r#"{"timestamp":"2024-05-01T12:00:02.000Z","bounceType":"Permanent","bounceSubType":"General",
+        "bouncedRecipients":[{"emailAddress":"a@example.com","diagnosticCode":"smtp; 550 5.1.1 user unknown"}]}"#),
+    ("Complaint", "complaint", r#"{"timestamp":"2024-05-01T12:00:09.000Z","complaintFeedbackType":"abuse",
+        "complainedRecipients":[{"emailAddress":"a@example.com"}]}"#),
+    ("Reject", "reject", r#"{"reason":"Bad content"}"#),
+    ("Rendering Failure", "failure", r#"{"templateName":"T","errorMessage":"Attribute 'x' is not present"}"#),
+    ("DeliveryDelay", "deliveryDelay", r#"{"timestamp":"2024-05-01T12:00:03.000Z","delayType":"MailboxFull"}"#),
+    ("Subscription", "subscription", r#"{"timestamp":"2024-05-01T12:00:04.000Z","contactList":"L"}"#),
+];
+
+/// Returns the SES event `name` about `mail_id` as SES publishes it, typed
+/// by `form`: `eventType` (configuration sets) or `notificationType`
+/// (identity notifications).
+fn ses_event(form: &str, name: &str, mail_id: &str) -> String {
+    let (_, key, object) = SES_EVENTS.iter().find(|row| row.0 == name).unwrap();
+    let mut message = json!({
+        form: name,
+        "mail": {
+            "timestamp": "2024-05-01T12:00:00.000Z",
+            "source": "sender@example.com",
+            "messageId": mail_id,
+            "destination": ["a@example.com"],
+        },
+    });
+    message[*key] = serde_json::from_str(object).unwrap();
+    message.to_string()
+}
+
+/// The statuses a message has seen (with the implied ones) and its current
+/// status after the SES event `name` alone (the spec's SES mapping).
+fn expected_after(name: &str) -> (&'static [&'static str], &'static str) {
+    match name {
+        "Send" => (&["sent"], "sent"),
+        "Delivery" => (&["sent", "delivered"], "delivered"),
+        "Open" => (&["sent", "delivered", "read"], "read"),
+        "Click" => (&["sent", "delivered", "read", "clicked"], "read"),
+        "Complaint" => (&["sent", "delivered", "complained"], "delivered"),
+        "Bounce" | "Reject" | "Rendering Failure" => (&["failed"], "failed"),
+        "DeliveryDelay" | "Subscription" => (&[], "pending"),
+        other => panic!("no expectation for {other}"),
+    }
+}
+
+/// Returns the counters (as `counts_only` shapes them) of a campaign whose
+/// messages saw these events, one message each.
+fn expected_counts<'a>(events: impl IntoIterator<Item = &'a str>) -> Value {
+    let mut counts = json!({"total": 0, "sent": 0, "delivered": 0, "read": 0, "failed": 0, "clicked": 0,
+        "complained": 0, "by_status": {"pending": 0, "sent": 0, "delivered": 0, "read": 0, "failed": 0}});
+    let bump = |value: &mut Value| *value = json!(value.as_i64().unwrap() + 1);
+    for name in events {
+        let (seen, current) = expected_after(name);
+        bump(&mut counts["total"]);
+        for status in seen.iter().filter(|status| **status != "failed") {
+            bump(&mut counts[*status]);
+        }
+        if current == "failed" {
+            bump(&mut counts["failed"]);
+        }
+        bump(&mut counts["by_status"][current]);
+    }
+    counts
+}
+
+/// Posts `envelope` as SNS does (JSON as `text/plain`, the message type
+/// header), after `customize` adjusted the request.
+async fn post_sns_with(
+    app: &TestApp,
+    path: &str,
+    envelope: &Value,
+    customize: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> reqwest::Response {
+    let request = app
+        .client
+        .post(app.url(path))
+        .header("content-type", "text/plain; charset=UTF-8")
+        .header("user-agent", "Amazon Simple Notification Service Agent")
+        .header(
+            "x-amz-sns-message-type",
+            envelope["Type"].as_str().unwrap_or_default(),
+        )
+        .header(
+            "x-amz-sns-message-id",
+            envelope["MessageId"].as_str().unwrap_or_default(),
+        )
+        .body(envelope.to_string());
+    customize(request).send().await.unwrap()
+}
+
+async fn post_sns(app: &TestApp, envelope: &Value) -> reqwest::Response {
+    post_sns_with(app, "/webhooks/email", envelope, |request| request).await
+}
+
+/// Posts and returns the receipt, asserting 200.
+async fn deliver(app: &TestApp, envelope: &Value) -> Value {
+    let response = post_sns(app, envelope).await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    response.json().await.unwrap()
+}
+
+fn receipt_json(applied: u64, duplicates: u64, unmatched: u64, dead_lettered: u64) -> Value {
+    json!({"received": applied + duplicates + unmatched, "applied": applied, "duplicates": duplicates,
+           "unmatched": unmatched, "dead_lettered": dead_lettered})
+}
+
+async fn register_email(app: &TestApp, campaign: &str, ids: &[&str]) {
+    let messages: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"tenant_id": TENANT, "campaign_id": campaign, "channel": "email", "provider_message_id": id}))
+        .collect();
+    let receipt = app.register(&Value::Array(messages)).await;
+    assert_eq!(receipt["registered"], ids.len(), "{receipt}");
+}
+
+/// Rows of every table a webhook writes to: events, buffered statuses,
+/// dead letters.
+async fn stored(app: &TestApp) -> [i64; 3] {
+    [
+        app.count_rows("status_events").await,
+        app.count_rows("unmatched_statuses").await,
+        app.count_rows("dead_letters").await,
+    ]
+}
+
+async fn health_subscriptions(app: &TestApp) -> Vec<Value> {
+    let response = app.get("/webhooks/health", ADMIN_TOKEN).await;
+    assert_eq!(response.status(), 200);
+    let health: Value = response.json().await.unwrap();
+    health["sns_subscriptions"].as_array().unwrap().clone()
+}
+
+async fn spawn_ses_app(
+    signer: &Signer,
+    customize: impl FnOnce(&mut statushub::config::Settings),
+) -> TestApp {
+    let cert_dir = signer.cert_dir();
+    spawn_app_with(|settings| {
+        settings.sns_cert_dir = Some(cert_dir);
+        customize(settings);
+    })
+    .await
+}
+
+/// A local HTTP server standing in for SNS's `ConfirmSubscription` endpoint:
+/// records each request line and answers with `status`.
+struct StandIn {
+    base: reqwest::Url,
+    requests: Arc<Mutex<Vec<String>>>,
+    status: Arc<AtomicU16>,
+}
+
+impl StandIn {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(200));
+        let (seen, answer) = (Arc::clone(&requests), Arc::clone(&status));
+        actix_web::rt::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => head.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push(line);
+                let code = answer.load(Ordering::SeqCst);
+                let body = if code == 200 {
+                    format!(
+                        "<ConfirmSubscriptionResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\">\
+                         <ConfirmSubscriptionResult><SubscriptionArn>{SUBSCRIPTION_ARN}</SubscriptionArn>\
+                         </ConfirmSubscriptionResult></ConfirmSubscriptionResponse>"
+                    )
+                } else {
+                    "<ErrorResponse><Error><Code>InternalFailure</Code></Error></ErrorResponse>"
+                        .to_owned()
+                };
+                let response = format!(
+                    "HTTP/1.1 {code} Stand-in\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            }
+        });
+        StandIn {
+            base,
+            requests,
+            status,
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+#[actix_web::test]
+async fn signed_messages_of_every_type_and_both_versions_are_accepted() {
+    let signer = Signer::new();
+    let stand_in = StandIn::start().await;
+    let base = stand_in.base.clone();
+    let app = spawn_ses_app(&signer, |settings| {
+        settings.sns_subscribe_override = Some(base)
+    })
+    .await;
+    register_email(&app, "c1", &["e-1a", "e-1b", "e-2a", "e-2b"]).await;
+
+    for version in ["1", "2"] {
+        // A notification with a Subject and one without (both are signed differently).
+        let mut with_subject =
+            notification(&ses_event("eventType", "Send", &format!("e-{version}a")));
+        with_subject["Subject"] = "Amazon SES Email Event Notification".into();
+        let without_subject = notification(&ses_event(
+            "eventType",
+            "Delivery",
+            &format!("e-{version}b"),
+        ));
+        for envelope in [with_subject, without_subject] {
+            let receipt = deliver(&app, &signer.sign(envelope, version)).await;
+            assert_eq!(receipt, receipt_json(1, 0, 0, 0), "version {version}");
+        }
+
+        let token = format!("token-v{version}");
+        let subscribe = signer.sign(
+            confirmation("SubscriptionConfirmation", TOPIC, &token),
+            version,
+        );
+        let response = post_sns(&app, &subscribe).await;
+        assert_eq!(response.status(), 200, "version {version}");
+        let outcome: Value = response.json().await.unwrap();
+        assert_eq!(outcome["outcome"], "confirmed");
+        assert_eq!(outcome["subscription_arn"], SUBSCRIPTION_ARN);
+
+        let unsubscribe = signer.sign(
+            confirmation("UnsubscribeConfirmation", TOPIC, &token),
+            version,
+        );
+        assert_eq!(
+            post_sns(&app, &unsubscribe).await.status(),
+            200,
+            "version {version}"
+        );
+    }
+
+    // Confirmations went to the stand-in with SubscribeURL's path and query.
+    assert_eq!(
+        stand_in.requests(),
+        ["1", "2"].map(|v| format!(
+            "GET /?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=token-v{v} HTTP/1.1"
+        ))
+    );
+    let outcomes: Vec<(String, String)> = health_subscriptions(&app)
+        .await
+        .iter()
+        .map(|o| {
+            (
+                o["message_type"].as_str().unwrap().to_owned(),
+                o["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let pair = |kind: &str, outcome: &str| (kind.to_owned(), outcome.to_owned());
+    assert_eq!(
+        outcomes,
+        [
+            pair("UnsubscribeConfirmation", "unsubscribed"),
+            pair("SubscriptionConfirmation", "confirmed"),
+            pair("UnsubscribeConfirmation", "unsubscribed"),
+            pair("SubscriptionConfirmation", "confirmed"),
+        ],
+        "newest first"
+    );
+    let metrics = app.metrics("c1").await;
+    assert_eq!(
+        counts_only(&metrics),
+        expected_counts(["Send", "Delivery", "Send", "Delivery"])
+    );
+    assert_eq!(counts_only(&metrics), app.sql_counts("c1").await);
+}
+
+#[actix_web::test]
+async fn a_changed_signed_byte_a_wrong_version_or_a_foreign_certificate_host_is_refused() {
+    let signer = Signer::new();
+    let stand_in = StandIn::start().await;
+    let base = stand_in.base.clone();
+    let app = spawn_ses_app(&signer, |settings| {
+        settings.sns_subscribe_override = Some(base)
+    })
+    .await;
+    register_email(&app, "c1", &["e-1"]).await;
+    // Another certificate with the same file name must not matter either.
+    let foreign_hosts = [
+        format!("https://{SNS_HOST}.evil.example/{CERT_NAME}"),
+        format!("https://evil.example/{CERT_NAME}"),
+        format!("http://{SNS_HOST}/{CERT_NAME}"),
+        format!("https://sqs.eu-west-1.amazonaws.com/{CERT_NAME}"),
+    ];
+
+    let mut with_subject = notification(&ses_event("eventType", "Delivery", "e-1"));
+    with_subject["Subject"] = "s".into();
+    let originals = [
+        with_subject,
+        notification(&ses_event("eventType", "Delivery", "e-1")),
+        confirmation("SubscriptionConfirmation", TOPIC, "tok"),
+        confirmation("UnsubscribeConfirmation", TOPIC, "tok"),
+    ];
+    let mut refused = 0;
+    for original in originals {
+        for version in ["1", "2"] {
+            let signed = signer.sign(original.clone(), version);
+            let mut forgeries = Vec::new();
+            for key in signed_keys(&signed) {
+                if key == "Type" {
+                    continue; // changed below, to another valid type
+                }
+                let mut forged = signed.clone();
+                forged[key] = flip_last(forged[key].as_str().unwrap()).into();
+                forgeries.push((format!("changed {key}"), forged));
+            }
+            let mut retyped = signed.clone();
+            match signed["Type"].as_str().unwrap() {
+                "Notification" => {
+                    // Adding or dropping the Subject changes the signed string.
+                    if retyped.as_object_mut().unwrap().remove("Subject").is_none() {
+                        retyped["Subject"] = "s".into();
+                    }
+                }
+                "SubscriptionConfirmation" => retyped["Type"] = "UnsubscribeConfirmation".into(),
+                _ => retyped["Type"] = "SubscriptionConfirmation".into(),
+            }
+            forgeries.push(("changed Type or Subject presence".to_owned(), retyped));
+            for wrong in [if version == "1" { "2" } else { "1" }, "3", ""] {
+                let mut forged = signed.clone();
+                forged["SignatureVersion"] = wrong.into();
+                forgeries.push((format!("version {wrong:?}"), forged));
+            }
+            for url in &foreign_hosts {
+                let mut forged = signed.clone();
+                forged["SigningCertURL"] = url.as_str().into();
+                forgeries.push((format!("certificate at {url}"), forged));
+            }
+            let mut unsigned = signed.clone();
+            for key in ["Signature", "SignatureVersion", "SigningCertURL"] {
+                unsigned.as_object_mut().unwrap().remove(key);
+            }
+            forgeries.push(("unsigned".to_owned(), unsigned));
+            let mut garbled = signed.clone();
+            garbled["Signature"] = STANDARD.encode([7u8; 256]).into();
+            forgeries.push(("another signature".to_owned(), garbled));
+
+            for (what, forged) in forgeries {
+                let response = post_sns(&app, &forged).await;
+                assert_eq!(
+                    response.status(),
+                    401,
+                    "{what}, version {version}: {forged}"
+                );
+                refused += 1;
+            }
+        }
+    }
+
+    assert!(refused > 80, "{refused}");
+    assert_eq!(stored(&app).await, [0, 0, 0], "nothing stored");
+    assert!(stand_in.requests().is_empty(), "nothing fetched");
+    assert!(health_subscriptions(&app).await.is_empty());
+    assert_eq!(app.message("email", "e-1").await["status"], "pending");
+}
+
+/// Genuine AWS-signed notifications (aws/aws-php-sns-message-validator
+/// fixtures, SignatureVersion 1 and 2) verify offline through
+/// `SNS_CERT_DIR`; their "Hello world" message is no SES event, so they are
+/// kept as dead letters and acknowledged. Any changed signed byte: 401.
+#[actix_web::test]
+async fn genuine_aws_signed_notifications_verify_offline_and_fail_when_changed() {
+    let Some(dir) = vectors_dir("sns") else {
+        return;
+    };
+    let app = spawn_app_with(|settings| settings.sns_cert_dir = Some(dir.clone())).await;
+
+    let names = [
+        "php2022-notification-v1-subject.json",
+        "php2022-notification-v2-subject.json",
+    ];
+    for (index, name) in names.iter().enumerate() {
+        let raw = std::fs::read(dir.join(name)).unwrap();
+        let genuine: Value = serde_json::from_slice(&raw).unwrap();
+        // The exact bytes AWS sent.
+        let response = app
+            .client
+            .post(app.url("/webhooks/email"))
+            .header("content-type", "text/plain; charset=UTF-8")
+            .header("x-amz-sns-message-type", "Notification")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+        let receipt: Value = response.json().await.unwrap();
+        assert_eq!(receipt, receipt_json(0, 0, 0, 1), "{name}");
+        assert_eq!(stored(&app).await, [0, 0, index as i64 + 1], "{name}");
+
+        for key in ["Message", "MessageId", "Subject", "Timestamp", "TopicArn"] {
+            let mut forged = genuine.clone();
+            forged[key] = flip_last(genuine[key].as_str().unwrap()).into();
+            assert_eq!(post_sns(&app, &forged).await.status(), 401, "{name}: {key}");
+        }
+        let mut no_subject = genuine.clone();
+        no_subject.as_object_mut().unwrap().remove("Subject");
+        assert_eq!(
+            post_sns(&app, &no_subject).await.status(),
+            401,
+            "{name}: no subject"
+        );
+        let mut other_version = genuine.clone();
+        other_version["SignatureVersion"] = if genuine["SignatureVersion"] == "1" {
+            "2"
+        } else {
+            "1"
+        }
+        .into();
+        assert_eq!(
+            post_sns(&app, &other_version).await.status(),
+            401,
+            "{name}: version"
+        );
+        assert_eq!(
+            stored(&app).await,
+            [0, 0, index as i64 + 1],
+            "{name}: nothing more stored"
+        );
+    }
+    let response = app
+        .get("/webhooks/dead-letters?limit=10", ADMIN_TOKEN)
+        .await;
+    let letters: Value = response.json().await.unwrap();
+    assert!(
+        letters
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|letter| letter["channel"] == "email"
+                && letter["body"].as_str().unwrap().contains("Hello world")),
+        "{letters}"
+    );
+}
+
+/// Every documented SES example (awsdocs/amazon-ses-developer-guide), as the
+/// `Message` of an SNS notification signed by the test key, moves the right
+/// counters of a campaign holding its message.
+#[actix_web::test]
+async fn aws_documented_ses_examples_move_the_right_counters() {
+    let Some(dir) = vectors_dir("ses") else {
+        return;
+    };
+    let signer = Signer::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 15, "{files:?}");
+
+    for (index, file) in files.iter().enumerate() {
+        let name = file_name(file);
+        let text = std::fs::read_to_string(file).unwrap();
+        let example: Value = serde_json::from_str(&text).unwrap();
+        let event = example
+            .get("eventType")
+            .or_else(|| example.get("notificationType"))
+            .and_then(Value::as_str)
+            .unwrap();
+        let mail_id = example["mail"]["messageId"].as_str().unwrap();
+        // The examples share message ids: a fresh hub for each.
+        let app = spawn_ses_app(&signer, |_| {}).await;
+        register_email(&app, "c1", &[mail_id]).await;
+
+        let version = if index % 2 == 0 { "1" } else { "2" };
+        let receipt = deliver(&app, &signer.sign(notification(&text), version)).await;
+        assert_eq!(receipt, receipt_json(1, 0, 0, 0), "{name}");
+
+        let metrics = app.metrics("c1").await;
+        assert_eq!(counts_only(&metrics), expected_counts([event]), "{name}");
+        assert_eq!(counts_only(&metrics), app.sql_counts("c1").await, "{name}");
+        let message = app.message("email", mail_id).await;
+        assert_eq!(message["status"], expected_after(event).1, "{name}");
+        assert_eq!(message["timeline"][0]["event"], event, "{name}");
+        if expected_after(event).1 == "failed" {
+            assert!(message["error"]["code"].is_string(), "{name}: {message}");
+        }
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[actix_web::test]
+async fn every_ses_event_type_in_both_forms_moves_the_right_counters() {
+    let signer = Signer::new();
+    let app = spawn_ses_app(&signer, |_| {}).await;
+    let mut cases = Vec::new();
+    for form in ["eventType", "notificationType"] {
+        for (name, _, _) in SES_EVENTS {
+            cases.push((form, name, format!("{form}-{}", name.replace(' ', "-"))));
+        }
+    }
+    let ids: Vec<&str> = cases.iter().map(|(_, _, id)| id.as_str()).collect();
+    register_email(&app, "c1", &ids).await;
+
+    for (index, (form, name, id)) in cases.iter().enumerate() {
+        let version = if index % 2 == 0 { "2" } else { "1" };
+        let envelope = signer.sign(notification(&ses_event(form, name, id)), version);
+        let receipt = deliver(&app, &envelope).await;
+        assert_eq!(receipt, receipt_json(1, 0, 0, 0), "{form} {name}");
+
+        let message = app.message("email", id).await;
+        let (seen, current) = expected_after(name);
+        assert_eq!(message["status"], current, "{form} {name}");
+        let mut seen_now: Vec<&str> = message["seen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["status"].as_str().unwrap())
+            .collect();
+        seen_now.sort_unstable();
+        let mut seen = seen.to_vec();
+        seen.sort_unstable();
+        assert_eq!(seen_now, seen, "{form} {name}");
+        assert_eq!(message["timeline"][0]["event"], *name, "{form} {name}");
+    }
+
+    let bounce = app.message("email", "notificationType-Bounce").await;
+    assert_eq!(
+        bounce["error"],
+        json!({"code": "Permanent/General", "title": "smtp; 550 5.1.1 user unknown"})
+    );
+    let metrics = app.metrics("c1").await;
+    let all = cases.iter().map(|(_, name, _)| *name);
+    assert_eq!(counts_only(&metrics), expected_counts(all));
+    assert_eq!(counts_only(&metrics), app.sql_counts("c1").await);
+}
+
+#[actix_web::test]
+async fn a_redelivered_sns_message_changes_nothing() {
+    let signer = Signer::new();
+    let app = spawn_ses_app(&signer, |_| {}).await;
+    register_email(&app, "c1", &["e-1"]).await;
+    let envelope = signer.sign(notification(&ses_event("eventType", "Open", "e-1")), "2");
+
+    assert_eq!(deliver(&app, &envelope).await, receipt_json(1, 0, 0, 0));
+    let before = app.metrics("c1").await;
+    let rows = stored(&app).await;
+
+    for _ in 0..2 {
+        assert_eq!(deliver(&app, &envelope).await, receipt_json(0, 1, 0, 0));
+    }
+    assert_eq!(app.metrics("c1").await, before);
+    assert_eq!(stored(&app).await, rows);
+    assert_eq!(
+        app.message("email", "e-1").await["timeline"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[actix_web::test]
+async fn an_open_before_the_delivery_ends_like_the_reverse_order() {
+    let signer = Signer::new();
+    let app = spawn_ses_app(&signer, |_| {}).await;
+    register_email(&app, "in-order", &["e-1"]).await;
+    register_email(&app, "reversed", &["e-2"]).await;
+
+    for (id, order) in [("e-1", ["Delivery", "Open"]), ("e-2", ["Open", "Delivery"])] {
+        for name in order {
+            let envelope = signer.sign(notification(&ses_event("eventType", name, id)), "1");
+            assert_eq!(deliver(&app, &envelope).await, receipt_json(1, 0, 0, 0));
+        }
+    }
+
+    let (in_order, reversed) = (
+        app.message("email", "e-1").await,
+        app.message("email", "e-2").await,
+    );
+    assert_eq!(in_order["status"], "read");
+    for key in ["status", "seen", "error"] {
+        assert_eq!(in_order[key], reversed[key], "{key}");
+    }
+    let expected = expected_counts(["Open"]);
+    for campaign in ["in-order", "reversed"] {
+        let metrics = app.metrics(campaign).await;
+        assert_eq!(counts_only(&metrics), expected, "{campaign}");
+        assert_eq!(
+            counts_only(&metrics),
+            app.sql_counts(campaign).await,
+            "{campaign}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn events_for_unknown_messages_wait_for_their_registration() {
+    let signer = Signer::new();
+    let app = spawn_ses_app(&signer, |_| {}).await;
+    let envelope = signer.sign(notification(&ses_event("eventType", "Click", "late")), "2");
+
+    assert_eq!(deliver(&app, &envelope).await, receipt_json(0, 0, 1, 0));
+    register_email(&app, "c1", &["late"]).await;
+
+    let metrics = app.metrics("c1").await;
+    assert_eq!(counts_only(&metrics), expected_counts(["Click"]));
+    assert_eq!(counts_only(&metrics), app.sql_counts("c1").await);
+}
+
+#[actix_web::test]
+async fn subscriptions_are_confirmed_for_accepted_topics_only() {
+    let signer = Signer::new();
+    let stand_in = StandIn::start().await;
+    let base = stand_in.base.clone();
+    let app = spawn_ses_app(&signer, |settings| {
+        settings.sns_topic_arns = vec![TOPIC.to_owned()];
+        settings.sns_subscribe_override = Some(base);
+    })
+    .await;
+    register_email(&app, "c1", &["e-1", "e-2"]).await;
+
+    // An accepted topic: confirmed by a GET of SubscribeURL (at the stand-in).
+    let accepted = signer.sign(
+        confirmation("SubscriptionConfirmation", TOPIC, "tok-1"),
+        "1",
+    );
+    let response = post_sns(&app, &accepted).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        stand_in.requests(),
+        [format!(
+            "GET /?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=tok-1 HTTP/1.1"
+        )]
+    );
+    let health = health_subscriptions(&app).await;
+    assert_eq!(health.len(), 1);
+    assert_eq!(health[0]["outcome"], "confirmed");
+    assert_eq!(health[0]["topic_arn"], TOPIC);
+    assert_eq!(health[0]["subscription_arn"], SUBSCRIPTION_ARN);
+
+    // Another topic, however well signed: 403, nothing fetched or stored.
+    for envelope in [
+        confirmation("SubscriptionConfirmation", OTHER_TOPIC, "tok-2"),
+        confirmation("UnsubscribeConfirmation", OTHER_TOPIC, "tok-2"),
+        notification_of(OTHER_TOPIC, &ses_event("eventType", "Delivery", "e-1")),
+    ] {
+        let response = post_sns(&app, &signer.sign(envelope.clone(), "2")).await;
+        assert_eq!(response.status(), 403, "{envelope}");
+    }
+    assert_eq!(stand_in.requests().len(), 1);
+    assert_eq!(health_subscriptions(&app).await.len(), 1);
+    assert_eq!(stored(&app).await, [0, 0, 0]);
+
+    // A signed SubscribeURL off the SNS hosts is not followed, override or not.
+    let mut elsewhere = confirmation("SubscriptionConfirmation", TOPIC, "tok-3");
+    elsewhere["SubscribeURL"] =
+        "https://evil.example/?Action=ConfirmSubscription&Token=tok-3".into();
+    assert_eq!(
+        post_sns(&app, &signer.sign(elsewhere, "2")).await.status(),
+        400
+    );
+    assert_eq!(stand_in.requests().len(), 1);
+
+    // The accepted topic's notifications go through.
+    let delivery = signer.sign(
+        notification(&ses_event("eventType", "Delivery", "e-2")),
+        "2",
+    );
+    assert_eq!(deliver(&app, &delivery).await, receipt_json(1, 0, 0, 0));
+
+    // SNS refusing the confirmation: 502 so SNS retries, and health says so.
+    stand_in.status.store(500, Ordering::SeqCst);
+    let refused = signer.sign(
+        confirmation("SubscriptionConfirmation", TOPIC, "tok-4"),
+        "2",
+    );
+    let response = post_sns(&app, &refused).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(stand_in.requests().len(), 2);
+    let health = health_subscriptions(&app).await;
+    assert_eq!(health[0]["outcome"], "failed");
+    assert_eq!(health[0]["error"], "sns answered http 500");
+}
+
+#[actix_web::test]
+async fn the_shared_secret_is_required_when_set() {
+    let signer = Signer::new();
+    let app = spawn_ses_app(&signer, |settings| {
+        settings.ses_webhook_secret = Some(SecretString::from("s3cret"));
+    })
+    .await;
+    register_email(&app, "c1", &["e-1", "e-2"]).await;
+    let first = signer.sign(notification(&ses_event("eventType", "Send", "e-1")), "2");
+
+    let path = "/webhooks/email";
+    let refused = [
+        post_sns(&app, &first).await,
+        post_sns_with(&app, path, &first, |r| r.basic_auth("sns", Some("wrong"))).await,
+        post_sns_with(&app, path, &first, |r| r.basic_auth("s3cret", None::<&str>)).await,
+        post_sns_with(&app, path, &first, |r| r.bearer_auth("s3cret")).await,
+        post_sns_with(&app, "/webhooks/email?token=wrong", &first, |r| r).await,
+        post_sns_with(&app, "/webhooks/email?token=", &first, |r| r).await,
+    ];
+    for (index, response) in refused.into_iter().enumerate() {
+        assert_eq!(response.status(), 401, "case {index}");
+    }
+    assert_eq!(stored(&app).await, [0, 0, 0]);
+
+    // The secret is checked in addition to the signature.
+    let mut forged = first.clone();
+    forged["Message"] = ses_event("eventType", "Send", "e-2").into();
+    let response =
+        post_sns_with(&app, path, &forged, |r| r.basic_auth("sns", Some("s3cret"))).await;
+    assert_eq!(response.status(), 401);
+
+    let response = post_sns_with(&app, path, &first, |r| r.basic_auth("sns", Some("s3cret"))).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        receipt_json(1, 0, 0, 0)
+    );
+    let second = signer.sign(notification(&ses_event("eventType", "Send", "e-2")), "1");
+    let response = post_sns_with(&app, "/webhooks/email?token=s3cret", &second, |r| r).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        receipt_json(1, 0, 0, 0)
+    );
+}
+
+#[actix_web::test]
+async fn unparseable_or_inconsistent_unsigned_input_is_a_bad_request() {
+    let signer = Signer::new();
+    let app = spawn_ses_app(&signer, |_| {}).await;
+    let send = |body: &'static str, kind: Option<&'static str>| {
+        let mut request = app
+            .client
+            .post(app.url("/webhooks/email"))
+            .header("content-type", "text/plain; charset=UTF-8")
+            .body(body);
+        if let Some(kind) = kind {
+            request = request.header("x-amz-sns-message-type", kind);
+        }
+        request.send()
+    };
+    let cases = [
+        ("", Some("Notification")),
+        ("not json", Some("Notification")),
+        ("[]", Some("Notification")),
+        (r#"{"Type":"Notification"}"#, Some("Notification")),
+        (
+            r#"{"Type":"Other","MessageId":"m","TopicArn":"t","Message":"x","Timestamp":"z"}"#,
+            Some("Other"),
+        ),
+    ];
+    for (body, kind) in cases {
+        assert_eq!(send(body, kind).await.unwrap().status(), 400, "{body}");
+    }
+
+    // The header must repeat the body's Type.
+    let signed = signer.sign(notification(&ses_event("eventType", "Send", "e-1")), "2");
+    for kind in [None, Some("SubscriptionConfirmation"), Some("notification")] {
+        let mut request = app
+            .client
+            .post(app.url("/webhooks/email"))
+            .body(signed.to_string());
+        if let Some(kind) = kind {
+            request = request.header("x-amz-sns-message-type", kind);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 400, "{kind:?}");
+    }
+    assert_eq!(stored(&app).await, [0, 0, 0]);
+
+    // Any Content-Type is accepted (SNS may be configured to send JSON).
+    for content_type in [Some("application/json"), None] {
+        let envelope = signer.sign(notification(&ses_event("eventType", "Send", "e-1")), "1");
+        let mut request = app
+            .client
+            .post(app.url("/webhooks/email"))
+            .header("x-amz-sns-message-type", "Notification")
+            .body(envelope.to_string());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{content_type:?}");
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            receipt_json(0, 0, 1, 0)
+        );
+    }
+}
+
+#[actix_web::test]
+async fn signed_but_uninterpretable_messages_are_dead_lettered_and_ses_setup_notices_acknowledged()
+{
+    let signer = Signer::new();
+    let app = spawn_ses_app(&signer, |_| {}).await;
+
+    let unknown =
+        r#"{"eventType":"Teleport","mail":{"messageId":"e-1","timestamp":"2024-05-01T12:00:00Z"}}"#;
+    let receipt = deliver(&app, &signer.sign(notification(unknown), "2")).await;
+    assert_eq!(receipt, receipt_json(0, 0, 0, 1));
+    assert_eq!(stored(&app).await, [0, 0, 1]);
+    let letters: Value = app
+        .get("/webhooks/dead-letters?limit=10", ADMIN_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(letters[0]["channel"], "email");
+    assert!(
+        letters[0]["reason"].as_str().unwrap().contains("Teleport"),
+        "{letters}"
+    );
+    assert!(
+        letters[0]["body"].as_str().unwrap().contains("Teleport"),
+        "{letters}"
+    );
+
+    // What SES publishes about its own set-up is acknowledged, not kept.
+    for notice in [
+        "Successfully validated SNS topic for Amazon SES event publishing.".to_owned(),
+        json!({"notificationType": "AmazonSnsSubscriptionSucceeded",
+               "message": format!("You have successfully subscribed your Amazon SNS topic '{TOPIC}' to receive 'Bounce' notifications from Amazon SES for identity 'example.com'.")})
+        .to_string(),
+    ] {
+        let receipt = deliver(&app, &signer.sign(notification(&notice), "1")).await;
+        assert_eq!(receipt["received"], 0, "{notice}");
+        assert_eq!(receipt["dead_lettered"], 0, "{notice}");
+    }
+    assert_eq!(stored(&app).await, [0, 0, 1]);
+}
+
+#[actix_web::test]
+async fn without_verification_unsigned_envelopes_are_accepted_but_junk_is_not_kept() {
+    let app = spawn_app_with(|settings| settings.enable_webhook_verification = false).await;
+    register_email(&app, "c1", &["e-1"]).await;
+
+    let unsigned = notification(&ses_event("notificationType", "Delivery", "e-1"));
+    assert_eq!(deliver(&app, &unsigned).await, receipt_json(1, 0, 0, 0));
+    assert_eq!(
+        post_sns(&app, &notification("Hello world")).await.status(),
+        400
+    );
+    assert_eq!(stored(&app).await, [1, 0, 0]);
+}
