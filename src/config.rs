@@ -118,6 +118,18 @@ pub struct ServeArgs {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "STATUSHUB_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Least milliseconds between two `metrics` SSE events of one campaign.
+    #[arg(long, env = "STATUSHUB_SSE_COALESCE_MS", default_value_t = 100)]
+    pub sse_coalesce_ms: u64,
+
+    /// Seconds between SSE heartbeat comments.
+    #[arg(long, env = "STATUSHUB_SSE_HEARTBEAT_SECS", default_value_t = 15)]
+    pub sse_heartbeat_secs: u64,
+
+    /// Most status events replayed to a resuming SSE client.
+    #[arg(long, env = "STATUSHUB_SSE_REPLAY_LIMIT", default_value_t = 1000)]
+    pub sse_replay_limit: u32,
 }
 
 /// The validated settings the application is built from.
@@ -131,6 +143,16 @@ pub struct Settings {
     pub ses_webhook_secret: Option<SecretString>,
     pub sns_topic_arns: Vec<String>,
     pub sns_cert_dir: Option<PathBuf>,
+    /// Test-only: sends the `GET` that confirms an SNS subscription to this
+    /// base (scheme, host and port) instead of the `SubscribeURL`'s SNS host,
+    /// keeping the URL's path and query. The `SubscribeURL` is still
+    /// host-validated first, so only a genuine-looking SNS URL is followed.
+    ///
+    /// No flag or environment variable sets it: [`Settings::from_args`]
+    /// always leaves it `None`, so only code that builds `Settings` itself
+    /// (the integration tests, pointing it at a local stand-in) can enable
+    /// it, and start-up logs a warning when it is set.
+    pub sns_subscribe_override: Option<reqwest::Url>,
     pub enable_webhook_verification: bool,
     pub body_limit: usize,
     pub api_body_limit: usize,
@@ -139,6 +161,9 @@ pub struct Settings {
     pub campaign_idle: Duration,
     pub unmatched_retention: Duration,
     pub workers: Option<usize>,
+    pub sse_coalesce: Duration,
+    pub sse_heartbeat: Duration,
+    pub sse_replay_limit: u32,
 }
 
 /// The secrets every running hub has, from the environment or generated.
@@ -174,6 +199,8 @@ impl Settings {
                 .filter(|arn| !arn.is_empty())
                 .collect(),
             sns_cert_dir: args.sns_cert_dir,
+            // Deliberately not configurable from outside: see the field's doc.
+            sns_subscribe_override: None,
             enable_webhook_verification: args.enable_webhook_verification,
             body_limit: args.body_limit,
             api_body_limit: args.api_body_limit,
@@ -182,6 +209,9 @@ impl Settings {
             campaign_idle: Duration::from_secs(args.campaign_idle_secs.max(1)),
             unmatched_retention: Duration::from_secs(args.unmatched_retention_days * 24 * 3600),
             workers: args.workers,
+            sse_coalesce: Duration::from_millis(args.sse_coalesce_ms),
+            sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.clamp(1, 15)),
+            sse_replay_limit: args.sse_replay_limit.max(1),
         })
     }
 }

@@ -76,6 +76,7 @@ async fn health(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
         "active_campaign_actors": state.hub.active_campaigns().await,
         "queue_depth": state.hub.queue_depth().await,
         "recent_events": recent.unwrap_or_default(),
+        "sns_subscriptions": state.sns_subscriptions.recent(),
     });
     Ok(HttpResponse::Ok().json(body))
 }

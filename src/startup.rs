@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::webhooks::ses::{SnsSubscriptions, SnsVerifier};
 
 /// How often buffered statuses past their retention are dropped.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
@@ -28,6 +29,10 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub metrics: Metrics,
     pub started_at: Instant,
+    /// Verifies SNS signatures, caching signing certificates.
+    pub sns_verifier: SnsVerifier,
+    /// Confirms SNS subscriptions and keeps their recent outcomes.
+    pub sns_subscriptions: SnsSubscriptions,
 }
 
 /// A built, bound, not yet running statushub.
@@ -76,6 +81,7 @@ impl Application {
             settings.max_queue,
             settings.campaign_idle,
             metrics.clone(),
+            crate::sse::Broadcaster::new(),
         );
         if !settings.enable_webhook_verification {
             tracing::warn!(
@@ -92,9 +98,11 @@ impl Application {
         let workers = settings.workers;
         let state = web::Data::new(AppState {
             hub,
-            settings: Arc::new(settings),
             metrics,
             started_at: Instant::now(),
+            sns_verifier: SnsVerifier::new(settings.sns_cert_dir.clone()),
+            sns_subscriptions: SnsSubscriptions::new(settings.sns_subscribe_override.clone()),
+            settings: Arc::new(settings),
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -103,6 +111,7 @@ impl Application {
                 .app_data(authenticator.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
                 .configure(crate::webhooks::configure)
+                .configure(crate::sse::configure)
                 .configure(|cfg| crate::api::configure(cfg, api_body_limit))
                 .configure(crate::ops::configure)
         })

@@ -59,6 +59,10 @@ CREATE TABLE messages (
 CREATE INDEX messages_by_campaign_status ON messages (campaign_pk, status);
 
 -- One row per distinct provider notification that reached a known message.
+-- `campaign_version` is the campaign's counters version right after this
+-- event changed the message (NULL when it changed nothing): the cursor SSE
+-- clients resume from. `message_status` is the message's current status
+-- right after the event.
 CREATE TABLE status_events (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     idempotency_key  TEXT NOT NULL UNIQUE,
@@ -67,12 +71,15 @@ CREATE TABLE status_events (
     event            TEXT NOT NULL,
     status           TEXT,
     changed          INTEGER NOT NULL,
+    campaign_version INTEGER,
+    message_status   TEXT NOT NULL,
     provider_ts      INTEGER NOT NULL,
     details          TEXT,
     received_at      INTEGER NOT NULL
 );
 CREATE INDEX status_events_by_message ON status_events (message_pk, id);
-CREATE INDEX status_events_by_campaign ON status_events (campaign_pk, id);
+CREATE INDEX status_events_by_campaign ON status_events (campaign_pk, campaign_version)
+    WHERE campaign_version IS NOT NULL;
 
 -- Statuses for message ids nobody registered yet, kept (default 7 days)
 -- until the message is registered; the update is stored as JSON.

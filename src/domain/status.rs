@@ -104,6 +104,13 @@ impl CurrentStatus {
             CurrentStatus::Failed => "failed",
         }
     }
+
+    /// Parses the wire name; `None` for anything else.
+    pub fn parse(value: &str) -> Option<Self> {
+        CurrentStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
 }
 
 impl std::fmt::Display for CurrentStatus {

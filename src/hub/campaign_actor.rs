@@ -15,9 +15,12 @@ use super::HubError;
 use super::db_actor::DbActor;
 use super::messages::{ApplyUpdates, GetCounters, Persist, RegisterMessages, Stopped};
 use super::router::Router;
+use std::sync::Arc;
+
 use crate::domain::CampaignCounters;
+use crate::sse::{Broadcaster, CampaignUpdate};
 use crate::store::{
-    CounterRow, OpOutcome, RegisterReceipt, Store, UpdateOutcome, WriteOp, format_ms,
+    CounterRow, OpOutcome, RegisterReceipt, StatusChange, Store, UpdateOutcome, WriteOp, format_ms,
 };
 
 /// How often an actor checks whether it has been idle long enough to stop.
@@ -42,10 +45,13 @@ pub struct CampaignActor {
     /// stops while one is in flight, so a reply always finds it.
     in_flight: usize,
     idle_timeout: Duration,
+    /// Where committed changes go to live subscribers.
+    broadcaster: Broadcaster,
 }
 
 impl CampaignActor {
     /// Returns an actor for `campaign_pk`; it hydrates itself when started.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         campaign_pk: i64,
         generation: u64,
@@ -53,6 +59,7 @@ impl CampaignActor {
         db: Addr<DbActor>,
         router: Addr<Router>,
         idle_timeout: Duration,
+        broadcaster: Broadcaster,
     ) -> Self {
         CampaignActor {
             campaign_pk,
@@ -64,6 +71,7 @@ impl CampaignActor {
             last_activity: Instant::now(),
             in_flight: 0,
             idle_timeout,
+            broadcaster,
         }
     }
 
@@ -84,6 +92,23 @@ impl CampaignActor {
             &row.tally,
             format_ms(row.updated_at_ms),
         );
+    }
+
+    /// Takes a commit's counters and publishes its changes to subscribers.
+    fn committed(&mut self, counters: Option<CounterRow>, changes: Vec<StatusChange>) {
+        let before = self.counters.as_ref().map(|counters| counters.version);
+        self.absorb(counters);
+        let Some(counters) = &self.counters else {
+            return;
+        };
+        if changes.is_empty() && before == Some(counters.version) {
+            return;
+        }
+        self.broadcaster.publish(CampaignUpdate {
+            campaign_pk: self.campaign_pk,
+            counters: Arc::new(counters.clone()),
+            changes,
+        });
     }
 
     /// Sends `op` to the DB actor and hands its outcome to `then` in the
@@ -154,8 +179,12 @@ impl Handler<ApplyUpdates> for CampaignActor {
             updates: message.updates,
         };
         self.persist(op, |actor, outcome| match outcome {
-            OpOutcome::Applied { outcomes, counters } => {
-                actor.absorb(counters);
+            OpOutcome::Applied {
+                outcomes,
+                counters,
+                changes,
+            } => {
+                actor.committed(counters, changes);
                 Ok(outcomes)
             }
             other => Err(HubError::Unexpected(format!(
@@ -176,8 +205,12 @@ impl Handler<RegisterMessages> for CampaignActor {
             messages: message.messages,
         };
         self.persist(op, |actor, outcome| match outcome {
-            OpOutcome::Registered { receipt, counters } => {
-                actor.absorb(counters);
+            OpOutcome::Registered {
+                receipt,
+                counters,
+                changes,
+            } => {
+                actor.committed(counters, changes);
                 Ok(receipt)
             }
             other => Err(HubError::Unexpected(format!(

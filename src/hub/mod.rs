@@ -27,6 +27,7 @@ pub use router::Router;
 
 use crate::domain::{CampaignCounters, Channel, StatusUpdate};
 use crate::metrics::Metrics;
+use crate::sse::{Broadcaster, IncomingEvent};
 use crate::store::{
     DeadLetter, NewMessage, OpOutcome, RegisterReceipt, Store, UpdateOutcome, WriteOp,
 };
@@ -72,6 +73,7 @@ pub struct Hub {
     router: Addr<Router>,
     db: Addr<DbActor>,
     metrics: Metrics,
+    broadcaster: Broadcaster,
 }
 
 impl Hub {
@@ -82,15 +84,29 @@ impl Hub {
         max_queue: usize,
         idle_timeout: Duration,
         metrics: Metrics,
+        broadcaster: Broadcaster,
     ) -> Self {
         let db = DbActor::new(store.clone(), max_batch, max_queue, metrics.clone()).start();
-        let router = Router::new(store.clone(), db.clone(), idle_timeout, metrics.clone()).start();
+        let router = Router::new(
+            store.clone(),
+            db.clone(),
+            idle_timeout,
+            metrics.clone(),
+            broadcaster.clone(),
+        )
+        .start();
         Hub {
             store,
             router,
             db,
             metrics,
+            broadcaster,
         }
+    }
+
+    /// Returns the broadcast point SSE streams subscribe to.
+    pub fn broadcaster(&self) -> &Broadcaster {
+        &self.broadcaster
     }
 
     /// Returns the store, for reads.
@@ -136,10 +152,10 @@ impl Hub {
             let (results, buffered) = futures_util::join!(join_all(calls), buffered);
             for result in results {
                 let (updates, outcomes) = result?;
-                count(&mut receipt, &mut again, updates, outcomes);
+                self.count(&mut receipt, &mut again, updates, outcomes);
             }
             let (updates, outcomes) = buffered?;
-            count(&mut receipt, &mut again, updates, outcomes);
+            self.count(&mut receipt, &mut again, updates, outcomes);
             to_route = again;
         }
         if !to_route.is_empty() {
@@ -163,7 +179,23 @@ impl Hub {
     /// Stores a signed payload that could not be interpreted.
     pub async fn dead_letter(&self, letter: DeadLetter) -> Result<(), HubError> {
         self.metrics.dead_letters.inc();
-        self.persist(WriteOp::DeadLetter(letter)).await.map(|_| ())
+        let incoming = self
+            .broadcaster
+            .has_incoming_subscribers()
+            .then(|| IncomingEvent {
+                received_at: crate::store::format_ms(crate::store::now_ms()),
+                channel: letter.channel.as_str().to_owned(),
+                provider_message_id: None,
+                event: None,
+                status: None,
+                outcome: "dead_letter",
+                reason: Some(letter.reason.clone()),
+            });
+        self.persist(WriteOp::DeadLetter(letter)).await?;
+        if let Some(event) = incoming {
+            self.broadcaster.publish_incoming(event);
+        }
+        Ok(())
     }
 
     /// Creates the tenant and campaign if needed and returns its key.
@@ -291,6 +323,51 @@ impl Hub {
         Ok((known, unknown))
     }
 
+    /// Adds outcomes to the receipt, and to the debug tail when someone
+    /// watches it; updates whose message became known are queued for
+    /// another round.
+    fn count(
+        &self,
+        receipt: &mut WebhookReceipt,
+        again: &mut Vec<StatusUpdate>,
+        updates: Vec<StatusUpdate>,
+        outcomes: Vec<UpdateOutcome>,
+    ) {
+        let tail = self.broadcaster.has_incoming_subscribers();
+        let received_at = crate::store::format_ms(crate::store::now_ms());
+        for (update, outcome) in updates.into_iter().zip(outcomes) {
+            let label = match outcome {
+                UpdateOutcome::Applied { .. } => {
+                    receipt.applied += 1;
+                    "applied"
+                }
+                UpdateOutcome::Duplicate => {
+                    receipt.duplicates += 1;
+                    "duplicate"
+                }
+                UpdateOutcome::Buffered => {
+                    receipt.unmatched += 1;
+                    "unmatched"
+                }
+                UpdateOutcome::Known(_) => {
+                    again.push(update);
+                    continue;
+                }
+            };
+            if tail {
+                self.broadcaster.publish_incoming(IncomingEvent {
+                    received_at: received_at.clone(),
+                    channel: update.channel.as_str().to_owned(),
+                    provider_message_id: Some(update.provider_message_id),
+                    event: Some(update.event),
+                    status: update.status.map(|status| status.as_str().to_owned()),
+                    outcome: label,
+                    reason: None,
+                });
+            }
+        }
+    }
+
     async fn apply_to_campaign(
         &self,
         campaign_pk: i64,
@@ -316,23 +393,5 @@ impl Hub {
             }
         }
         Err(HubError::Unavailable)
-    }
-}
-
-/// Adds outcomes to the receipt; updates whose message became known are
-/// queued for another round.
-fn count(
-    receipt: &mut WebhookReceipt,
-    again: &mut Vec<StatusUpdate>,
-    updates: Vec<StatusUpdate>,
-    outcomes: Vec<UpdateOutcome>,
-) {
-    for (update, outcome) in updates.into_iter().zip(outcomes) {
-        match outcome {
-            UpdateOutcome::Applied { .. } => receipt.applied += 1,
-            UpdateOutcome::Duplicate => receipt.duplicates += 1,
-            UpdateOutcome::Buffered => receipt.unmatched += 1,
-            UpdateOutcome::Known(_) => again.push(update),
-        }
     }
 }

@@ -10,6 +10,7 @@ use super::campaign_actor::CampaignActor;
 use super::db_actor::DbActor;
 use super::messages::{CountActive, Locate, Stopped};
 use crate::metrics::Metrics;
+use crate::sse::Broadcaster;
 use crate::store::Store;
 
 /// The router actor. It is the only place campaign actors are started, so
@@ -26,11 +27,18 @@ pub struct Router {
     db: Addr<DbActor>,
     idle_timeout: Duration,
     metrics: Metrics,
+    broadcaster: Broadcaster,
 }
 
 impl Router {
     /// Returns a router that starts campaign actors over `store` and `db`.
-    pub fn new(store: Store, db: Addr<DbActor>, idle_timeout: Duration, metrics: Metrics) -> Self {
+    pub fn new(
+        store: Store,
+        db: Addr<DbActor>,
+        idle_timeout: Duration,
+        metrics: Metrics,
+        broadcaster: Broadcaster,
+    ) -> Self {
         Router {
             actors: HashMap::new(),
             next_generation: 0,
@@ -38,6 +46,7 @@ impl Router {
             db,
             idle_timeout,
             metrics,
+            broadcaster,
         }
     }
 }
@@ -67,6 +76,7 @@ impl Handler<Locate> for Router {
             self.db.clone(),
             ctx.address(),
             self.idle_timeout,
+            self.broadcaster.clone(),
         );
         let addr = actor.start();
         self.actors

@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::domain::{Channel, Failure, Status, StatusSet, StatusUpdate, Tally};
+use serde::Serialize;
+
+use crate::domain::{Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally};
 
 use super::MessageRef;
 
@@ -102,6 +104,26 @@ pub struct RegisterReceipt {
     pub applied_buffered: usize,
 }
 
+/// A committed change of one message's status set: what live dashboards are
+/// sent as `event: status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusChange {
+    /// Row id in `status_events`: a cursor across every campaign.
+    pub event_id: i64,
+    #[serde(skip)]
+    pub campaign_pk: i64,
+    /// The campaign's counters version right after this change.
+    pub version: i64,
+    pub channel: Channel,
+    pub provider_message_id: String,
+    /// The provider's name of the event (`read`, `Bounce`…).
+    pub event: String,
+    /// The message's current status after the change.
+    pub status: CurrentStatus,
+    /// Provider timestamp, Unix milliseconds.
+    pub provider_ts_ms: i64,
+}
+
 /// The outcome of one [`WriteOp`], in the same order as the ops.
 #[derive(Clone, Debug)]
 pub enum OpOutcome {
@@ -111,10 +133,12 @@ pub enum OpOutcome {
     Registered {
         receipt: RegisterReceipt,
         counters: Option<CounterRow>,
+        changes: Vec<StatusChange>,
     },
     Applied {
         outcomes: Vec<UpdateOutcome>,
         counters: Option<CounterRow>,
+        changes: Vec<StatusChange>,
     },
     Buffered {
         outcomes: Vec<UpdateOutcome>,
@@ -141,6 +165,11 @@ pub(crate) struct EventRow<'a> {
     pub campaign_pk: i64,
     pub update: &'a StatusUpdate,
     pub changed: bool,
+    /// The message's current status after this event.
+    pub current: CurrentStatus,
+    /// The campaign version this change produced (set by the backend, which
+    /// knows the version the batch started from); `None` when unchanged.
+    pub version: Option<i64>,
 }
 
 /// What applying a batch of updates produced: the rows to write and the
@@ -212,6 +241,8 @@ pub(crate) fn apply_updates<'a>(
             campaign_pk: state.campaign_pk,
             update,
             changed,
+            current: after.current(),
+            version: None,
         });
         applied.results.push(Some(changed));
     }

@@ -15,12 +15,13 @@ mod sqlite;
 use serde::Serialize;
 
 pub use batch::{
-    CounterRow, DeadLetter, NewMessage, OpOutcome, RegisterReceipt, UpdateOutcome, WriteOp,
+    CounterRow, DeadLetter, NewMessage, OpOutcome, RegisterReceipt, StatusChange, UpdateOutcome,
+    WriteOp,
 };
 pub use sqlite::SqliteStore;
 
 use crate::config::SqliteSynchronous;
-use crate::domain::{CampaignCounters, Channel, StatusUpdate};
+use crate::domain::{CampaignCounters, Channel};
 
 /// Errors of the storage layer. Callers map them to 503 (the store is down or
 /// busy: providers retry) and log the cause; clients never see SQL.
@@ -238,6 +239,47 @@ impl Store {
         }
     }
 
+    /// Returns a campaign's changes after `after_version`, oldest first.
+    pub async fn replay_campaign(
+        &self,
+        campaign_pk: i64,
+        after_version: i64,
+        limit: u32,
+    ) -> Result<Vec<StatusChange>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                store
+                    .replay_campaign(campaign_pk, after_version, limit)
+                    .await
+            }
+        }
+    }
+
+    /// Returns the changes after event `after_id` of a tenant's campaigns
+    /// (all tenants' for `None`), oldest first.
+    pub async fn replay_tenant(
+        &self,
+        tenant_id: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<(CampaignInfo, StatusChange)>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.replay_tenant(tenant_id, after_id, limit).await,
+        }
+    }
+
+    /// Returns the newest event id, then the counters of a tenant's
+    /// campaigns (all tenants' for `None`).
+    pub async fn tenant_snapshot(
+        &self,
+        tenant_id: Option<&str>,
+        limit: u32,
+    ) -> Result<(i64, Vec<(i64, CampaignCounters)>), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.tenant_snapshot(tenant_id, limit).await,
+        }
+    }
+
     /// Closes the pools.
     pub async fn close(&self) {
         match self {
@@ -263,6 +305,3 @@ pub fn now_ms() -> i64 {
     let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
     i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
 }
-
-/// Re-exported so the hub can name the update type next to the store's.
-pub type Update = StatusUpdate;

@@ -12,15 +12,17 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::batch::{
-    CounterRow, EventRow, LoadedMessage, OpOutcome, RegisterReceipt, UpdateOutcome, WriteOp,
-    apply_updates,
+    CounterRow, EventRow, LoadedMessage, OpOutcome, RegisterReceipt, StatusChange, UpdateOutcome,
+    WriteOp, apply_updates,
 };
 use super::{
     CampaignInfo, DeadLetterView, MessageRef, MessageView, RecentEvent, SeenStatus, StoreError,
     StoreStats, TimelineEvent, format_ms,
 };
 use crate::config::SqliteSynchronous as Synchronous;
-use crate::domain::{CampaignCounters, Channel, Failure, Status, StatusSet, StatusUpdate, Tally};
+use crate::domain::{
+    CampaignCounters, Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally,
+};
 
 /// Rows per multi-row statement: keeps every statement far below SQLite's
 /// limit of 32,766 bound parameters (the widest row binds 14).
@@ -354,6 +356,124 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Returns the changes of a campaign after `after_version`, oldest first.
+    pub async fn replay_campaign(
+        &self,
+        campaign_pk: i64,
+        after_version: i64,
+        limit: u32,
+    ) -> Result<Vec<StatusChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.campaign_pk, e.campaign_version, m.channel, m.provider_message_id,
+                    e.event, e.message_status, e.provider_ts
+             FROM status_events e JOIN messages m ON m.id = e.message_pk
+             WHERE e.campaign_pk = ? AND e.campaign_version > ?
+             ORDER BY e.campaign_version LIMIT ?",
+        )
+        .bind(campaign_pk)
+        .bind(after_version)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(status_change).collect()
+    }
+
+    /// Returns the changes after event `after_id` in `tenant_id`'s campaigns
+    /// (every tenant's when `None`), oldest first, with the campaign of each.
+    pub async fn replay_tenant(
+        &self,
+        tenant_id: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<(CampaignInfo, StatusChange)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.campaign_pk, e.campaign_version, m.channel, m.provider_message_id,
+                    e.event, e.message_status, e.provider_ts, c.tenant_id, c.campaign_id
+             FROM status_events e
+             JOIN messages m ON m.id = e.message_pk
+             JOIN campaigns c ON c.id = e.campaign_pk
+             WHERE e.id > ? AND e.campaign_version IS NOT NULL AND (? IS NULL OR c.tenant_id = ?)
+             ORDER BY e.id LIMIT ?",
+        )
+        .bind(after_id)
+        .bind(tenant_id)
+        .bind(tenant_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let change = status_change(row)?;
+                let campaign = CampaignInfo {
+                    campaign_pk: change.campaign_pk,
+                    tenant_id: row.try_get("tenant_id")?,
+                    campaign_id: row.try_get("campaign_id")?,
+                };
+                Ok((campaign, change))
+            })
+            .collect()
+    }
+
+    /// Returns the id of the newest event, then the committed counters of
+    /// `tenant_id`'s campaigns (every tenant's when `None`), at most `limit`.
+    /// The id is read first, so every change after it is in a later event.
+    pub async fn tenant_snapshot(
+        &self,
+        tenant_id: Option<&str>,
+        limit: u32,
+    ) -> Result<(i64, Vec<(i64, CampaignCounters)>), StoreError> {
+        let last_event_id: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM status_events")
+                .fetch_one(&self.reader)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT c.tenant_id, c.campaign_id, k.* FROM campaigns c
+             JOIN campaign_counters k ON k.campaign_pk = c.id
+             WHERE (? IS NULL OR c.tenant_id = ?) ORDER BY c.id LIMIT ?",
+        )
+        .bind(tenant_id)
+        .bind(tenant_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        let campaigns = rows
+            .iter()
+            .map(|row| {
+                let counters = counter_row(row)?;
+                Ok((
+                    counters.campaign_pk,
+                    CampaignCounters::from_tally(
+                        row.try_get("tenant_id")?,
+                        row.try_get("campaign_id")?,
+                        counters.version,
+                        &counters.tally,
+                        format_ms(counters.updated_at_ms),
+                    ),
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((last_event_id, campaigns))
+    }
+}
+
+fn status_change(row: &SqliteRow) -> Result<StatusChange, StoreError> {
+    let channel: String = row.try_get("channel")?;
+    let status: String = row.try_get("message_status")?;
+    Ok(StatusChange {
+        event_id: row.try_get("id")?,
+        campaign_pk: row.try_get("campaign_pk")?,
+        version: row.try_get("campaign_version")?,
+        channel: Channel::parse(&channel)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown channel {channel}")))?,
+        provider_message_id: row.try_get("provider_message_id")?,
+        event: row.try_get("event")?,
+        status: CurrentStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status}")))?,
+        provider_ts_ms: row.try_get("provider_ts")?,
+    })
+}
+
 /// One pending application of an update to a known message, with the index
 /// of the op (and of the update in it) whose outcome it decides.
 struct Pending<'a> {
@@ -374,6 +494,10 @@ async fn commit_in(
     let mut touched: HashSet<i64> = HashSet::new();
     let mut pending: Vec<Pending<'_>> = Vec::new();
     let mut drained: Vec<(usize, i64, StatusUpdate)> = Vec::new();
+    // Each campaign's version as this commit moves it: every registration
+    // and every changing event takes the next number, which the event row
+    // keeps as the SSE cursor.
+    let mut versions = campaign_versions(conn, ops).await?;
 
     // 1. Campaigns, registrations, buffers, dead letters, expiry, in op order.
     for (op_index, op) in ops.iter().enumerate() {
@@ -397,6 +521,7 @@ async fn commit_in(
                         entry.0 = entry.0.plus(&delta);
                     }
                     entry.1 += 1;
+                    *versions.entry(*campaign_pk).or_default() += 1;
                 }
                 touched.insert(*campaign_pk);
                 for (message_pk, update) in take_unmatched(conn, &registered).await? {
@@ -405,6 +530,7 @@ async fn commit_in(
                 outcomes[op_index] = Some(OpOutcome::Registered {
                     receipt,
                     counters: None,
+                    changes: Vec::new(),
                 });
             }
             WriteOp::Buffer { updates } => {
@@ -449,6 +575,7 @@ async fn commit_in(
                 outcomes[op_index] = Some(OpOutcome::Applied {
                     outcomes: vec![UpdateOutcome::Duplicate; updates.len()],
                     counters: None,
+                    changes: Vec::new(),
                 });
             }
         }
@@ -475,9 +602,43 @@ async fn commit_in(
             .iter()
             .map(|each| (each.message_pk, each.update))
             .collect();
-        let applied = apply_updates(&mut states, &inputs, &existing);
-        insert_events(conn, &applied.events, now_ms).await?;
+        let mut applied = apply_updates(&mut states, &inputs, &existing);
+        for event in applied.events.iter_mut().filter(|event| event.changed) {
+            let version = versions.entry(event.campaign_pk).or_default();
+            *version += 1;
+            event.version = Some(*version);
+        }
+        let event_ids = insert_events(conn, &applied.events, now_ms).await?;
         update_messages(conn, &states, now_ms).await?;
+        let mut events = applied.events.iter();
+        for (each, result) in pending.iter().zip(&applied.results) {
+            if result.is_none() {
+                continue;
+            }
+            let Some(event) = events.next() else { break };
+            let (Some(version), Some(event_id)) = (
+                event.version,
+                event_ids.get(event.update.idempotency_key.as_str()),
+            ) else {
+                continue;
+            };
+            let change = StatusChange {
+                event_id: *event_id,
+                campaign_pk: event.campaign_pk,
+                version,
+                channel: event.update.channel,
+                provider_message_id: event.update.provider_message_id.clone(),
+                event: event.update.event.clone(),
+                status: event.current,
+                provider_ts_ms: event.update.timestamp_ms,
+            };
+            if let Some(
+                OpOutcome::Applied { changes, .. } | OpOutcome::Registered { changes, .. },
+            ) = &mut outcomes[each.op_index]
+            {
+                changes.push(change);
+            }
+        }
         for (campaign_pk, (delta, versions)) in applied.deltas {
             let entry = deltas.entry(campaign_pk).or_default();
             entry.0 = entry.0.plus(&delta);
@@ -562,6 +723,38 @@ async fn commit_in(
             outcome.ok_or_else(|| StoreError::Corrupt("operation without outcome".to_owned()))
         })
         .collect()
+}
+
+/// Reads the counters version of every campaign `ops` write to.
+async fn campaign_versions(
+    conn: &mut SqliteConnection,
+    ops: &[&WriteOp],
+) -> Result<HashMap<i64, i64>, StoreError> {
+    let campaigns: HashSet<i64> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Register { campaign_pk, .. } | WriteOp::Apply { campaign_pk, .. } => {
+                Some(*campaign_pk)
+            }
+            _ => None,
+        })
+        .collect();
+    let mut versions = HashMap::with_capacity(campaigns.len());
+    if campaigns.is_empty() {
+        return Ok(versions);
+    }
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "SELECT campaign_pk, version FROM campaign_counters WHERE campaign_pk IN (",
+    );
+    let mut list = query.separated(", ");
+    for campaign_pk in &campaigns {
+        list.push_bind(*campaign_pk);
+    }
+    query.push(")");
+    for row in query.build().fetch_all(&mut *conn).await? {
+        versions.insert(row.try_get("campaign_pk")?, row.try_get("version")?);
+    }
+    Ok(versions)
 }
 
 async fn ensure_campaign(
@@ -834,15 +1027,17 @@ async fn existing_keys(
     Ok(existing)
 }
 
-async fn insert_events(
+/// Inserts event rows; returns their ids by idempotency key.
+async fn insert_events<'a>(
     conn: &mut SqliteConnection,
-    events: &[EventRow<'_>],
+    events: &[EventRow<'a>],
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<HashMap<&'a str, i64>, StoreError> {
+    let mut ids = HashMap::with_capacity(events.len());
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO status_events (idempotency_key, message_pk, campaign_pk, event, status, changed,
-             provider_ts, details, received_at) ",
+             campaign_version, message_status, provider_ts, details, received_at) ",
         );
         query.push_values(chunk, |mut row, event| {
             let details = if event.update.details.is_null() && event.update.failure.is_none() {
@@ -864,13 +1059,26 @@ async fn insert_events(
                 .push_bind(&event.update.event)
                 .push_bind(event.update.status.map(Status::as_str))
                 .push_bind(event.changed)
+                .push_bind(event.version)
+                .push_bind(event.current.as_str())
                 .push_bind(event.update.timestamp_ms)
                 .push_bind(details)
                 .push_bind(now_ms);
         });
-        query.build().execute(&mut *conn).await?;
+        query.push(" RETURNING id, idempotency_key");
+        let rows = query.build().fetch_all(&mut *conn).await?;
+        let by_key: HashMap<String, i64> = rows
+            .iter()
+            .map(|row| Ok((row.try_get("idempotency_key")?, row.try_get("id")?)))
+            .collect::<Result<_, StoreError>>()?;
+        for event in chunk {
+            let key = event.update.idempotency_key.as_str();
+            if let Some(id) = by_key.get(key) {
+                ids.insert(key, *id);
+            }
+        }
     }
-    Ok(())
+    Ok(ids)
 }
 
 /// Writes every changed message state with one multi-row `UPDATE … FROM

@@ -63,6 +63,9 @@ pub fn test_settings(dir: &Path) -> Settings {
         campaign_idle: Duration::from_secs(300),
         unmatched_retention: Duration::from_secs(7 * 86_400),
         workers: Some(2),
+        sse_coalesce: Duration::from_millis(100),
+        sse_heartbeat: Duration::from_secs(15),
+        sse_replay_limit: 1000,
     }
 }
 

@@ -1,0 +1,268 @@
+//! Live streams over Server-Sent Events.
+//!
+//! - `GET /api/v1/campaigns/{id}/stream`: one campaign. Event ids are the
+//!   campaign's counters `version`; each `status` event carries the version
+//!   its change produced, so `Last-Event-ID` names a point in the campaign's
+//!   history unambiguously.
+//! - `GET /api/v1/stream`: every campaign of the token's tenant (every
+//!   tenant's for the admin). Versions are per campaign, so here ids are the
+//!   global status-event cursor (`status_events.id`), which orders changes
+//!   across campaigns.
+//! - `GET /webhooks/stream`: the admin's raw tail of incoming events.
+//!
+//! On connect: `retry:`, then `event: snapshot` (counters). Then `event:
+//! metrics`, coalesced to at most one per campaign per window, always ending
+//! on the latest state; with `?include=statuses`, `event: status` per
+//! message change. With `Last-Event-ID`: a fresh snapshot if anything
+//! changed, then the missed status events replayed from the store (at most
+//! [`crate::config::Settings::sse_replay_limit`]; beyond it `event: reset`
+//! and a snapshot). Comment heartbeats keep proxies from closing idle
+//! connections.
+
+mod broadcaster;
+mod stream;
+
+use actix_web::{HttpRequest, Responder, web};
+use actix_web_lab::sse;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+pub use broadcaster::{Broadcaster, CampaignUpdate, IncomingEvent};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::startup::AppState;
+use stream::{Connection, IdMode, Scope};
+
+/// Events buffered per connection between its task and the socket. A client
+/// that lets this fill is slow: it skips to the latest metrics, or is
+/// disconnected with `event: lagged` if it asked for statuses.
+const CONNECTION_BUFFER: usize = 256;
+
+/// The `retry:` hint sent on connect.
+const RETRY_HINT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Most campaigns a tenant stream snapshots on connect.
+const MAX_SNAPSHOT_CAMPAIGNS: u32 = 1000;
+
+/// Registers the stream routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/api/v1/campaigns/{campaign_id}/stream",
+        web::get().to(campaign_stream),
+    )
+    .route("/api/v1/stream", web::get().to(tenant_stream))
+    .route("/webhooks/stream", web::get().to(incoming_stream));
+}
+
+/// Query of the stream endpoints.
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    tenant_id: Option<String>,
+    /// `statuses` adds `event: status`.
+    include: Option<String>,
+    /// For clients that cannot set `Last-Event-ID` on the first request.
+    last_event_id: Option<String>,
+}
+
+impl std::fmt::Debug for StreamQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamQuery")
+            .field("tenant_id", &self.tenant_id)
+            .field("include", &self.include)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamQuery {
+    fn include_statuses(&self) -> bool {
+        self.include
+            .as_deref()
+            .is_some_and(|include| include.split(',').any(|part| part.trim() == "statuses"))
+    }
+}
+
+/// Returns the resume point: `Last-Event-ID`, else `?last_event_id=`.
+fn last_event_id(req: &HttpRequest, query: &StreamQuery) -> Option<i64> {
+    let header = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    header
+        .or_else(|| query.last_event_id.clone())
+        .and_then(|id| id.trim().parse().ok())
+}
+
+/// Returns the SSE response reading from `rx`, with the retry hint and
+/// heartbeats.
+fn respond(rx: mpsc::Receiver<sse::Event>, state: &AppState) -> impl Responder + use<> {
+    sse::Sse::from_infallible_receiver(rx)
+        .with_keep_alive(state.settings.sse_heartbeat)
+        .with_retry_duration(RETRY_HINT)
+        .customize()
+        // Tell buffering proxies (nginx) to pass events through at once.
+        .insert_header(("x-accel-buffering", "no"))
+}
+
+/// `GET /api/v1/campaigns/{id}/stream`.
+async fn campaign_stream(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<StreamQuery>,
+) -> Result<impl Responder + use<>, ApiError> {
+    let campaign = crate::api::resolve_campaign(
+        state.hub.store(),
+        &caller,
+        query.tenant_id.as_deref(),
+        &path,
+    )
+    .await?;
+    let include_statuses = query.include_statuses();
+    let resume = last_event_id(&req, &query);
+    // Subscribe before reading the snapshot: nothing committed in between is missed.
+    let updates = state.hub.broadcaster().subscribe();
+    let snapshot = state.hub.counters(campaign.campaign_pk).await?;
+    let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
+    let mut connection = Connection::new(
+        tx,
+        Scope::Campaign(campaign.campaign_pk),
+        include_statuses,
+        IdMode::Version,
+        state.settings.sse_coalesce,
+    );
+    let changed = resume != Some(snapshot.version);
+    match resume {
+        Some(after) if include_statuses && changed => {
+            let limit = state.settings.sse_replay_limit;
+            let missed = state
+                .hub
+                .store()
+                .replay_campaign(campaign.campaign_pk, after, limit + 1)
+                .await?;
+            if missed.len() > limit as usize {
+                connection.reset();
+                connection.snapshot(campaign.campaign_pk, snapshot.clone(), snapshot.version);
+            } else {
+                connection.snapshot(campaign.campaign_pk, snapshot.clone(), snapshot.version);
+                for change in missed {
+                    connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
+                }
+            }
+        }
+        Some(_) if !changed => connection.seen(campaign.campaign_pk, snapshot.version, 0),
+        _ => connection.snapshot(campaign.campaign_pk, snapshot.clone(), snapshot.version),
+    }
+    actix_web::rt::spawn(connection.run(updates, state.hub.clone()));
+    Ok(respond(rx, &state))
+}
+
+/// `GET /api/v1/stream`.
+async fn tenant_stream(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<StreamQuery>,
+) -> Result<impl Responder + use<>, ApiError> {
+    let tenant = match (&caller, query.tenant_id.as_deref()) {
+        (Caller::Admin, tenant) => tenant.map(str::to_owned),
+        (Caller::Tenant(claims), Some(tenant)) if tenant != claims.sub => {
+            return Err(ApiError::Forbidden("this token is for another tenant"));
+        }
+        (Caller::Tenant(claims), _) => Some(claims.sub.clone()),
+    };
+    let allowed = match &caller {
+        Caller::Tenant(claims) => claims.campaigns.clone(),
+        Caller::Admin => None,
+    };
+    let include_statuses = query.include_statuses();
+    let resume = last_event_id(&req, &query);
+    let updates = state.hub.broadcaster().subscribe();
+    let store = state.hub.store();
+    let (last_event_id, campaigns) = store
+        .tenant_snapshot(tenant.as_deref(), MAX_SNAPSHOT_CAMPAIGNS)
+        .await?;
+    let visible = |campaign_id: &str| {
+        allowed
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|c| c == campaign_id))
+    };
+    let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
+    let mut connection = Connection::new(
+        tx,
+        Scope::Tenant {
+            tenant_id: tenant.clone(),
+            campaigns: allowed.clone(),
+        },
+        include_statuses,
+        IdMode::EventCursor,
+        state.settings.sse_coalesce,
+    );
+    let changed = resume != Some(last_event_id);
+    let mut replay = Vec::new();
+    let mut overflow = false;
+    if let (Some(after), true, true) = (resume, include_statuses, changed) {
+        let limit = state.settings.sse_replay_limit;
+        replay = store
+            .replay_tenant(tenant.as_deref(), after, limit + 1)
+            .await?;
+        replay.retain(|(campaign, _)| visible(&campaign.campaign_id));
+        overflow = replay.len() > limit as usize;
+    }
+    if overflow {
+        connection.reset();
+    }
+    for (campaign_pk, counters) in campaigns {
+        if !visible(&counters.campaign_id) {
+            continue;
+        }
+        let version = counters.version;
+        if changed || resume.is_none() {
+            connection.snapshot(campaign_pk, counters, last_event_id);
+        } else {
+            connection.seen(campaign_pk, version, last_event_id);
+        }
+    }
+    if !overflow {
+        for (campaign, change) in replay {
+            connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
+        }
+    }
+    connection.advance_cursor(last_event_id.max(resume.unwrap_or(0)));
+    actix_web::rt::spawn(connection.run(updates, state.hub.clone()));
+    Ok(respond(rx, &state))
+}
+
+/// `GET /webhooks/stream`: admin only.
+async fn incoming_stream(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<impl Responder + use<>, ApiError> {
+    caller.require_admin()?;
+    let mut incoming = state.hub.broadcaster().subscribe_incoming();
+    let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                received = incoming.recv() => {
+                    let event = match received {
+                        Ok(event) => sse::Data::new_json(&*event).map(|data| data.event("webhook").into()),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                            Ok(sse::Data::new(format!("{{\"skipped\":{skipped}}}")).event("lagged").into())
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    let Ok(event) = event else { continue };
+                    // A debug tail that cannot keep up drops events rather than buffering.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(event) {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(respond(rx, &state))
+}

@@ -1,0 +1,522 @@
+//! Live streams over real HTTP, read with a real SSE parser.
+
+use std::time::{Duration, Instant};
+
+use eventsource_stream::{Event, Eventsource as _};
+use futures_util::{Stream, StreamExt as _};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+type Events = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
+
+/// Opens a stream at `path` with `token`, optionally resuming after `last_id`.
+async fn open(app: &TestApp, path: &str, token: &str, last_id: Option<&str>) -> Events {
+    let mut request = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(3600));
+    if let Some(id) = last_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.unwrap()),
+    )
+}
+
+/// Returns the next event, failing after `within`.
+async fn next(events: &mut Events, within: Duration) -> Event {
+    tokio::time::timeout(within, events.next())
+        .await
+        .expect("no event in time")
+        .expect("stream ended")
+}
+
+/// Reads events until `done` says so, or fails after `within`.
+async fn collect_until(
+    events: &mut Events,
+    within: Duration,
+    mut done: impl FnMut(&Event) -> bool,
+) -> Vec<Event> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out after {} events: {:?}", seen.len(), seen.last()))
+            .expect("stream ended");
+        let stop = done(&event);
+        seen.push(event);
+        if stop {
+            return seen;
+        }
+    }
+}
+
+fn data(event: &Event) -> Value {
+    serde_json::from_str(&event.data).unwrap()
+}
+
+fn ids(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("wamid.s{i}")).collect()
+}
+
+#[actix_web::test]
+async fn the_stream_starts_with_a_snapshot_whose_id_is_the_version() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "c1", &["wamid.1", "wamid.2"])
+        .await;
+    app.send_statuses(&[("wamid.1", "read", 1_700_000_000)])
+        .await;
+    let expected = app.metrics("c1").await;
+
+    let mut events = open(&app, "/api/v1/campaigns/c1/stream", ADMIN_TOKEN, None).await;
+    let first = next(&mut events, Duration::from_secs(5)).await;
+
+    assert_eq!(first.event, "snapshot");
+    assert_eq!(data(&first), expected);
+    assert_eq!(first.id, expected["version"].to_string());
+    assert_eq!(
+        first.retry, None,
+        "retry arrives as its own field before the first event"
+    );
+}
+
+#[actix_web::test]
+async fn a_burst_is_coalesced_and_ends_on_the_final_counters() {
+    let app = spawn_app().await;
+    let ids = ids(1000);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.register_whatsapp("t1", "burst", &refs).await;
+    let mut events = open(&app, "/api/v1/campaigns/burst/stream", ADMIN_TOKEN, None).await;
+    assert_eq!(
+        next(&mut events, Duration::from_secs(5)).await.event,
+        "snapshot"
+    );
+
+    // 1,000 changes in 40 calls, 8 in flight.
+    let statuses: Vec<WaStatus<'_>> = refs
+        .iter()
+        .map(|id| (*id, "delivered", 1_700_000_000))
+        .collect();
+    let calls: Vec<&[WaStatus<'_>]> = statuses.chunks(25).collect();
+    for group in calls.chunks(8) {
+        futures_util::future::join_all(group.iter().map(|batch| app.send_statuses(batch))).await;
+    }
+    let final_counters = app.metrics("burst").await;
+    let final_version = final_counters["version"].as_i64().unwrap();
+
+    let metrics = collect_until(&mut events, Duration::from_secs(10), |event| {
+        event.event == "metrics" && data(event)["version"].as_i64().unwrap() == final_version
+    })
+    .await;
+
+    assert!(metrics.iter().all(|event| event.event == "metrics"));
+    assert!(
+        metrics.len() < 100,
+        "1,000 changes produced {} metrics events",
+        metrics.len()
+    );
+    assert_eq!(data(metrics.last().unwrap()), final_counters);
+    assert_eq!(final_counters["delivered"], 1000);
+    let versions: Vec<i64> = metrics
+        .iter()
+        .map(|event| data(event)["version"].as_i64().unwrap())
+        .collect();
+    assert!(
+        versions.windows(2).all(|pair| pair[0] < pair[1]),
+        "versions only rise: {versions:?}"
+    );
+}
+
+#[actix_web::test]
+async fn statuses_are_streamed_only_on_request() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "c1", &["wamid.1", "wamid.2"])
+        .await;
+    let mut plain = open(&app, "/api/v1/campaigns/c1/stream", ADMIN_TOKEN, None).await;
+    let mut with_statuses = open(
+        &app,
+        "/api/v1/campaigns/c1/stream?include=statuses",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    next(&mut plain, Duration::from_secs(5)).await;
+    next(&mut with_statuses, Duration::from_secs(5)).await;
+
+    app.send_statuses(&[
+        ("wamid.1", "delivered", 1_700_000_000),
+        ("wamid.2", "failed", 1_700_000_001),
+    ])
+    .await;
+    let final_version = app.metrics("c1").await["version"].as_i64().unwrap();
+
+    let seen = collect_until(&mut with_statuses, Duration::from_secs(5), |event| {
+        event.event == "metrics" && data(event)["version"].as_i64().unwrap() == final_version
+    })
+    .await;
+    let statuses: Vec<Value> = seen
+        .iter()
+        .filter(|e| e.event == "status")
+        .map(data)
+        .collect();
+    assert_eq!(statuses.len(), 2, "{seen:?}");
+    assert_eq!(statuses[0]["provider_message_id"], "wamid.1");
+    assert_eq!(statuses[0]["status"], "delivered");
+    assert_eq!(statuses[1]["status"], "failed");
+    assert_eq!(statuses[1]["tenant_id"], "t1");
+    assert_eq!(statuses[1]["campaign_id"], "c1");
+    let plain_events = collect_until(&mut plain, Duration::from_secs(5), |event| {
+        event.event == "metrics" && data(event)["version"].as_i64().unwrap() == final_version
+    })
+    .await;
+    assert!(plain_events.iter().all(|event| event.event == "metrics"));
+}
+
+#[actix_web::test]
+async fn heartbeats_keep_an_idle_stream_alive() {
+    let app = spawn_app_with(|settings| settings.sse_heartbeat = Duration::from_secs(1)).await;
+    app.register_whatsapp("t1", "c1", &["wamid.1"]).await;
+    let response = app
+        .client
+        .get(app.url("/api/v1/campaigns/c1/stream"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !text.contains(": keep-alive") && Instant::now() < deadline {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
+    assert!(text.starts_with("retry: 3000\n\n"), "{text}");
+    assert!(text.contains("event: snapshot"), "{text}");
+    assert!(text.contains("\n: keep-alive\n"), "{text}");
+}
+
+#[actix_web::test]
+async fn last_event_id_replays_exactly_the_missed_statuses() {
+    // Arrange: a client saw the stream up to some version, then dropped.
+    let app = spawn_app().await;
+    let ids = ids(10);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.register_whatsapp("t1", "c1", &refs).await;
+    app.send_statuses(&[
+        (refs[0], "sent", 1_700_000_000),
+        (refs[1], "sent", 1_700_000_000),
+    ])
+    .await;
+    let mut first = open(
+        &app,
+        "/api/v1/campaigns/c1/stream?include=statuses",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    let snapshot = next(&mut first, Duration::from_secs(5)).await;
+    let seen_version: i64 = snapshot.id.parse().unwrap();
+    drop(first);
+
+    // Act: five changes and one no-op happen while it is away; it resumes.
+    app.send_statuses(&[
+        (refs[2], "delivered", 1_700_000_010),
+        (refs[3], "read", 1_700_000_011),
+        (refs[0], "sent", 1_700_000_000),
+        (refs[4], "failed", 1_700_000_012),
+    ])
+    .await;
+    app.send_statuses(&[
+        (refs[5], "sent", 1_700_000_013),
+        (refs[2], "read", 1_700_000_014),
+    ])
+    .await;
+    let now = app.metrics("c1").await;
+    let mut resumed = open(
+        &app,
+        "/api/v1/campaigns/c1/stream?include=statuses",
+        ADMIN_TOKEN,
+        Some(&seen_version.to_string()),
+    )
+    .await;
+
+    // Assert: a fresh snapshot, then the five missed changes in order, nothing else.
+    let snapshot = next(&mut resumed, Duration::from_secs(5)).await;
+    assert_eq!(snapshot.event, "snapshot");
+    assert_eq!(data(&snapshot), now);
+    let mut replayed = Vec::new();
+    for _ in 0..5 {
+        replayed.push(next(&mut resumed, Duration::from_secs(5)).await);
+    }
+    let replayed_ids: Vec<i64> = replayed
+        .iter()
+        .map(|event| event.id.parse().unwrap())
+        .collect();
+    assert!(replayed.iter().all(|event| event.event == "status"));
+    assert_eq!(
+        replayed_ids,
+        ((seen_version + 1)..=(seen_version + 5)).collect::<Vec<_>>()
+    );
+    let messages: Vec<String> = replayed
+        .iter()
+        .map(|event| {
+            data(event)["provider_message_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        [&ids[2], &ids[3], &ids[4], &ids[5], &ids[2]].map(String::clone)
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), resumed.next())
+            .await
+            .is_err(),
+        "nothing more"
+    );
+}
+
+#[actix_web::test]
+async fn resuming_past_the_replay_bound_resets() {
+    let app = spawn_app_with(|settings| settings.sse_replay_limit = 3).await;
+    let ids = ids(10);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.register_whatsapp("t1", "c1", &refs).await;
+    let start = app.metrics("c1").await["version"].as_i64().unwrap();
+    let statuses: Vec<WaStatus<'_>> = refs.iter().map(|id| (*id, "sent", 1_700_000_000)).collect();
+    app.send_statuses(&statuses).await;
+
+    let mut resumed = open(
+        &app,
+        "/api/v1/campaigns/c1/stream?include=statuses",
+        ADMIN_TOKEN,
+        Some(&start.to_string()),
+    )
+    .await;
+
+    assert_eq!(
+        next(&mut resumed, Duration::from_secs(5)).await.event,
+        "reset"
+    );
+    let snapshot = next(&mut resumed, Duration::from_secs(5)).await;
+    assert_eq!(snapshot.event, "snapshot");
+    assert_eq!(data(&snapshot)["sent"], 10);
+}
+
+#[actix_web::test]
+async fn the_tenant_stream_carries_every_campaign_of_the_tenant_and_resumes_by_cursor() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "a", &["wamid.a1", "wamid.a2"])
+        .await;
+    app.register_whatsapp("t1", "b", &["wamid.b1"]).await;
+    app.register_whatsapp("t2", "other", &["wamid.o1"]).await;
+    let token = app.tenant_token("t1", None);
+
+    let mut events = open(&app, "/api/v1/stream?include=statuses", &token, None).await;
+    let snapshots = [
+        next(&mut events, Duration::from_secs(5)).await,
+        next(&mut events, Duration::from_secs(5)).await,
+    ];
+    let mut campaigns: Vec<String> = snapshots
+        .iter()
+        .map(|e| data(e)["campaign_id"].as_str().unwrap().to_owned())
+        .collect();
+    campaigns.sort();
+    assert_eq!(campaigns, ["a", "b"]);
+    assert!(snapshots.iter().all(|event| event.event == "snapshot"));
+
+    app.send_statuses(&[
+        ("wamid.o1", "read", 1_700_000_000),
+        ("wamid.b1", "read", 1_700_000_001),
+    ])
+    .await;
+    let seen = collect_until(&mut events, Duration::from_secs(5), |event| {
+        event.event == "metrics" && data(event)["campaign_id"] == "b"
+    })
+    .await;
+    let statuses: Vec<&Event> = seen
+        .iter()
+        .filter(|event| event.event == "status")
+        .collect();
+    assert_eq!(statuses.len(), 1, "only t1's change: {seen:?}");
+    assert_eq!(data(statuses[0])["provider_message_id"], "wamid.b1");
+    let cursor = statuses[0].id.clone();
+    drop(events);
+
+    app.send_statuses(&[
+        ("wamid.a1", "delivered", 1_700_000_002),
+        ("wamid.o1", "failed", 1_700_000_003),
+    ])
+    .await;
+    let mut resumed = open(
+        &app,
+        "/api/v1/stream?include=statuses",
+        &token,
+        Some(&cursor),
+    )
+    .await;
+    let seen = collect_until(&mut resumed, Duration::from_secs(5), |event| {
+        event.event == "status"
+    })
+    .await;
+    let replayed = seen.last().unwrap();
+    assert_eq!(data(replayed)["provider_message_id"], "wamid.a1");
+    assert!(replayed.id.parse::<i64>().unwrap() > cursor.parse::<i64>().unwrap());
+    assert!(
+        seen.iter().all(|event| data(event)["tenant_id"] == "t1"),
+        "{seen:?}"
+    );
+}
+
+#[actix_web::test]
+async fn streams_enforce_tenant_isolation() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "mine", &["wamid.1"]).await;
+    app.register_whatsapp("t2", "theirs", &["wamid.2"]).await;
+    let token = app.tenant_token("t1", None);
+    let restricted = app.tenant_token("t1", Some(vec!["other".to_owned()]));
+    let expired = authenticator()
+        .mint("t1", None, Duration::from_secs(0))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let status = |path: String, token: String| {
+        let app = &app;
+        async move {
+            app.client
+                .get(app.url(&path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        status(
+            "/api/v1/campaigns/theirs/stream?tenant_id=t2".into(),
+            token.clone()
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status("/api/v1/stream?tenant_id=t2".into(), token.clone()).await,
+        403
+    );
+    assert_eq!(
+        status("/api/v1/campaigns/mine/stream".into(), restricted).await,
+        403
+    );
+    assert_eq!(
+        status("/api/v1/campaigns/mine/stream".into(), expired.clone()).await,
+        401
+    );
+    assert_eq!(status("/api/v1/stream".into(), expired).await, 401);
+    assert_eq!(status("/api/v1/stream".into(), "forged".into()).await, 401);
+    assert_eq!(status("/webhooks/stream".into(), token.clone()).await, 403);
+    let anonymous = app
+        .client
+        .get(app.url("/api/v1/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    // EventSource passes the token in the query string.
+    let by_query = app
+        .client
+        .get(app.url(&format!(
+            "/api/v1/campaigns/mine/stream?access_token={token}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.status(), 200);
+}
+
+#[actix_web::test]
+async fn a_stalled_reader_delays_neither_webhooks_nor_other_subscribers() {
+    use std::io::{Read as _, Write as _};
+
+    // Arrange: a subscriber that never reads (tiny receive buffer), and one that does.
+    let app = spawn_app().await;
+    let ids = ids(2000);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.register_whatsapp("t1", "c1", &refs).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // A 4 KiB receive window keeps the kernel from absorbing the stream.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .connect(&address.parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    let mut stalled: std::net::TcpStream = socket.into();
+    write!(
+        stalled,
+        "GET /api/v1/campaigns/c1/stream?include=statuses HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut healthy = open(&app, "/api/v1/campaigns/c1/stream", ADMIN_TOKEN, None).await;
+    next(&mut healthy, Duration::from_secs(5)).await;
+
+    // Act: many changes with long timelines, so the stalled socket fills up.
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for status in ["sent", "delivered", "read", "failed"] {
+        let statuses: Vec<WaStatus<'_>> =
+            refs.iter().map(|id| (*id, status, 1_700_000_000)).collect();
+        for group in statuses.chunks(100).collect::<Vec<_>>().chunks(4) {
+            let call_started = Instant::now();
+            futures_util::future::join_all(group.iter().map(|batch| app.send_statuses(batch)))
+                .await;
+            slowest = slowest.max(call_started.elapsed());
+        }
+    }
+    let elapsed = started.elapsed();
+    let final_counters = app.metrics("c1").await;
+    let final_version = final_counters["version"].as_i64().unwrap();
+
+    // Assert: webhooks stayed quick, the healthy subscriber ends on the final state...
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a webhook call took {slowest:?}"
+    );
+    let seen = collect_until(&mut healthy, Duration::from_secs(10), |event| {
+        data(event)["version"].as_i64().unwrap() == final_version
+    })
+    .await;
+    assert_eq!(data(seen.last().unwrap()), final_counters);
+
+    // ...and the stalled one was cut off with `event: lagged` instead of buffering forever.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received = Vec::new();
+    let _ = stalled.read_to_end(&mut received);
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.contains("event: lagged"),
+        "stalled reader got {} bytes without lagged (elapsed {elapsed:?}): …{}",
+        received.len(),
+        &text[text.len().saturating_sub(600)..]
+    );
+    assert!(text.matches("event: status").count() < 8000);
+}
