@@ -1,4 +1,4 @@
-//! The command line: `serve` (default), `migrate`, `token`.
+//! The command line: `serve` (default), `migrate`, `token`, `simulate`.
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +21,9 @@ pub enum Command {
     Migrate(StoreArgs),
     /// Prints a subscriber/API token for a tenant.
     Token(TokenArgs),
+    /// Registers a demo campaign on a running hub and plays signed WhatsApp
+    /// webhooks against it, so the debug page moves.
+    Simulate(SimulateArgs),
 }
 
 /// Arguments of `statushub token`.
@@ -39,4 +42,46 @@ pub struct TokenArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub secrets: SecretArgs,
+}
+
+/// Arguments of `statushub simulate`.
+#[derive(clap::Args, Debug)]
+pub struct SimulateArgs {
+    /// Base URL of the running hub.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: reqwest::Url,
+    /// Messages in the demo campaign.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub messages: u32,
+    /// Statuses per second.
+    #[arg(long, default_value_t = 50.0, value_parser = parse_rate)]
+    pub rate: f64,
+    /// Campaign id (default: `demo-` and a short random suffix).
+    #[arg(long)]
+    pub campaign: Option<String>,
+    /// Tenant of the demo campaign.
+    #[arg(long, default_value = "demo")]
+    pub tenant: String,
+    /// Seed of the random lifecycle, for a reproducible run.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where the hub keeps its generated secrets (read for the tokens below).
+    #[arg(long, env = "STATUSHUB_DATA_DIR", default_value = ".statushub")]
+    pub data_dir: std::path::PathBuf,
+    /// The hub's admin token (default: from the data directory).
+    #[arg(long, env = "STATUSHUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<secrecy::SecretString>,
+    /// The hub's Meta app secret (default: from the data directory).
+    #[arg(long, env = "WHATSAPP_WEBHOOK_SECRET", hide_env_values = true)]
+    pub whatsapp_webhook_secret: Option<secrecy::SecretString>,
+}
+
+/// Parses a positive rate of at most 100,000 per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 100_000.0 => Ok(rate),
+        _ => Err(format!(
+            "invalid rate {text:?}: expected a number above 0 and at most 100000"
+        )),
+    }
 }

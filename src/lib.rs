@@ -16,7 +16,9 @@
 //!   cloneable [`hub::Hub`] handle.
 //! - [`store`]: the database: migrations, the batched commit, reads.
 //! - [`api`]: `/api/v1` for senders and dashboards; [`auth`]: tokens.
+//! - [`sse`]: live streams: the broadcast point, coalescing, resume.
 //! - [`ops`]: health, readiness, Prometheus metrics, the debug page.
+//! - [`simulate`]: `statushub simulate`, a demo feed of signed webhooks.
 //! - [`config`], [`secrets`], [`startup`], [`telemetry`], [`cli`]: wiring.
 
 pub mod api;
@@ -29,6 +31,8 @@ pub mod hub;
 pub mod metrics;
 pub mod ops;
 pub mod secrets;
+pub mod simulate;
+pub mod sse;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
@@ -61,5 +65,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", authenticator.mint(&args.tenant, campaigns, args.ttl)?);
             Ok(())
         }
+        Command::Simulate(args) => simulate::run(args).await,
     }
 }

@@ -72,6 +72,20 @@ pub fn admin_token(data_dir: &Path, from_env: &Option<SecretString>) -> anyhow::
         .context("no admin token: start the hub once or set STATUSHUB_ADMIN_TOKEN")
 }
 
+/// Reads the Meta app secret the way the server would (environment first,
+/// then the secrets file), for `statushub simulate`.
+pub fn whatsapp_webhook_secret(
+    data_dir: &Path,
+    from_env: &Option<SecretString>,
+) -> anyhow::Result<String> {
+    if let Some(value) = from_env {
+        return Ok(value.expose_secret().to_owned());
+    }
+    read_file(&secrets_path(data_dir))?
+        .remove(WHATSAPP_SECRET)
+        .context("no whatsapp app secret: start the hub once or set WHATSAPP_WEBHOOK_SECRET")
+}
+
 fn read_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)

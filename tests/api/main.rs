@@ -6,7 +6,12 @@
 mod helpers;
 
 mod auth;
+mod backpressure;
+mod debug_page;
 mod durability;
 mod registration;
 mod robustness;
+mod ses;
+mod simulate;
+mod sse;
 mod whatsapp;
