@@ -80,10 +80,7 @@ fn payload(statuses: &[(String, &str, i64)]) -> Vec<u8> {
             "conversation": {"id": "c0ffee", "origin": {"type": "marketing"}},
             "pricing": {"billable": true, "pricing_model": "CBP", "category": "marketing"}}))
         .collect();
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
-        "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000000", "phone_number_id": "1"},
-                  "statuses": statuses}}]}]}))
-    .unwrap()
+    serde_json::to_vec(&statushub::webhooks::whatsapp::envelope(statuses)).unwrap()
 }
 
 #[tokio::main]

@@ -342,20 +342,7 @@ fn payload(plays: &[Play], ids: &[String]) -> anyhow::Result<Vec<u8>> {
             status
         })
         .collect();
-    let body = json!({
-        "object": "whatsapp_business_account",
-        "entry": [{
-            "id": "102290129340398",
-            "changes": [{
-                "field": "messages",
-                "value": {
-                    "messaging_product": "whatsapp",
-                    "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
-                    "statuses": statuses,
-                },
-            }],
-        }],
-    });
+    let body = crate::webhooks::whatsapp::envelope(statuses);
     Ok(serde_json::to_vec(&body)?)
 }
 

@@ -231,14 +231,6 @@ impl Store {
         }
     }
 
-    /// Returns the campaign's counters recomputed with `COUNT` over its
-    /// messages: the invariant the live counters must always equal.
-    pub async fn recount(&self, campaign_pk: i64) -> Result<crate::domain::Tally, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.recount(campaign_pk).await,
-        }
-    }
-
     /// Returns a campaign's changes after `after_version`, oldest first.
     pub async fn replay_campaign(
         &self,

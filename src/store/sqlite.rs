@@ -340,23 +340,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Recounts a campaign from its message rows.
-    pub async fn recount(&self, campaign_pk: i64) -> Result<Tally, StoreError> {
-        let rows = sqlx::query("SELECT seen FROM messages WHERE campaign_pk = ?")
-            .bind(campaign_pk)
-            .fetch_all(&self.reader)
-            .await?;
-        let mut tally = Tally::default();
-        for row in rows {
-            let seen: i64 = row.try_get("seen")?;
-            let set = StatusSet::from_parts(mask(seen)?, [None; 6]);
-            tally = tally.plus(&set.tally());
-        }
-        Ok(tally)
-    }
-}
-
-impl SqliteStore {
     /// Returns the changes of a campaign after `after_version`, oldest first.
     pub async fn replay_campaign(
         &self,

@@ -116,20 +116,7 @@ pub fn whatsapp_payload(statuses: &[WaStatus<'_>]) -> Value {
             value
         })
         .collect();
-    json!({
-        "object": "whatsapp_business_account",
-        "entry": [{
-            "id": "102290129340398",
-            "changes": [{
-                "field": "messages",
-                "value": {
-                    "messaging_product": "whatsapp",
-                    "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
-                    "statuses": statuses
-                }
-            }]
-        }]
-    })
+    statushub::webhooks::whatsapp::envelope(statuses)
 }
 
 impl TestApp {

@@ -10,7 +10,7 @@ use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 
-pub use payload::parse;
+pub use payload::{envelope, parse};
 
 use crate::domain::Channel;
 use crate::error::ApiError;

@@ -183,6 +183,26 @@ fn details(status: &Value) -> Value {
     }
 }
 
+/// Wraps status objects in the envelope Meta posts them in (one entry, one
+/// `messages` change), for `statushub simulate`, the load generator and
+/// tests, which must send what Meta sends.
+pub fn envelope(statuses: Vec<Value>) -> Value {
+    serde_json::json!({
+        "object": OBJECT,
+        "entry": [{
+            "id": "102290129340398",
+            "changes": [{
+                "field": "messages",
+                "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+                    "statuses": statuses
+                }
+            }]
+        }]
+    })
+}
+
 fn truncate(text: &str) -> &str {
     match text.char_indices().nth(64) {
         Some((index, _)) => &text[..index],
