@@ -8,6 +8,11 @@
 //! cargo bench --bench loadgen -- --messages 10000 --concurrency 64 --seconds 10
 //! ```
 //!
+//! With `--subscribers N` it also holds N SSE connections to the campaign's
+//! stream (`?include=statuses`) and reports the fan-out: status events
+//! received per subscriber and the delay from the webhook's 200 to each
+//! subscriber receiving the change.
+//!
 //! Secrets are read like `statushub simulate` reads them: from the
 //! environment (`STATUSHUB_ADMIN_TOKEN`, `WHATSAPP_WEBHOOK_SECRET`) or the
 //! hub's `.statushub/secrets.json`.
@@ -29,6 +34,7 @@ struct Options {
     seconds: u64,
     per_request: usize,
     data_dir: String,
+    subscribers: usize,
 }
 
 fn options() -> Options {
@@ -39,6 +45,7 @@ fn options() -> Options {
         seconds: 10,
         per_request: 1,
         data_dir: ".statushub".to_owned(),
+        subscribers: 0,
     };
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -55,6 +62,7 @@ fn options() -> Options {
             "--seconds" => options.seconds = value.parse().unwrap(),
             "--per-request" => options.per_request = value.parse().unwrap(),
             "--data-dir" => options.data_dir = value.clone(),
+            "--subscribers" => options.subscribers = value.parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -122,9 +130,55 @@ async fn main() {
         started.elapsed()
     );
 
+    // Subscribers, connected before the load starts.
+    let deadline = Instant::now() + Duration::from_secs(options.seconds);
+    let mut subscribers = Vec::new();
+    for _ in 0..options.subscribers {
+        let response = client
+            .get(format!(
+                "{}/api/v1/campaigns/{campaign}/stream?tenant_id=load&include=statuses",
+                options.url
+            ))
+            .bearer_auth(&admin)
+            .timeout(Duration::from_secs(options.seconds + 60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        subscribers.push(tokio::spawn(async move {
+            use eventsource_stream::Eventsource as _;
+            use futures_util::StreamExt as _;
+            let mut events = response.bytes_stream().eventsource();
+            let mut received: Vec<(String, Instant)> = Vec::new();
+            let mut lagged = false;
+            let stop = deadline + Duration::from_secs(3);
+            while let Ok(Some(Ok(event))) =
+                tokio::time::timeout_at(stop.into(), events.next()).await
+            {
+                match event.event.as_str() {
+                    "status" => {
+                        let data: Value = serde_json::from_str(&event.data).unwrap();
+                        let key = format!(
+                            "{}:{}",
+                            data["provider_message_id"].as_str().unwrap(),
+                            data["event"].as_str().unwrap()
+                        );
+                        received.push((key, Instant::now()));
+                    }
+                    "lagged" => {
+                        lagged = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            (received, lagged)
+        }));
+    }
+    let replies: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+
     // Each worker walks the messages through sent → delivered → read.
     let next = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + Duration::from_secs(options.seconds);
     let statuses = ["sent", "delivered", "read"];
     let workers: Vec<_> = (0..options.concurrency)
         .map(|_| {
@@ -134,6 +188,8 @@ async fn main() {
             let next = next.clone();
             let app_secret = app_secret.clone();
             let per_request = options.per_request;
+            let replies = replies.clone();
+            let track = options.subscribers > 0;
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0usize;
@@ -150,6 +206,14 @@ async fn main() {
                         })
                         .collect();
                     let body = payload(&batch);
+                    let keys: Vec<String> = if track {
+                        batch
+                            .iter()
+                            .map(|(id, status, _)| format!("{id}:{status}"))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     let header = signature::sign(app_secret.as_bytes(), &body);
                     let sent = Instant::now();
                     let response = client
@@ -161,7 +225,14 @@ async fn main() {
                     match response {
                         Ok(response) if response.status() == 200 => {
                             let _ = response.bytes().await;
-                            latencies.push(sent.elapsed());
+                            let replied = Instant::now();
+                            latencies.push(replied - sent);
+                            if track {
+                                let mut replies = replies.lock().unwrap();
+                                for key in keys {
+                                    replies.entry(key).or_insert(replied);
+                                }
+                            }
                         }
                         _ => errors += 1,
                     }
@@ -194,6 +265,41 @@ async fn main() {
         latencies.last().unwrap(),
         errors
     );
+    if !subscribers.is_empty() {
+        let replies = replies.lock().unwrap().clone();
+        let mut delays = Vec::new();
+        let mut per_subscriber = Vec::new();
+        let mut lagged = 0;
+        for subscriber in subscribers {
+            let (received, was_lagged) = subscriber.await.unwrap();
+            lagged += usize::from(was_lagged);
+            per_subscriber.push(received.len());
+            for (key, at) in received {
+                if let Some(replied) = replies.get(&key) {
+                    // The change is published at commit, a moment before the
+                    // reply is written, so a subscriber may see it first: 0.
+                    delays.push(at.saturating_duration_since(*replied));
+                }
+            }
+        }
+        delays.sort();
+        let at = |p: f64| {
+            delays[((delays.len() as f64 * p) as usize).min(delays.len().saturating_sub(1))]
+        };
+        let events: usize = per_subscriber.iter().sum();
+        println!(
+            "fan-out: {} subscribers, {} status events received ({:.0}/s in total, min {} max {} per subscriber), {} lagged; delay from webhook 200 to event: p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+            per_subscriber.len(),
+            events,
+            events as f64 / elapsed.as_secs_f64(),
+            per_subscriber.iter().min().unwrap(),
+            per_subscriber.iter().max().unwrap(),
+            lagged,
+            at(0.5),
+            at(0.99),
+            delays.last().copied().unwrap_or_default()
+        );
+    }
     let metrics: Value = client
         .get(format!(
             "{}/api/v1/campaigns/{campaign}/metrics?tenant_id=load",
