@@ -1,30 +1,38 @@
 //! The campaign actor: one per active campaign. It serializes the
-//! campaign's writes, owns its live counters and is the point every change
-//! of the campaign passes through after commit.
+//! campaign's writes and owns its live counters.
 //!
-//! Transitions themselves are computed by the store inside the commit, from
-//! the rows read there (see [`crate::store`]); the actor keeps the counters
-//! the commits return, so reads of a hot campaign's metrics never touch the
-//! database, and it never has to trust a stale copy of a message.
+//! Writes are serialized by sending them to the DB actor in groups, one
+//! group in flight at a time: everything that arrives while a group commits
+//! goes out together as the next group, right after it. A hot campaign thus
+//! never has two of its commits racing, and under load its writes reach the
+//! DB actor already batched. Transitions themselves are computed by the store
+//! inside the commit, from the rows read there (see [`crate::store`]); the
+//! actor keeps the counters each commit returns, so reads of a campaign's
+//! metrics never touch the database.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::future::join_all;
+use tokio::sync::oneshot;
 
 use super::HubError;
 use super::db_actor::DbActor;
 use super::messages::{ApplyUpdates, GetCounters, Persist, RegisterMessages, Stopped};
 use super::router::Router;
-use std::sync::Arc;
-
 use crate::domain::CampaignCounters;
-use crate::sse::{Broadcaster, CampaignUpdate};
-use crate::store::{
-    CounterRow, OpOutcome, RegisterReceipt, StatusChange, Store, UpdateOutcome, WriteOp, format_ms,
-};
+use crate::store::{OpOutcome, RegisterReceipt, Store, UpdateOutcome, WriteOp};
 
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A write waiting for the next group, and where its outcome goes.
+#[derive(Debug)]
+struct Queued {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<OpOutcome, HubError>>,
+}
 
 /// The campaign actor. See the module docs.
 #[derive(Debug)]
@@ -34,24 +42,23 @@ pub struct CampaignActor {
     generation: u64,
     /// Committed counters; `None` until hydrated from the store in
     /// `started` (the mailbox waits for that, so no message sees `None`).
-    counters: Option<CampaignCounters>,
+    counters: Option<Arc<CampaignCounters>>,
     store: Store,
     db: Addr<DbActor>,
     router: Addr<Router>,
+    /// Writes that arrived while a group was committing; sent as the next
+    /// group. Bounded by the webhooks in flight, which the HTTP server bounds.
+    queue: Vec<Queued>,
+    /// Whether a group is at the DB actor: at most one at a time.
+    committing: bool,
     /// Last time a message arrived; the actor stops after `idle_timeout`
-    /// without one and with nothing in flight.
+    /// without one and with nothing queued or committing.
     last_activity: Instant,
-    /// Writes sent to the DB actor and not yet answered: the actor never
-    /// stops while one is in flight, so a reply always finds it.
-    in_flight: usize,
     idle_timeout: Duration,
-    /// Where committed changes go to live subscribers.
-    broadcaster: Broadcaster,
 }
 
 impl CampaignActor {
     /// Returns an actor for `campaign_pk`; it hydrates itself when started.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         campaign_pk: i64,
         generation: u64,
@@ -59,7 +66,6 @@ impl CampaignActor {
         db: Addr<DbActor>,
         router: Addr<Router>,
         idle_timeout: Duration,
-        broadcaster: Broadcaster,
     ) -> Self {
         CampaignActor {
             campaign_pk,
@@ -68,68 +74,65 @@ impl CampaignActor {
             store,
             db,
             router,
+            queue: Vec::new(),
+            committing: false,
             last_activity: Instant::now(),
-            in_flight: 0,
             idle_timeout,
-            broadcaster,
         }
     }
 
     /// Takes committed counters if they are newer than the ones held.
-    /// Every commit that changes the campaign raises its version, and
-    /// replies of concurrent writes may arrive out of order.
-    fn absorb(&mut self, row: Option<CounterRow>) {
-        let (Some(row), Some(counters)) = (row, self.counters.as_mut()) else {
+    fn absorb(&mut self, counters: &Option<Arc<CampaignCounters>>) {
+        let (Some(new), Some(held)) = (counters, &self.counters) else {
             return;
         };
-        if row.version <= counters.version {
-            return;
+        if new.version > held.version {
+            self.counters = Some(new.clone());
         }
-        *counters = CampaignCounters::from_tally(
-            &counters.tenant_id,
-            &counters.campaign_id,
-            row.version,
-            &row.tally,
-            format_ms(row.updated_at_ms),
-        );
     }
 
-    /// Takes a commit's counters and publishes its changes to subscribers.
-    fn committed(&mut self, counters: Option<CounterRow>, changes: Vec<StatusChange>) {
-        let before = self.counters.as_ref().map(|counters| counters.version);
-        self.absorb(counters);
-        let Some(counters) = &self.counters else {
-            return;
-        };
-        if changes.is_empty() && before == Some(counters.version) {
-            return;
-        }
-        self.broadcaster.publish(CampaignUpdate {
-            campaign_pk: self.campaign_pk,
-            counters: Arc::new(counters.clone()),
-            changes,
-        });
-    }
-
-    /// Sends `op` to the DB actor and hands its outcome to `then` in the
-    /// actor's context, without blocking the mailbox meanwhile.
-    fn persist<T: 'static>(
+    /// Queues `op` for the next group and returns where its outcome arrives.
+    fn enqueue(
         &mut self,
         op: WriteOp,
-        then: impl FnOnce(&mut Self, OpOutcome) -> Result<T, HubError> + 'static,
-    ) -> ResponseActFuture<Self, Result<T, HubError>> {
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Result<OpOutcome, HubError>> {
         self.last_activity = Instant::now();
-        self.in_flight += 1;
-        let request = self.db.send(Persist(op));
-        Box::pin(request.into_actor(self).map(move |result, actor, _| {
-            actor.in_flight -= 1;
+        let (reply, outcome) = oneshot::channel();
+        self.queue.push(Queued { op, reply });
+        self.send_group(ctx);
+        outcome
+    }
+
+    /// Sends every queued write to the DB actor as one group, unless a group
+    /// is already committing; when it is done, sends the next.
+    fn send_group(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.queue.is_empty() {
+            return;
+        }
+        self.committing = true;
+        let (ops, replies): (Vec<WriteOp>, Vec<_>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .map(|queued| (queued.op, queued.reply))
+            .unzip();
+        // Sent back to back, so the DB actor takes them into the same commit.
+        let sent = join_all(ops.into_iter().map(|op| self.db.send(Persist(op))));
+        ctx.spawn(sent.into_actor(self).map(move |results, actor, ctx| {
+            actor.committing = false;
             actor.last_activity = Instant::now();
-            match result {
-                Ok(Ok(outcome)) => then(actor, outcome),
-                Ok(Err(error)) => Err(error),
-                Err(_mailbox) => Err(HubError::Unavailable),
+            for (result, reply) in results.into_iter().zip(replies) {
+                let outcome = result.unwrap_or(Err(HubError::Unavailable));
+                if let Ok(
+                    OpOutcome::Applied { counters, .. } | OpOutcome::Registered { counters, .. },
+                ) = &outcome
+                {
+                    actor.absorb(counters);
+                }
+                // The caller may have gone away; nothing to do then.
+                let _ = reply.send(outcome);
             }
-        }))
+            actor.send_group(ctx);
+        }));
     }
 }
 
@@ -143,7 +146,7 @@ impl Actor for CampaignActor {
         let campaign_pk = self.campaign_pk;
         let hydrate = async move { store.campaign_counters(campaign_pk).await };
         ctx.wait(hydrate.into_actor(self).map(|result, actor, ctx| match result {
-            Ok(Some(counters)) => actor.counters = Some(counters),
+            Ok(Some(counters)) => actor.counters = Some(Arc::new(counters)),
             Ok(None) => {
                 tracing::warn!(campaign_pk = actor.campaign_pk, "campaign not found; stopping its actor");
                 ctx.stop();
@@ -153,8 +156,9 @@ impl Actor for CampaignActor {
                 ctx.stop();
             }
         }));
-        ctx.run_interval(IDLE_CHECK_INTERVAL, |actor, ctx| {
-            if actor.in_flight == 0 && actor.last_activity.elapsed() >= actor.idle_timeout {
+        ctx.run_interval(IDLE_CHECK_INTERVAL.min(self.idle_timeout), |actor, ctx| {
+            let busy = actor.committing || !actor.queue.is_empty();
+            if !busy && actor.last_activity.elapsed() >= actor.idle_timeout {
                 ctx.stop();
             }
         });
@@ -169,53 +173,46 @@ impl Actor for CampaignActor {
 }
 
 impl Handler<ApplyUpdates> for CampaignActor {
-    type Result = ResponseActFuture<Self, Result<Vec<UpdateOutcome>, HubError>>;
+    type Result = ResponseFuture<Result<Vec<UpdateOutcome>, HubError>>;
 
-    /// Handler for `ApplyUpdates`: persists the updates and, after commit,
-    /// takes the new counters; replies with one outcome per update.
-    fn handle(&mut self, message: ApplyUpdates, _: &mut Self::Context) -> Self::Result {
+    /// Handler for `ApplyUpdates`: queues the updates for the campaign's next
+    /// group; replies with one outcome per update once they are committed.
+    fn handle(&mut self, message: ApplyUpdates, ctx: &mut Self::Context) -> Self::Result {
         let op = WriteOp::Apply {
             campaign_pk: self.campaign_pk,
             updates: message.updates,
         };
-        self.persist(op, |actor, outcome| match outcome {
-            OpOutcome::Applied {
-                outcomes,
-                counters,
-                changes,
-            } => {
-                actor.committed(counters, changes);
-                Ok(outcomes)
+        let outcome = self.enqueue(op, ctx);
+        Box::pin(async move {
+            match outcome.await.unwrap_or(Err(HubError::Unavailable))? {
+                OpOutcome::Applied { outcomes, .. } => Ok(outcomes),
+                other => Err(HubError::Unexpected(format!(
+                    "apply answered with {other:?}"
+                ))),
             }
-            other => Err(HubError::Unexpected(format!(
-                "apply answered with {other:?}"
-            ))),
         })
     }
 }
 
 impl Handler<RegisterMessages> for CampaignActor {
-    type Result = ResponseActFuture<Self, Result<RegisterReceipt, HubError>>;
+    type Result = ResponseFuture<Result<RegisterReceipt, HubError>>;
 
-    /// Handler for `RegisterMessages`: persists the messages (applying their
-    /// buffered statuses in the same transaction) and takes the new counters.
-    fn handle(&mut self, message: RegisterMessages, _: &mut Self::Context) -> Self::Result {
+    /// Handler for `RegisterMessages`: queues the registration (buffered
+    /// statuses of the messages are applied in the same transaction);
+    /// replies once committed.
+    fn handle(&mut self, message: RegisterMessages, ctx: &mut Self::Context) -> Self::Result {
         let op = WriteOp::Register {
             campaign_pk: self.campaign_pk,
             messages: message.messages,
         };
-        self.persist(op, |actor, outcome| match outcome {
-            OpOutcome::Registered {
-                receipt,
-                counters,
-                changes,
-            } => {
-                actor.committed(counters, changes);
-                Ok(receipt)
+        let outcome = self.enqueue(op, ctx);
+        Box::pin(async move {
+            match outcome.await.unwrap_or(Err(HubError::Unavailable))? {
+                OpOutcome::Registered { receipt, .. } => Ok(receipt),
+                other => Err(HubError::Unexpected(format!(
+                    "register answered with {other:?}"
+                ))),
             }
-            other => Err(HubError::Unexpected(format!(
-                "register answered with {other:?}"
-            ))),
         })
     }
 }
@@ -227,6 +224,6 @@ impl Handler<GetCounters> for CampaignActor {
     /// only if hydration failed and the actor is stopping).
     fn handle(&mut self, _: GetCounters, _: &mut Self::Context) -> Self::Result {
         self.last_activity = Instant::now();
-        MessageResult(self.counters.clone())
+        MessageResult(self.counters.as_deref().cloned())
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use super::HubError;
 use super::messages::{Persist, QueueDepth};
 use crate::metrics::Metrics;
+use crate::sse::{Broadcaster, CommitUpdate};
 use crate::store::{OpOutcome, Store, WriteOp, now_ms};
 
 /// Capacity of the actor's mailbox. Messages are only queued there for the
@@ -46,11 +47,19 @@ pub struct DbActor {
     max_batch: usize,
     max_queue: usize,
     metrics: Metrics,
+    /// Where each commit's changes go, once, in commit order.
+    broadcaster: Broadcaster,
 }
 
 impl DbActor {
     /// Returns a DB actor over `store` with the given bounds.
-    pub fn new(store: Store, max_batch: usize, max_queue: usize, metrics: Metrics) -> Self {
+    pub fn new(
+        store: Store,
+        max_batch: usize,
+        max_queue: usize,
+        metrics: Metrics,
+        broadcaster: Broadcaster,
+    ) -> Self {
         DbActor {
             store,
             queue: VecDeque::new(),
@@ -59,6 +68,7 @@ impl DbActor {
             max_batch,
             max_queue,
             metrics,
+            broadcaster,
         }
     }
 
@@ -98,6 +108,21 @@ impl DbActor {
             actor.committing = false;
             match result {
                 Ok(outcomes) => {
+                    // Publish before replying: a dashboard may see a change a
+                    // moment before the provider gets its 200, never after.
+                    if actor.broadcaster.has_subscribers() {
+                        let writes = batch.iter().zip(&outcomes).filter_map(|(queued, outcome)| {
+                            match queued.op {
+                                WriteOp::Apply { campaign_pk, .. } | WriteOp::Register { campaign_pk, .. } => {
+                                    Some((campaign_pk, outcome))
+                                }
+                                _ => None,
+                            }
+                        });
+                        if let Some(update) = CommitUpdate::from_outcomes(writes) {
+                            actor.broadcaster.publish(update);
+                        }
+                    }
                     for (queued, outcome) in batch.into_iter().zip(outcomes) {
                         // The webhook may have gone away; nothing to do then.
                         let _ = queued.reply.send(Ok(outcome));

@@ -74,6 +74,8 @@ pub struct Hub {
     db: Addr<DbActor>,
     metrics: Metrics,
     broadcaster: Broadcaster,
+    /// Most rows per write op: registrations are split to fit.
+    max_batch: usize,
 }
 
 impl Hub {
@@ -86,21 +88,22 @@ impl Hub {
         metrics: Metrics,
         broadcaster: Broadcaster,
     ) -> Self {
-        let db = DbActor::new(store.clone(), max_batch, max_queue, metrics.clone()).start();
-        let router = Router::new(
+        let db = DbActor::new(
             store.clone(),
-            db.clone(),
-            idle_timeout,
+            max_batch,
+            max_queue,
             metrics.clone(),
             broadcaster.clone(),
         )
         .start();
+        let router = Router::new(store.clone(), db.clone(), idle_timeout, metrics.clone()).start();
         Hub {
             store,
             router,
             db,
             metrics,
             broadcaster,
+            max_batch,
         }
     }
 
@@ -216,17 +219,36 @@ impl Hub {
         }
     }
 
-    /// Registers messages of one campaign and applies their buffered statuses.
+    /// Registers messages of one campaign and applies their buffered
+    /// statuses, in chunks of at most one batch each, so a large
+    /// registration neither bypasses the batch bound nor holds the write
+    /// path for one long transaction.
     pub async fn register(
         &self,
         campaign_pk: i64,
         messages: Vec<NewMessage>,
     ) -> Result<RegisterReceipt, HubError> {
+        let mut total = RegisterReceipt::default();
+        for chunk in messages.chunks(self.max_batch.max(1)) {
+            let receipt = self.register_chunk(campaign_pk, chunk).await?;
+            total.registered += receipt.registered;
+            total.existing += receipt.existing;
+            total.applied_buffered += receipt.applied_buffered;
+            total.conflicts.extend(receipt.conflicts);
+        }
+        Ok(total)
+    }
+
+    async fn register_chunk(
+        &self,
+        campaign_pk: i64,
+        messages: &[NewMessage],
+    ) -> Result<RegisterReceipt, HubError> {
         for _ in 0..MAX_REROUTES {
             let actor = self.locate(campaign_pk).await?;
             match actor
                 .send(RegisterMessages {
-                    messages: messages.clone(),
+                    messages: messages.to_vec(),
                 })
                 .await
             {

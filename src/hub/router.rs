@@ -10,7 +10,6 @@ use super::campaign_actor::CampaignActor;
 use super::db_actor::DbActor;
 use super::messages::{CountActive, Locate, Stopped};
 use crate::metrics::Metrics;
-use crate::sse::Broadcaster;
 use crate::store::Store;
 
 /// The router actor. It is the only place campaign actors are started, so
@@ -27,18 +26,11 @@ pub struct Router {
     db: Addr<DbActor>,
     idle_timeout: Duration,
     metrics: Metrics,
-    broadcaster: Broadcaster,
 }
 
 impl Router {
     /// Returns a router that starts campaign actors over `store` and `db`.
-    pub fn new(
-        store: Store,
-        db: Addr<DbActor>,
-        idle_timeout: Duration,
-        metrics: Metrics,
-        broadcaster: Broadcaster,
-    ) -> Self {
+    pub fn new(store: Store, db: Addr<DbActor>, idle_timeout: Duration, metrics: Metrics) -> Self {
         Router {
             actors: HashMap::new(),
             next_generation: 0,
@@ -46,7 +38,6 @@ impl Router {
             db,
             idle_timeout,
             metrics,
-            broadcaster,
         }
     }
 }
@@ -76,7 +67,6 @@ impl Handler<Locate> for Router {
             self.db.clone(),
             ctx.address(),
             self.idle_timeout,
-            self.broadcaster.clone(),
         );
         let addr = actor.start();
         self.actors

@@ -1,20 +1,21 @@
-//! The broadcast point between campaign actors and SSE subscribers.
+//! The broadcast point between the DB actor and SSE subscribers.
 //!
-//! Campaign actors publish each committed change once; every SSE connection
+//! The DB actor publishes each commit's changes once; every SSE connection
 //! holds a receiver and filters what it may see. Channels are bounded
 //! (`tokio::sync::broadcast`): publishing never waits for a subscriber, and a
 //! subscriber that falls behind learns it (`Lagged`) instead of making the
-//! channel grow. Because the channels live here and not in the actors, a
-//! stream keeps working when its campaign's actor stops for idleness and a
-//! new one starts later.
+//! channel grow. Because the channels do not belong to campaign actors, a
+//! stream keeps working when its campaign's actor stops for idleness.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use bytestring::ByteString;
+
 use crate::domain::CampaignCounters;
-use crate::store::StatusChange;
+use crate::store::{OpOutcome, StatusChange, format_ms};
 
 /// Changes kept for subscribers that are behind: about a second of a busy
 /// hub. A subscriber further behind skips to a fresh snapshot (metrics) or
@@ -24,14 +25,118 @@ const CAMPAIGN_CHANNEL_CAPACITY: usize = 4096;
 /// Incoming events kept for the debug page's live tail.
 const INCOMING_CHANNEL_CAPACITY: usize = 1024;
 
-/// One commit's effect on one campaign.
+/// One commit's effect, as subscribers see it. The DB actor publishes one
+/// per commit, in commit order, so event ids reach every subscriber in
+/// increasing order and a `metrics` event never overtakes the status events
+/// of its own commit.
+#[derive(Debug, Default)]
+pub struct CommitUpdate {
+    /// Campaigns the commit changed, with their counters after it.
+    pub campaigns: Vec<PublishedCampaign>,
+    /// The commit's message changes, in event-id order.
+    pub changes: Vec<PublishedChange>,
+}
+
+/// A campaign's counters after a commit, serialized once for every subscriber.
 #[derive(Debug)]
-pub struct CampaignUpdate {
+pub struct PublishedCampaign {
     pub campaign_pk: i64,
-    /// The campaign's counters after the commit.
     pub counters: Arc<CampaignCounters>,
-    /// The message changes of the commit, in order.
-    pub changes: Vec<StatusChange>,
+    /// `counters` as the `data:` of a `metrics` event.
+    pub json: ByteString,
+}
+
+/// One message change, serialized once for every subscriber.
+#[derive(Debug)]
+pub struct PublishedChange {
+    pub campaign_pk: i64,
+    pub event_id: i64,
+    pub version: i64,
+    /// The `data:` of its `status` event.
+    pub json: ByteString,
+}
+
+/// The `data:` of an `event: status`.
+#[derive(Serialize)]
+pub(super) struct StatusPayload<'a> {
+    pub tenant_id: &'a str,
+    pub campaign_id: &'a str,
+    pub channel: &'a str,
+    pub provider_message_id: &'a str,
+    pub status: &'a str,
+    pub event: &'a str,
+    pub provider_at: String,
+    pub version: i64,
+    pub event_id: i64,
+}
+
+impl StatusPayload<'_> {
+    /// Serializes a change of `tenant_id`'s campaign `campaign_id`.
+    pub(super) fn json(tenant_id: &str, campaign_id: &str, change: &StatusChange) -> ByteString {
+        let payload = StatusPayload {
+            tenant_id,
+            campaign_id,
+            channel: change.channel.as_str(),
+            provider_message_id: &change.provider_message_id,
+            status: change.status.as_str(),
+            event: &change.event,
+            provider_at: format_ms(change.provider_ts_ms),
+            version: change.version,
+            event_id: change.event_id,
+        };
+        // Serializing strings and integers cannot fail.
+        ByteString::from(serde_json::to_string(&payload).unwrap_or_default())
+    }
+}
+
+impl CommitUpdate {
+    /// Builds the update of a commit from the outcomes of its campaign
+    /// writes, each with its campaign; `None` when it changed no campaign.
+    pub fn from_outcomes<'a>(
+        outcomes: impl IntoIterator<Item = (i64, &'a OpOutcome)>,
+    ) -> Option<Self> {
+        let mut update = CommitUpdate::default();
+        let mut changes: Vec<(&Arc<CampaignCounters>, &StatusChange)> = Vec::new();
+        for (campaign_pk, outcome) in outcomes {
+            let (OpOutcome::Applied {
+                counters: Some(counters),
+                changes: changed,
+                ..
+            }
+            | OpOutcome::Registered {
+                counters: Some(counters),
+                changes: changed,
+                ..
+            }) = outcome
+            else {
+                continue;
+            };
+            changes.extend(changed.iter().map(|change| (counters, change)));
+            // Several writes of one campaign in a commit share its final counters.
+            if !update
+                .campaigns
+                .iter()
+                .any(|campaign| campaign.campaign_pk == campaign_pk)
+            {
+                update.campaigns.push(PublishedCampaign {
+                    campaign_pk,
+                    counters: counters.clone(),
+                    json: ByteString::from(serde_json::to_string(&**counters).unwrap_or_default()),
+                });
+            }
+        }
+        changes.sort_by_key(|(_, change)| change.event_id);
+        update.changes = changes
+            .into_iter()
+            .map(|(counters, change)| PublishedChange {
+                campaign_pk: change.campaign_pk,
+                event_id: change.event_id,
+                version: change.version,
+                json: StatusPayload::json(&counters.tenant_id, &counters.campaign_id, change),
+            })
+            .collect();
+        (!update.campaigns.is_empty()).then_some(update)
+    }
 }
 
 /// One provider event as it came in, for the debug page's tail.
@@ -54,7 +159,7 @@ pub struct IncomingEvent {
 /// The broadcast channels. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Broadcaster {
-    campaigns: broadcast::Sender<Arc<CampaignUpdate>>,
+    campaigns: broadcast::Sender<Arc<CommitUpdate>>,
     incoming: broadcast::Sender<Arc<IncomingEvent>>,
 }
 
@@ -67,14 +172,20 @@ impl Broadcaster {
         }
     }
 
-    /// Publishes a campaign change to every subscriber; never waits.
-    pub fn publish(&self, update: CampaignUpdate) {
+    /// Publishes a commit's changes to every subscriber; never waits.
+    pub fn publish(&self, update: CommitUpdate) {
         // `send` only fails when nobody listens, which is fine.
         let _ = self.campaigns.send(Arc::new(update));
     }
 
-    /// Returns a receiver of every campaign change published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CampaignUpdate>> {
+    /// Tells whether any stream is connected, so the DB actor serializes
+    /// updates only when someone will read them.
+    pub fn has_subscribers(&self) -> bool {
+        self.campaigns.receiver_count() > 0
+    }
+
+    /// Returns a receiver of every commit published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommitUpdate>> {
         self.campaigns.subscribe()
     }
 

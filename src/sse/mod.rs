@@ -27,7 +27,9 @@ use actix_web_lab::sse;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-pub use broadcaster::{Broadcaster, CampaignUpdate, IncomingEvent};
+pub use broadcaster::{
+    Broadcaster, CommitUpdate, IncomingEvent, PublishedCampaign, PublishedChange,
+};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -133,9 +135,12 @@ async fn campaign_stream(
         IdMode::Version,
         state.settings.sse_coalesce,
     );
-    let changed = resume != Some(snapshot.version);
     match resume {
-        Some(after) if include_statuses && changed => {
+        // The client is up to date: nothing to send until the next change.
+        Some(version) if version == snapshot.version => {
+            connection.seen(campaign.campaign_pk, version)
+        }
+        Some(after) if include_statuses => {
             let limit = state.settings.sse_replay_limit;
             let missed = state
                 .hub
@@ -144,17 +149,18 @@ async fn campaign_stream(
                 .await?;
             if missed.len() > limit as usize {
                 connection.reset();
-                connection.snapshot(campaign.campaign_pk, snapshot.clone(), snapshot.version);
+                connection.snapshot(campaign.campaign_pk, &snapshot);
             } else {
-                connection.snapshot(campaign.campaign_pk, snapshot.clone(), snapshot.version);
-                for change in missed {
+                connection.snapshot(campaign.campaign_pk, &snapshot);
+                for change in &missed {
                     connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
                 }
             }
         }
-        Some(_) if !changed => connection.seen(campaign.campaign_pk, snapshot.version, 0),
-        _ => connection.snapshot(campaign.campaign_pk, snapshot.clone(), snapshot.version),
+        _ => connection.snapshot(campaign.campaign_pk, &snapshot),
     }
+    // Changes up to the snapshot are in it (or were replayed).
+    connection.advance_cursor(snapshot.version);
     actix_web::rt::spawn(connection.run(updates, state.hub.clone()));
     Ok(respond(rx, &state))
 }
@@ -179,58 +185,49 @@ async fn tenant_stream(
     };
     let include_statuses = query.include_statuses();
     let resume = last_event_id(&req, &query);
+    // Subscribe before reading the snapshot: nothing committed in between is missed.
     let updates = state.hub.broadcaster().subscribe();
     let store = state.hub.store();
     let (last_event_id, campaigns) = store
         .tenant_snapshot(tenant.as_deref(), MAX_SNAPSHOT_CAMPAIGNS)
         .await?;
-    let visible = |campaign_id: &str| {
-        allowed
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|c| c == campaign_id))
-    };
     let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
+    let scope = Scope::Tenant {
+        tenant_id: tenant.clone(),
+        campaigns: allowed.clone(),
+    };
     let mut connection = Connection::new(
         tx,
-        Scope::Tenant {
-            tenant_id: tenant.clone(),
-            campaigns: allowed.clone(),
-        },
+        scope.clone(),
         include_statuses,
         IdMode::EventCursor,
         state.settings.sse_coalesce,
     );
-    let changed = resume != Some(last_event_id);
     let mut replay = Vec::new();
     let mut overflow = false;
-    if let (Some(after), true, true) = (resume, include_statuses, changed) {
+    if let (Some(after), true) = (resume, include_statuses) {
         let limit = state.settings.sse_replay_limit;
         replay = store
-            .replay_tenant(tenant.as_deref(), after, limit + 1)
+            .replay_tenant(tenant.as_deref(), allowed.as_deref(), after, limit + 1)
             .await?;
-        replay.retain(|(campaign, _)| visible(&campaign.campaign_id));
         overflow = replay.len() > limit as usize;
     }
     if overflow {
         connection.reset();
     }
-    for (campaign_pk, counters) in campaigns {
-        if !visible(&counters.campaign_id) {
-            continue;
-        }
-        let version = counters.version;
-        if changed || resume.is_none() {
-            connection.snapshot(campaign_pk, counters, last_event_id);
-        } else {
-            connection.seen(campaign_pk, version, last_event_id);
+    // Always snapshot: registrations and new campaigns change counters
+    // without a status event, so the cursor cannot tell whether they moved.
+    connection.advance_cursor(last_event_id.max(resume.unwrap_or(0)));
+    for (campaign_pk, counters) in &campaigns {
+        if scope.admits(*campaign_pk, counters) {
+            connection.snapshot(*campaign_pk, counters);
         }
     }
     if !overflow {
-        for (campaign, change) in replay {
+        for (campaign, change) in &replay {
             connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
         }
     }
-    connection.advance_cursor(last_event_id.max(resume.unwrap_or(0)));
     actix_web::rt::spawn(connection.run(updates, state.hub.clone()));
     Ok(respond(rx, &state))
 }

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web_lab::sse;
-use serde::Serialize;
+use bytestring::ByteString;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::broadcaster::CampaignUpdate;
+use super::broadcaster::{CommitUpdate, StatusPayload};
 use crate::domain::CampaignCounters;
 use crate::hub::Hub;
-use crate::store::{StatusChange, format_ms};
+use crate::store::StatusChange;
 
 /// Which changes a connection may see.
 #[derive(Clone, Debug)]
@@ -29,19 +29,19 @@ pub(super) enum Scope {
 }
 
 impl Scope {
-    fn admits(&self, update: &CampaignUpdate) -> bool {
+    pub(super) fn admits(&self, campaign_pk: i64, counters: &CampaignCounters) -> bool {
         match self {
-            Scope::Campaign(campaign_pk) => update.campaign_pk == *campaign_pk,
+            Scope::Campaign(only) => campaign_pk == *only,
             Scope::Tenant {
                 tenant_id,
                 campaigns,
             } => {
                 tenant_id
                     .as_ref()
-                    .is_none_or(|tenant| *tenant == update.counters.tenant_id)
+                    .is_none_or(|tenant| *tenant == counters.tenant_id)
                     && campaigns
                         .as_ref()
-                        .is_none_or(|list| list.iter().any(|c| *c == update.counters.campaign_id))
+                        .is_none_or(|list| list.contains(&counters.campaign_id))
             }
         }
     }
@@ -58,26 +58,12 @@ pub(super) enum IdMode {
 
 impl IdMode {
     /// Returns a change's position in this id space.
-    fn key(self, change: &StatusChange) -> i64 {
+    fn key(self, event_id: i64, version: i64) -> i64 {
         match self {
-            IdMode::Version => change.version,
-            IdMode::EventCursor => change.event_id,
+            IdMode::Version => version,
+            IdMode::EventCursor => event_id,
         }
     }
-}
-
-/// The `data:` of an `event: status`.
-#[derive(Serialize)]
-struct StatusPayload<'a> {
-    tenant_id: &'a str,
-    campaign_id: &'a str,
-    channel: &'a str,
-    provider_message_id: &'a str,
-    status: &'a str,
-    event: &'a str,
-    provider_at: String,
-    version: i64,
-    event_id: i64,
 }
 
 /// One connection's state; [`Connection::run`] drives it.
@@ -89,18 +75,17 @@ pub(super) struct Connection {
     id_mode: IdMode,
     /// Minimum time between two `metrics` events of one campaign.
     window: Duration,
-    /// Latest counters version sent per campaign: older ones are skipped.
+    /// Latest counters version the client has per campaign: older ones are skipped.
     sent_versions: HashMap<i64, i64>,
-    /// Counters waiting for their campaign's window to pass (latest only).
-    pending: HashMap<i64, Arc<CampaignCounters>>,
+    /// Counters (version, JSON) waiting for their campaign's window to pass;
+    /// only the latest is kept.
+    pending: HashMap<i64, (i64, ByteString)>,
     /// When each campaign's last `metrics` went out.
     last_sent: HashMap<i64, Instant>,
-    /// Highest id (in this stream's id space: version or event id) that
-    /// the snapshot and replay cover: live changes at or below it are not
-    /// sent again. Fixed once the connection runs, because commits of one
-    /// campaign may be published slightly out of order.
+    /// Highest id (version or event id, per `id_mode`) that the snapshot and
+    /// replay cover: live changes at or below it are not sent again.
     floor: i64,
-    /// Highest event id seen: the `id:` of metrics on tenant streams.
+    /// Highest event id delivered: the `id:` of metrics on tenant streams.
     cursor: i64,
     /// Set when the broadcast lagged: counters are re-read from the store.
     resync: bool,
@@ -129,23 +114,22 @@ impl Connection {
         }
     }
 
-    /// Queues `event: snapshot`; `cursor` is its id on tenant streams.
-    pub(super) fn snapshot(&mut self, campaign_pk: i64, counters: CampaignCounters, cursor: i64) {
-        self.seen(campaign_pk, counters.version, cursor);
+    /// Queues `event: snapshot` of a campaign.
+    pub(super) fn snapshot(&mut self, campaign_pk: i64, counters: &CampaignCounters) {
+        self.sent_versions.insert(campaign_pk, counters.version);
         let id = self.id_for(counters.version);
-        if let Ok(data) = sse::Data::new_json(&counters) {
+        if let Ok(data) = sse::Data::new_json(counters) {
             self.send(data.event("snapshot").id(id).into());
         }
     }
 
     /// Records that the client already has `version` of a campaign.
-    pub(super) fn seen(&mut self, campaign_pk: i64, version: i64, cursor: i64) {
+    pub(super) fn seen(&mut self, campaign_pk: i64, version: i64) {
         self.sent_versions.insert(campaign_pk, version);
-        self.advance_cursor(cursor);
     }
 
-    /// Marks everything up to `cursor` as covered: changes at or below it
-    /// are not sent.
+    /// Marks everything up to `cursor` (in this stream's id space) as
+    /// covered: changes at or below it are not sent.
     pub(super) fn advance_cursor(&mut self, cursor: i64) {
         self.floor = self.floor.max(cursor);
         self.cursor = self.cursor.max(cursor);
@@ -161,10 +145,10 @@ impl Connection {
         &mut self,
         tenant_id: &str,
         campaign_id: &str,
-        change: StatusChange,
+        change: &StatusChange,
     ) {
-        self.status(tenant_id, campaign_id, &change);
-        let key = self.id_mode.key(&change);
+        let key = self.id_mode.key(change.event_id, change.version);
+        self.status(StatusPayload::json(tenant_id, campaign_id, change), key);
         self.advance_cursor(key);
     }
 
@@ -182,29 +166,16 @@ impl Connection {
     }
 
     /// Queues `event: status`; `false` if the client is too slow.
-    fn status(&mut self, tenant_id: &str, campaign_id: &str, change: &StatusChange) -> bool {
-        let payload = StatusPayload {
-            tenant_id,
-            campaign_id,
-            channel: change.channel.as_str(),
-            provider_message_id: &change.provider_message_id,
-            status: change.status.as_str(),
-            event: &change.event,
-            provider_at: format_ms(change.provider_ts_ms),
-            version: change.version,
-            event_id: change.event_id,
-        };
-        let id = match self.id_mode {
-            IdMode::Version => change.version,
-            IdMode::EventCursor => change.event_id,
-        };
-        match sse::Data::new_json(&payload) {
-            Ok(data) => self.send(data.event("status").id(id.to_string()).into()),
-            Err(_) => true,
-        }
+    fn status(&mut self, json: ByteString, id: i64) -> bool {
+        self.send(
+            sse::Data::new(json)
+                .event("status")
+                .id(id.to_string())
+                .into(),
+        )
     }
 
-    /// Sends `event: lagged` (using the slot kept free for it) and ends.
+    /// Sends `event: lagged` (using the slot kept free for it).
     fn lagged(&mut self, reason: &str) {
         let data = serde_json::json!({ "reason": reason }).to_string();
         let _ = self
@@ -212,47 +183,50 @@ impl Connection {
             .try_send(sse::Data::new(data).event("lagged").into());
     }
 
-    /// Takes one published update; `false` ends the connection.
-    fn take(&mut self, update: &CampaignUpdate) -> bool {
-        if !self.scope.admits(update) {
+    /// Takes one published commit; `false` ends the connection.
+    fn take(&mut self, update: &CommitUpdate) -> bool {
+        let admitted: Vec<i64> = update
+            .campaigns
+            .iter()
+            .filter(|campaign| self.scope.admits(campaign.campaign_pk, &campaign.counters))
+            .map(|campaign| campaign.campaign_pk)
+            .collect();
+        if admitted.is_empty() {
             return true;
         }
-        if self.include_statuses {
-            let (floor, mode) = (self.floor, self.id_mode);
-            for change in update
-                .changes
-                .iter()
-                .filter(|change| mode.key(change) > floor)
-            {
+        for change in update
+            .changes
+            .iter()
+            .filter(|change| admitted.contains(&change.campaign_pk))
+        {
+            let key = self.id_mode.key(change.event_id, change.version);
+            if key <= self.floor {
+                continue;
+            }
+            if self.include_statuses {
                 // Keep one slot for `event: lagged`.
-                if self.tx.capacity() < 2
-                    || !self.status(
-                        &update.counters.tenant_id,
-                        &update.counters.campaign_id,
-                        change,
-                    )
-                {
+                if self.tx.capacity() < 2 || !self.status(change.json.clone(), key) {
                     self.lagged("client too slow");
                     return false;
                 }
             }
+            self.cursor = self.cursor.max(change.event_id);
         }
-        if let Some(last) = update
-            .changes
+        for campaign in update
+            .campaigns
             .iter()
-            .map(|change| self.id_mode.key(change))
-            .max()
+            .filter(|campaign| admitted.contains(&campaign.campaign_pk))
         {
-            self.cursor = self.cursor.max(last);
-        }
-        let known = self
-            .sent_versions
-            .get(&update.campaign_pk)
-            .copied()
-            .unwrap_or(-1);
-        if update.counters.version > known {
-            self.pending
-                .insert(update.campaign_pk, update.counters.clone());
+            let version = campaign.counters.version;
+            let known = self
+                .sent_versions
+                .get(&campaign.campaign_pk)
+                .copied()
+                .unwrap_or(-1);
+            if version > known {
+                self.pending
+                    .insert(campaign.campaign_pk, (version, campaign.json.clone()));
+            }
         }
         true
     }
@@ -272,20 +246,20 @@ impl Connection {
             .copied()
             .collect();
         for campaign_pk in due {
-            let Some(counters) = self.pending.remove(&campaign_pk) else {
+            let Some((version, json)) = self.pending.remove(&campaign_pk) else {
                 continue;
             };
-            let id = self.id_for(counters.version);
-            let Ok(data) = sse::Data::new_json(&*counters) else {
-                continue;
-            };
-            match self.tx.try_send(data.event("metrics").id(id).into()) {
+            let id = self.id_for(version);
+            match self
+                .tx
+                .try_send(sse::Data::new(json.clone()).event("metrics").id(id).into())
+            {
                 Ok(()) => {
-                    self.sent_versions.insert(campaign_pk, counters.version);
+                    self.sent_versions.insert(campaign_pk, version);
                     self.last_sent.insert(campaign_pk, now);
                 }
                 Err(TrySendError::Full(_)) => {
-                    self.pending.insert(campaign_pk, counters);
+                    self.pending.insert(campaign_pk, (version, json));
                     return;
                 }
                 Err(TrySendError::Closed(_)) => return,
@@ -302,31 +276,25 @@ impl Connection {
                 Ok(counters) => vec![(*campaign_pk, counters)],
                 Err(_) => Vec::new(),
             },
-            Scope::Tenant {
-                tenant_id,
-                campaigns,
-            } => {
+            Scope::Tenant { tenant_id, .. } => {
                 match hub
                     .store()
                     .tenant_snapshot(tenant_id.as_deref(), super::MAX_SNAPSHOT_CAMPAIGNS)
                     .await
                 {
-                    Ok((_, all)) => all
-                        .into_iter()
-                        .filter(|(_, counters)| {
-                            campaigns
-                                .as_ref()
-                                .is_none_or(|list| list.contains(&counters.campaign_id))
-                        })
-                        .collect(),
+                    Ok((_, all)) => all,
                     Err(_) => Vec::new(),
                 }
             }
         };
         for (campaign_pk, counters) in fresh {
+            if !self.scope.admits(campaign_pk, &counters) {
+                continue;
+            }
             let known = self.sent_versions.get(&campaign_pk).copied().unwrap_or(-1);
             if counters.version > known {
-                self.pending.insert(campaign_pk, Arc::new(counters));
+                let json = ByteString::from(serde_json::to_string(&counters).unwrap_or_default());
+                self.pending.insert(campaign_pk, (counters.version, json));
             }
         }
     }
@@ -335,7 +303,7 @@ impl Connection {
     /// subscriber falls too far behind.
     pub(super) async fn run(
         mut self,
-        mut updates: broadcast::Receiver<Arc<CampaignUpdate>>,
+        mut updates: broadcast::Receiver<Arc<CommitUpdate>>,
         hub: Hub,
     ) {
         let tick_every = (self.window / 4).max(Duration::from_millis(5));

@@ -3,10 +3,13 @@
 //! to message states read inside the transaction.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::domain::{Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally};
+use crate::domain::{
+    CampaignCounters, Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally,
+};
 
 use super::MessageRef;
 
@@ -82,9 +85,9 @@ pub enum UpdateOutcome {
     Known(MessageRef),
 }
 
-/// A campaign's committed counters, as a commit leaves them.
+/// A campaign's counters row, as a commit leaves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CounterRow {
+pub(crate) struct CounterRow {
     pub campaign_pk: i64,
     pub version: i64,
     pub tally: Tally,
@@ -132,12 +135,12 @@ pub enum OpOutcome {
     },
     Registered {
         receipt: RegisterReceipt,
-        counters: Option<CounterRow>,
+        counters: Option<Arc<CampaignCounters>>,
         changes: Vec<StatusChange>,
     },
     Applied {
         outcomes: Vec<UpdateOutcome>,
-        counters: Option<CounterRow>,
+        counters: Option<Arc<CampaignCounters>>,
         changes: Vec<StatusChange>,
     },
     Buffered {

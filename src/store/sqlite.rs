@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -367,24 +368,35 @@ impl SqliteStore {
     pub async fn replay_tenant(
         &self,
         tenant_id: Option<&str>,
+        campaigns: Option<&[String]>,
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<(CampaignInfo, StatusChange)>, StoreError> {
-        let rows = sqlx::query(
+        let mut query = QueryBuilder::<Sqlite>::new(
             "SELECT e.id, e.campaign_pk, e.campaign_version, m.channel, m.provider_message_id,
                     e.event, e.message_status, e.provider_ts, c.tenant_id, c.campaign_id
              FROM status_events e
              JOIN messages m ON m.id = e.message_pk
              JOIN campaigns c ON c.id = e.campaign_pk
-             WHERE e.id > ? AND e.campaign_version IS NOT NULL AND (? IS NULL OR c.tenant_id = ?)
-             ORDER BY e.id LIMIT ?",
-        )
-        .bind(after_id)
-        .bind(tenant_id)
-        .bind(tenant_id)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
+             WHERE e.campaign_version IS NOT NULL AND e.id > ",
+        );
+        query.push_bind(after_id);
+        if let Some(tenant_id) = tenant_id {
+            query.push(" AND c.tenant_id = ").push_bind(tenant_id);
+        }
+        // Filter before LIMIT, so a restricted token's bound counts only
+        // what it may see.
+        if let Some(campaigns) = campaigns {
+            query.push(" AND c.campaign_id IN (");
+            let mut list = query.separated(", ");
+            list.push_bind("");
+            for campaign in campaigns {
+                list.push_bind(campaign.as_str());
+            }
+            query.push(")");
+        }
+        query.push(" ORDER BY e.id LIMIT ").push_bind(limit);
+        let rows = query.build().fetch_all(&self.reader).await?;
         rows.iter()
             .map(|row| {
                 let change = status_change(row)?;
@@ -685,6 +697,7 @@ async fn commit_in(
         };
         counters.insert(campaign_pk, counter_row(&row)?);
     }
+    let counters = with_names(conn, counters).await?;
     for (op, outcome) in ops.iter().zip(outcomes.iter_mut()) {
         match (op, outcome) {
             (
@@ -706,6 +719,44 @@ async fn commit_in(
             outcome.ok_or_else(|| StoreError::Corrupt("operation without outcome".to_owned()))
         })
         .collect()
+}
+
+/// Returns the counters as dashboards see them, with the campaigns' names.
+async fn with_names(
+    conn: &mut SqliteConnection,
+    rows: HashMap<i64, CounterRow>,
+) -> Result<HashMap<i64, Arc<CampaignCounters>>, StoreError> {
+    let mut named = HashMap::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(named);
+    }
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "SELECT id, tenant_id, campaign_id FROM campaigns WHERE id IN (",
+    );
+    let mut list = query.separated(", ");
+    for campaign_pk in rows.keys() {
+        list.push_bind(*campaign_pk);
+    }
+    query.push(")");
+    for row in query.build().fetch_all(&mut *conn).await? {
+        let campaign_pk: i64 = row.try_get("id")?;
+        let Some(counters) = rows.get(&campaign_pk) else {
+            continue;
+        };
+        let tenant_id: String = row.try_get("tenant_id")?;
+        let campaign_id: String = row.try_get("campaign_id")?;
+        named.insert(
+            campaign_pk,
+            Arc::new(CampaignCounters::from_tally(
+                &tenant_id,
+                &campaign_id,
+                counters.version,
+                &counters.tally,
+                format_ms(counters.updated_at_ms),
+            )),
+        );
+    }
+    Ok(named)
 }
 
 /// Reads the counters version of every campaign `ops` write to.

@@ -373,17 +373,137 @@ async fn the_tenant_stream_carries_every_campaign_of_the_tenant_and_resumes_by_c
         Some(&cursor),
     )
     .await;
-    let seen = collect_until(&mut resumed, Duration::from_secs(5), |event| {
-        event.event == "status"
-    })
-    .await;
-    let replayed = seen.last().unwrap();
+    // Snapshots of both campaigns, then exactly the one missed t1 change.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next(&mut resumed, Duration::from_secs(5)).await);
+    }
+    let kinds: Vec<&str> = seen.iter().map(|event| event.event.as_str()).collect();
+    assert_eq!(kinds, ["snapshot", "snapshot", "status"], "{seen:?}");
+    let replayed = &seen[2];
     assert_eq!(data(replayed)["provider_message_id"], "wamid.a1");
+    assert_eq!(data(replayed)["status"], "delivered");
     assert!(replayed.id.parse::<i64>().unwrap() > cursor.parse::<i64>().unwrap());
     assert!(
         seen.iter().all(|event| data(event)["tenant_id"] == "t1"),
         "{seen:?}"
     );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), resumed.next())
+            .await
+            .is_err(),
+        "nothing more"
+    );
+}
+
+#[actix_web::test]
+async fn tenant_resume_counts_only_what_a_restricted_token_may_see() {
+    // Arrange: while the client is away, more changes than the replay bound
+    // happen in a campaign it may not see, then a few in the one it may.
+    let app = spawn_app_with(|settings| settings.sse_replay_limit = 5).await;
+    let hidden = ids(20);
+    let hidden_refs: Vec<&str> = hidden.iter().map(String::as_str).collect();
+    app.register_whatsapp("t1", "hidden", &hidden_refs).await;
+    app.register_whatsapp("t1", "visible", &["wamid.v1", "wamid.v2"])
+        .await;
+    let token = app.tenant_token("t1", Some(vec!["visible".to_owned()]));
+    let mut events = open(&app, "/api/v1/stream?include=statuses", &token, None).await;
+    let snapshot = next(&mut events, Duration::from_secs(5)).await;
+    assert_eq!(data(&snapshot)["campaign_id"], "visible");
+    let cursor = snapshot.id.clone();
+    drop(events);
+    let statuses: Vec<WaStatus<'_>> = hidden_refs
+        .iter()
+        .map(|id| (*id, "sent", 1_700_000_000))
+        .collect();
+    app.send_statuses(&statuses).await;
+    app.send_statuses(&[
+        ("wamid.v1", "read", 1_700_000_001),
+        ("wamid.v2", "failed", 1_700_000_002),
+    ])
+    .await;
+
+    // Act
+    let mut resumed = open(
+        &app,
+        "/api/v1/stream?include=statuses",
+        &token,
+        Some(&cursor),
+    )
+    .await;
+
+    // Assert: no reset, the visible campaign's snapshot, then its two changes.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next(&mut resumed, Duration::from_secs(5)).await);
+    }
+    let kinds: Vec<&str> = seen.iter().map(|event| event.event.as_str()).collect();
+    assert_eq!(kinds, ["snapshot", "status", "status"], "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|event| data(event)["campaign_id"] == "visible")
+    );
+}
+
+#[actix_web::test]
+async fn tenant_resume_sends_fresh_snapshots_after_registrations() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "c1", &["wamid.1"]).await;
+    let token = app.tenant_token("t1", None);
+    let mut events = open(&app, "/api/v1/stream", &token, None).await;
+    let snapshot = next(&mut events, Duration::from_secs(5)).await;
+    drop(events);
+
+    // Registrations write no status event, so the cursor does not move.
+    app.register_whatsapp("t1", "c1", &["wamid.2", "wamid.3"])
+        .await;
+    app.register_whatsapp("t1", "c2", &["wamid.4"]).await;
+    let mut resumed = open(&app, "/api/v1/stream", &token, Some(&snapshot.id)).await;
+
+    let mut totals = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let event = next(&mut resumed, Duration::from_secs(5)).await;
+        assert_eq!(event.event, "snapshot");
+        totals.insert(
+            data(&event)["campaign_id"].as_str().unwrap().to_owned(),
+            data(&event)["total"].clone(),
+        );
+    }
+    assert_eq!(totals["c1"], 3);
+    assert_eq!(totals["c2"], 1);
+}
+
+#[actix_web::test]
+async fn a_stream_outlives_its_campaign_actor() {
+    let app = spawn_app_with(|settings| settings.campaign_idle = Duration::from_secs(1)).await;
+    app.register_whatsapp("t1", "c1", &["wamid.1"]).await;
+    let mut events = open(&app, "/api/v1/campaigns/c1/stream", ADMIN_TOKEN, None).await;
+    next(&mut events, Duration::from_secs(5)).await;
+
+    // The campaign's actor stops for idleness while the stream stays open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health: Value = app
+            .get("/webhooks/health", ADMIN_TOKEN)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if health["active_campaign_actors"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle actor never stopped: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.send_statuses(&[("wamid.1", "read", 1_700_000_000)])
+        .await;
+
+    let event = next(&mut events, Duration::from_secs(5)).await;
+    assert_eq!(event.event, "metrics");
+    assert_eq!(data(&event)["read"], 1);
 }
 
 #[actix_web::test]
@@ -458,7 +578,9 @@ async fn a_stalled_reader_delays_neither_webhooks_nor_other_subscribers() {
 
     // Arrange: a subscriber that never reads (tiny receive buffer), and one that does.
     let app = spawn_app().await;
-    let ids = ids(2000);
+    // 8,000 messages × 4 statuses ≈ 7.5 MB of status events: more than the
+    // kernel buffers a socket may hold here (tcp_wmem max 4 MiB).
+    let ids = ids(8000);
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     app.register_whatsapp("t1", "c1", &refs).await;
     let address = app.address.trim_start_matches("http://").to_owned();
@@ -518,5 +640,5 @@ async fn a_stalled_reader_delays_neither_webhooks_nor_other_subscribers() {
         received.len(),
         &text[text.len().saturating_sub(600)..]
     );
-    assert!(text.matches("event: status").count() < 8000);
+    assert!(text.matches("event: status").count() < 32_000);
 }
