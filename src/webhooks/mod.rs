@@ -32,10 +32,12 @@ pub(crate) async fn apply_and_reply(
     parsed: crate::domain::Parsed,
 ) -> Result<HttpResponse, ApiError> {
     let crate::domain::Parsed { updates, problems } = parsed;
-    let dead_letter = async {
-        if problems.is_empty() {
-            return Ok(0);
-        }
+    // Apply first: if that fails, the provider retries the whole call and
+    // the dead letter is not stored twice.
+    let receipt = hub.apply(updates).await?;
+    let dead_lettered = if problems.is_empty() {
+        0
+    } else {
         let reason = problems.join("; ");
         tracing::warn!(channel = %channel, reason = %reason, "keeping uninterpretable payload as a dead letter");
         hub.dead_letter(DeadLetter {
@@ -48,13 +50,12 @@ pub(crate) async fn apply_and_reply(
                 .map(str::to_owned),
             body: body.to_vec(),
         })
-        .await
-        .map(|()| 1)
+        .await?;
+        1
     };
-    let (receipt, dead_lettered) = futures_util::join!(hub.apply(updates), dead_letter);
     let receipt = WebhookReceipt {
-        dead_lettered: dead_lettered?,
-        ..receipt?
+        dead_lettered,
+        ..receipt
     };
     Ok(HttpResponse::Ok().json(receipt))
 }

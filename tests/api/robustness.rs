@@ -114,11 +114,9 @@ async fn oversized_body_without_content_length_is_refused_too() {
         .await
         .unwrap();
 
-    assert!(
-        response.status() == 413 || response.status() == 401,
-        "{}",
-        response.status()
-    );
+    // The body is read (up to the limit) before the signature can be
+    // checked, so the limit answers first.
+    assert_eq!(response.status(), 413);
     assert_healthy(&app).await;
 }
 

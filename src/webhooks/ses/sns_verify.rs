@@ -66,8 +66,11 @@ fn parse_sns_url(url: &str) -> Option<Url> {
     (plain && sns_host).then_some(parsed)
 }
 
-/// Tells whether `host` is `sns.<region>.amazonaws.com[.cn]`, the region
-/// being lowercase letters, digits and inner dashes (`us-east-2`).
+/// Tells whether `host` is `sns.<region>.amazonaws.com[.cn]` with `<region>`
+/// shaped like an AWS region: lowercase words and a number, dash-separated
+/// (`us-east-2`, `ap-southeast-1`, `us-gov-west-1`, `cn-north-1`). That shape
+/// matters: `sns.s3-us-west-2.amazonaws.com` is an S3 bucket named `sns`,
+/// served under the same wildcard certificate, and must not pass.
 fn is_sns_host(host: &str) -> bool {
     let Some(rest) = host.strip_prefix("sns.") else {
         return false;
@@ -75,14 +78,22 @@ fn is_sns_host(host: &str) -> bool {
     let region = rest
         .strip_suffix(".amazonaws.com")
         .or_else(|| rest.strip_suffix(".amazonaws.com.cn"));
-    region.is_some_and(|region| {
-        region.contains('-')
-            && !region.starts_with('-')
-            && !region.ends_with('-')
-            && region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    })
+    region.is_some_and(is_region)
+}
+
+/// Tells whether `region` is two or more words of lowercase letters then a
+/// number, joined by dashes.
+fn is_region(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    let Some((number, words)) = parts.split_last() else {
+        return false;
+    };
+    words.len() >= 2
+        && words
+            .iter()
+            .all(|word| !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase()))
+        && !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Verifies SNS message signatures, loading each signing certificate once.
@@ -324,6 +335,11 @@ mod tests {
             "https://evil.com@sns.us-east-2.amazonaws.com/x.pem",
             "https://sns.us-east-2.amazonaws.com:8443/x.pem",
             "https://52.94.1.1/x.pem",
+            // S3 buckets named `sns` under the same wildcard certificate.
+            "https://sns.s3-us-west-2.amazonaws.com/x.pem",
+            "https://sns.s3.amazonaws.com/x.pem",
+            "https://sns.us-east.amazonaws.com/x.pem",
+            "https://sns.east-2.amazonaws.com/x.pem",
             "file:///sns.us-east-2.amazonaws.com/x.pem",
             "sns.us-east-2.amazonaws.com/x.pem",
             "",
