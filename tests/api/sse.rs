@@ -61,6 +61,19 @@ async fn collect_until(
     }
 }
 
+/// Returns the next `count` events.
+async fn take(events: &mut Events, count: usize) -> Vec<Event> {
+    let mut seen = Vec::with_capacity(count);
+    for _ in 0..count {
+        seen.push(next(events, Duration::from_secs(5)).await);
+    }
+    seen
+}
+
+fn kinds(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|event| event.event.as_str()).collect()
+}
+
 fn data(event: &Event) -> Value {
     serde_json::from_str(&event.data).unwrap()
 }
@@ -374,11 +387,8 @@ async fn the_tenant_stream_carries_every_campaign_of_the_tenant_and_resumes_by_c
     )
     .await;
     // Snapshots of both campaigns, then exactly the one missed t1 change.
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        seen.push(next(&mut resumed, Duration::from_secs(5)).await);
-    }
-    let kinds: Vec<&str> = seen.iter().map(|event| event.event.as_str()).collect();
+    let seen = take(&mut resumed, 3).await;
+    let kinds = kinds(&seen);
     assert_eq!(kinds, ["snapshot", "snapshot", "status"], "{seen:?}");
     let replayed = &seen[2];
     assert_eq!(data(replayed)["provider_message_id"], "wamid.a1");
@@ -433,11 +443,8 @@ async fn tenant_resume_counts_only_what_a_restricted_token_may_see() {
     .await;
 
     // Assert: no reset, the visible campaign's snapshot, then its two changes.
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        seen.push(next(&mut resumed, Duration::from_secs(5)).await);
-    }
-    let kinds: Vec<&str> = seen.iter().map(|event| event.event.as_str()).collect();
+    let seen = take(&mut resumed, 3).await;
+    let kinds = kinds(&seen);
     assert_eq!(kinds, ["snapshot", "status", "status"], "{seen:?}");
     assert!(
         seen.iter()

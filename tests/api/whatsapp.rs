@@ -211,7 +211,8 @@ async fn shuffled_duplicated_concurrent_delivery_ends_like_sequential_delivery()
         shuffled.swap(i, (seed >> 33) as usize % (i + 1));
     }
 
-    // Act: batches of 1 to 5 statuses per call, 16 calls in flight.
+    // Act: 3 statuses per call; every run of 16 calls is sent one call after
+    // another, and all runs at once (one call in flight per run).
     let batches: Vec<Vec<WaStatus<'_>>> = shuffled.chunks(3).map(<[_]>::to_vec).collect();
     let receipts = futures_util::future::join_all(batches.chunks(16).map(|group| {
         let concurrent = &concurrent;

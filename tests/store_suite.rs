@@ -1,0 +1,141 @@
+//! The store on its own: what one group commit does with mixed operations.
+//! Runs against a real SQLite file (PostgreSQL joins when its backend exists).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use statushub::config::SqliteSynchronous;
+use statushub::domain::{Channel, Status, StatusUpdate};
+use statushub::store::{NewMessage, OpOutcome, Store, UpdateOutcome, WriteOp};
+
+async fn sqlite_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    (
+        Store::connect(&url, SqliteSynchronous::Full).await.unwrap(),
+        dir,
+    )
+}
+
+fn update(id: &str, status: Status, key: &str) -> StatusUpdate {
+    StatusUpdate {
+        channel: Channel::Whatsapp,
+        provider_message_id: id.to_owned(),
+        event: status.as_str().to_owned(),
+        status: Some(status),
+        timestamp_ms: 1_700_000_000_000,
+        idempotency_key: key.to_owned(),
+        failure: None,
+        details: serde_json::Value::Null,
+    }
+}
+
+fn message(id: &str) -> NewMessage {
+    NewMessage {
+        channel: Channel::Whatsapp,
+        provider_message_id: id.to_owned(),
+        recipient: None,
+    }
+}
+
+async fn campaign(store: &Store) -> i64 {
+    let op = WriteOp::EnsureCampaign {
+        tenant_id: "t1".to_owned(),
+        campaign_id: "c1".to_owned(),
+    };
+    match store.commit(&[&op], 1).await.unwrap().remove(0) {
+        OpOutcome::Campaign { campaign_pk } => campaign_pk,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_status_buffered_in_the_same_commit_as_its_registration_is_routed_again() {
+    // The race the hub must survive: a webhook found no message, and the
+    // message is registered before its buffer write commits.
+    let (store, _dir) = sqlite_store().await;
+    let campaign_pk = campaign(&store).await;
+    let register = WriteOp::Register {
+        campaign_pk,
+        messages: vec![message("wamid.race")],
+    };
+    let buffer = WriteOp::Buffer {
+        updates: vec![update("wamid.race", Status::Read, "k1")],
+    };
+
+    let outcomes = store.commit(&[&register, &buffer], 2).await.unwrap();
+
+    let OpOutcome::Buffered { outcomes: buffered } = &outcomes[1] else {
+        panic!("{outcomes:?}")
+    };
+    assert!(
+        matches!(buffered[0], UpdateOutcome::Known(reference) if reference.campaign_pk == campaign_pk)
+    );
+    assert_eq!(
+        store.stats().await.unwrap().unmatched_buffered,
+        0,
+        "not buffered"
+    );
+}
+
+#[tokio::test]
+async fn buffered_statuses_apply_in_the_registering_commit_with_consecutive_versions() {
+    let (store, _dir) = sqlite_store().await;
+    let campaign_pk = campaign(&store).await;
+    let buffer = WriteOp::Buffer {
+        updates: vec![
+            update("wamid.1", Status::Delivered, "k1"),
+            update("wamid.1", Status::Read, "k2"),
+            update("wamid.2", Status::Sent, "k3"),
+        ],
+    };
+    store.commit(&[&buffer], 2).await.unwrap();
+    let register = WriteOp::Register {
+        campaign_pk,
+        messages: vec![message("wamid.1"), message("wamid.2"), message("wamid.3")],
+    };
+    let apply_later = WriteOp::Apply {
+        campaign_pk,
+        updates: vec![],
+    };
+
+    let outcomes = store.commit(&[&register, &apply_later], 3).await.unwrap();
+
+    let OpOutcome::Registered {
+        receipt,
+        counters,
+        changes,
+    } = &outcomes[0]
+    else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!(receipt.registered, 3);
+    assert_eq!(receipt.applied_buffered, 3);
+    let counters = counters.as_ref().unwrap();
+    assert_eq!((counters.total, counters.read, counters.sent), (3, 1, 2));
+    // Registration takes version 1; the three changes take 2, 3 and 4.
+    let versions: Vec<i64> = changes.iter().map(|change| change.version).collect();
+    assert_eq!(versions, [2, 3, 4]);
+    assert_eq!(counters.version, 4);
+    assert_eq!(store.stats().await.unwrap().unmatched_buffered, 0);
+}
+
+#[tokio::test]
+async fn a_failed_commit_leaves_nothing_behind() {
+    let (store, _dir) = sqlite_store().await;
+    let campaign_pk = campaign(&store).await;
+    let register = WriteOp::Register {
+        campaign_pk,
+        messages: vec![message("wamid.1")],
+    };
+    // An op for a campaign that does not exist fails the whole transaction.
+    let broken = WriteOp::Register {
+        campaign_pk: campaign_pk + 1_000,
+        messages: vec![message("wamid.2")],
+    };
+
+    assert!(store.commit(&[&register, &broken], 2).await.is_err());
+
+    assert_eq!(store.stats().await.unwrap().messages, 0);
+    let counters = store.campaign_counters(campaign_pk).await.unwrap().unwrap();
+    assert_eq!((counters.total, counters.version), (0, 0));
+}
