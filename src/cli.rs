@@ -22,7 +22,7 @@ pub enum Command {
     /// Prints a subscriber/API token for a tenant.
     Token(TokenArgs),
     /// Registers a demo campaign on a running hub and plays signed WhatsApp
-    /// webhooks against it, so the debug page moves.
+    /// and/or SES (through SNS) webhooks against it, so the debug page moves.
     Simulate(SimulateArgs),
 }
 
@@ -50,7 +50,7 @@ pub struct SimulateArgs {
     /// Base URL of the running hub.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: reqwest::Url,
-    /// Messages in the demo campaign.
+    /// Messages in the demo campaign (in each of the two with `--channel both`).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub messages: u32,
     /// Statuses per second.
@@ -74,6 +74,32 @@ pub struct SimulateArgs {
     /// The hub's Meta app secret (default: from the data directory).
     #[arg(long, env = "WHATSAPP_WEBHOOK_SECRET", hide_env_values = true)]
     pub whatsapp_webhook_secret: Option<secrecy::SecretString>,
+    /// Which webhooks to play; `email` and `both` need `--sns-cert-dir`.
+    #[arg(long, value_enum, default_value_t = SimulateChannel::Whatsapp)]
+    pub channel: SimulateChannel,
+    /// Where simulate keeps its SNS signing certificate and key (made once);
+    /// the hub must run with the same `SNS_CERT_DIR` to trust them.
+    #[arg(long, env = "SNS_CERT_DIR")]
+    pub sns_cert_dir: Option<std::path::PathBuf>,
+    /// SNS topic the simulated SES events come from (the hub's
+    /// `SNS_TOPIC_ARNS` must accept it when set).
+    #[arg(long, default_value = crate::simulate::SNS_TOPIC_ARN)]
+    pub sns_topic_arn: String,
+    /// The hub's `SES_WEBHOOK_SECRET`, when it has one (sent as the
+    /// basic-auth password, as SNS does).
+    #[arg(long, env = "SES_WEBHOOK_SECRET", hide_env_values = true)]
+    pub ses_webhook_secret: Option<secrecy::SecretString>,
+}
+
+/// The webhooks `statushub simulate` plays.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimulateChannel {
+    /// Meta's WhatsApp status webhooks, signed with the app secret.
+    Whatsapp,
+    /// SES events in SNS notifications, signed with simulate's SNS key.
+    Email,
+    /// Both at once, as two campaigns (`<campaign>-whatsapp`, `<campaign>-email`).
+    Both,
 }
 
 /// Parses a positive rate of at most 100,000 per second.
