@@ -7,6 +7,9 @@
 //!                        ▲                              │ owns counters, serializes the campaign
 //!                        │ 200 only after commit        ▼
 //!                        └─────────────────────── hub: DbActor ──group commit──▶ store (SQLite)
+//!                                                          │ after each commit, once
+//!                                                          ▼
+//!                                          sse::Broadcaster ──▶ SSE streams, debug page
 //! ```
 //!
 //! - [`domain`]: the status algebra (seen sets, current status, counter
