@@ -29,7 +29,7 @@ use crate::domain::{CampaignCounters, Channel, StatusUpdate};
 use crate::metrics::Metrics;
 use crate::sse::{Broadcaster, IncomingEvent};
 use crate::store::{
-    DeadLetter, NewMessage, OpOutcome, RegisterReceipt, Store, UpdateOutcome, WriteOp,
+    DeadLetter, MessageRef, NewMessage, OpOutcome, RegisterReceipt, Store, UpdateOutcome, WriteOp,
 };
 use messages::{
     ApplyUpdates, CountActive, GetCounters, Locate, Persist, QueueDepth, RegisterMessages,
@@ -321,20 +321,21 @@ impl Hub {
                 .or_default()
                 .push(update.provider_message_id.as_str());
         }
-        let mut refs = HashMap::new();
+        let mut refs: HashMap<Channel, HashMap<String, MessageRef>> = HashMap::new();
         for (channel, ids) in by_channel {
             let found = self.store.resolve(channel, &ids).await.map_err(|error| {
                 tracing::error!(error = %error, "failed to resolve message ids");
                 HubError::Unavailable
             })?;
-            for (id, message) in found {
-                refs.insert((channel, id), message);
-            }
+            refs.insert(channel, found.into_iter().collect());
         }
         let mut known: HashMap<i64, Vec<(i64, StatusUpdate)>> = HashMap::new();
         let mut unknown = Vec::new();
         for update in updates {
-            match refs.get(&(update.channel, update.provider_message_id.clone())) {
+            let found = refs
+                .get(&update.channel)
+                .and_then(|messages| messages.get(update.provider_message_id.as_str()));
+            match found {
                 Some(message) => known
                     .entry(message.campaign_pk)
                     .or_default()
@@ -355,8 +356,11 @@ impl Hub {
         updates: Vec<StatusUpdate>,
         outcomes: Vec<UpdateOutcome>,
     ) {
-        let tail = self.broadcaster.has_incoming_subscribers();
-        let received_at = crate::store::format_ms(crate::store::now_ms());
+        // Only when someone watches the tail is it worth building its events.
+        let tail = self
+            .broadcaster
+            .has_incoming_subscribers()
+            .then(|| crate::store::format_ms(crate::store::now_ms()));
         for (update, outcome) in updates.into_iter().zip(outcomes) {
             let label = match outcome {
                 UpdateOutcome::Applied { .. } => {
@@ -376,7 +380,7 @@ impl Hub {
                     continue;
                 }
             };
-            if tail {
+            if let Some(received_at) = &tail {
                 self.broadcaster.publish_incoming(IncomingEvent {
                     received_at: received_at.clone(),
                     channel: update.channel.as_str().to_owned(),

@@ -94,6 +94,19 @@ pub(crate) struct CounterRow {
     pub updated_at_ms: i64,
 }
 
+impl CounterRow {
+    /// Returns these counters as dashboards see them, for the named campaign.
+    pub(crate) fn named(&self, tenant_id: &str, campaign_id: &str) -> CampaignCounters {
+        CampaignCounters::from_tally(
+            tenant_id,
+            campaign_id,
+            self.version,
+            &self.tally,
+            super::format_ms(self.updated_at_ms),
+        )
+    }
+}
+
 /// What a registration did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RegisterReceipt {

@@ -137,12 +137,9 @@ impl SqliteStore {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let counters = counter_row(&row)?;
-        Ok(Some(CampaignCounters::from_tally(
+        Ok(Some(counters.named(
             row.try_get("tenant_id")?,
             row.try_get("campaign_id")?,
-            counters.version,
-            &counters.tally,
-            format_ms(counters.updated_at_ms),
         )))
     }
 
@@ -438,13 +435,7 @@ impl SqliteStore {
                 let counters = counter_row(row)?;
                 Ok((
                     counters.campaign_pk,
-                    CampaignCounters::from_tally(
-                        row.try_get("tenant_id")?,
-                        row.try_get("campaign_id")?,
-                        counters.version,
-                        &counters.tally,
-                        format_ms(counters.updated_at_ms),
-                    ),
+                    counters.named(row.try_get("tenant_id")?, row.try_get("campaign_id")?),
                 ))
             })
             .collect::<Result<_, StoreError>>()?;
@@ -747,13 +738,7 @@ async fn with_names(
         let campaign_id: String = row.try_get("campaign_id")?;
         named.insert(
             campaign_pk,
-            Arc::new(CampaignCounters::from_tally(
-                &tenant_id,
-                &campaign_id,
-                counters.version,
-                &counters.tally,
-                format_ms(counters.updated_at_ms),
-            )),
+            Arc::new(counters.named(&tenant_id, &campaign_id)),
         );
     }
     Ok(named)
