@@ -39,6 +39,10 @@ pub struct Authenticator {
     /// SHA-256 of the admin token: comparing digests in constant time hides
     /// the token's length too.
     admin_digest: [u8; 32],
+    /// `false` when the admin token is empty: then nothing is the admin.
+    admin_enabled: bool,
+    /// `false` when the signing key is empty: then no tenant token verifies.
+    tokens_enabled: bool,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -55,6 +59,8 @@ impl Authenticator {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             admin_digest: Sha256::digest(admin_token.expose_secret().as_bytes()).into(),
+            admin_enabled: !admin_token.expose_secret().is_empty(),
+            tokens_enabled: !secret.is_empty(),
         }
     }
 
@@ -82,15 +88,27 @@ impl Authenticator {
     /// Tells who `token` belongs to; `Err` for a forged, malformed or
     /// expired token.
     pub fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
+        // An empty token is no token, even if the admin token were empty.
+        if token.is_empty() {
+            return Err(ApiError::Unauthorized("missing bearer token"));
+        }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if bool::from(digest.ct_eq(&self.admin_digest)) {
+        if self.admin_enabled && bool::from(digest.ct_eq(&self.admin_digest)) {
             return Ok(Caller::Admin);
+        }
+        if !self.tokens_enabled {
+            return Err(ApiError::Unauthorized("invalid or expired token"));
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map_err(|_| ApiError::Unauthorized("invalid or expired token"))?;
+        // RFC 7519: not accepted "on or after" `exp` (the library accepts
+        // the second `exp` itself); streams end at `exp` too.
+        if data.claims.exp <= unix_now() {
+            return Err(ApiError::Unauthorized("invalid or expired token"));
+        }
         Ok(Caller::Tenant(data.claims))
     }
 }
@@ -133,6 +151,15 @@ impl Caller {
         match self {
             Caller::Admin => Ok(()),
             Caller::Tenant(_) => Err(ApiError::Forbidden("admin token required")),
+        }
+    }
+
+    /// Returns when the caller's token stops being valid (Unix seconds);
+    /// `None` for the admin token, which does not expire.
+    pub fn expires_at(&self) -> Option<u64> {
+        match self {
+            Caller::Admin => None,
+            Caller::Tenant(claims) => Some(claims.exp),
         }
     }
 
@@ -257,6 +284,17 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         assert!(auth.authenticate(&expired).is_err());
         assert!(auth.authenticate("not a token").is_err());
+    }
+
+    /// Start-up refuses empty secrets; the authenticator holds the line
+    /// anyway: an empty token is nobody, and empty keys admit no one.
+    #[test]
+    fn empty_tokens_and_empty_keys_admit_no_one() {
+        assert!(authenticator().authenticate("").is_err());
+        let empty = Authenticator::new(&SecretString::from(""), &SecretString::from(""));
+        assert!(empty.authenticate("").is_err());
+        let forged = empty.mint("t1", None, Duration::from_secs(60)).unwrap();
+        assert!(empty.authenticate(&forged).is_err());
     }
 
     #[test]

@@ -130,6 +130,49 @@ pub struct ServeArgs {
     /// Most status events replayed to a resuming SSE client.
     #[arg(long, env = "STATUSHUB_SSE_REPLAY_LIMIT", default_value_t = 1000)]
     pub sse_replay_limit: u32,
+
+    /// Seconds a whole request (head and body) may take to arrive; 408 and
+    /// the connection closed beyond.
+    #[arg(long, env = "STATUSHUB_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
+    /// Most open client connections, in total; lowered at start to stay
+    /// below the open-file limit.
+    #[arg(long, env = "STATUSHUB_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+
+    /// Most SSE streams open at once, in total.
+    #[arg(long, env = "STATUSHUB_MAX_STREAMS", default_value_t = 15_000)]
+    pub max_streams: usize,
+
+    /// Most SSE streams one tenant's tokens may hold open at once.
+    #[arg(
+        long,
+        env = "STATUSHUB_MAX_STREAMS_PER_TENANT",
+        default_value_t = 1_000
+    )]
+    pub max_streams_per_tenant: usize,
+
+    /// Most SSE streams one token may hold open at once.
+    #[arg(long, env = "STATUSHUB_MAX_STREAMS_PER_TOKEN", default_value_t = 20)]
+    pub max_streams_per_token: usize,
+
+    /// Days a timeline event (`status_events` row) is kept; 0 keeps them forever.
+    #[arg(long, env = "STATUSHUB_EVENT_RETENTION_DAYS", default_value_t = 90)]
+    pub event_retention_days: u64,
+
+    /// Seconds between two retention passes (unmatched statuses, timeline
+    /// events, dead letters).
+    #[arg(long, env = "STATUSHUB_PRUNE_INTERVAL_SECS", default_value_t = 600)]
+    pub prune_interval_secs: u64,
+
+    /// Days a dead letter is kept; 0 keeps them forever.
+    #[arg(
+        long,
+        env = "STATUSHUB_DEAD_LETTER_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub dead_letter_retention_days: u64,
 }
 
 /// The validated settings the application is built from.
@@ -159,11 +202,50 @@ pub struct Settings {
     pub max_batch: usize,
     pub max_queue: usize,
     pub campaign_idle: Duration,
-    pub unmatched_retention: Duration,
     pub workers: Option<usize>,
     pub sse_coalesce: Duration,
     pub sse_heartbeat: Duration,
     pub sse_replay_limit: u32,
+    /// Time a whole request may take to arrive (see [`crate::limits`]).
+    pub request_timeout: Duration,
+    /// Most open client connections, before the descriptor-limit clamp.
+    pub max_connections: usize,
+    /// SSE stream caps: in total, per tenant, per token.
+    pub stream_limits: StreamLimits,
+    /// How long unmatched statuses wait, and how long timeline events and
+    /// dead letters are kept (`None`: forever).
+    pub retention: Retention,
+}
+
+/// Most SSE streams open at once. Beyond any of them a new stream gets 429
+/// with `Retry-After`. The admin token counts only toward `total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// In total, whoever holds them.
+    pub total: usize,
+    /// Per tenant, over all its tokens.
+    pub per_tenant: usize,
+    /// Per token.
+    pub per_token: usize,
+}
+
+/// How long stored history is kept. Pruning runs in small batches through
+/// the DB actor (see [`crate::hub::Hub::prune`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Timeline events (`status_events`); `None` keeps them forever.
+    pub events: Option<Duration>,
+    /// Dead letters; `None` keeps them forever.
+    pub dead_letters: Option<Duration>,
+    /// Buffered statuses for unknown message ids.
+    pub unmatched: Duration,
+    /// Time between two retention passes.
+    pub interval: Duration,
+}
+
+/// Returns `days` as a retention, `0` meaning forever.
+fn retention_days(days: u64) -> Option<Duration> {
+    (days > 0).then(|| Duration::from_secs(days.saturating_mul(86_400)))
 }
 
 /// The secrets every running hub has, from the environment or generated.
@@ -184,6 +266,12 @@ impl Settings {
             .context("failed to load or generate secrets")?;
         if args.max_batch == 0 || args.max_queue < args.max_batch {
             anyhow::bail!("max_batch must be positive and at most max_queue");
+        }
+        if let Some(secret) = &args.ses_webhook_secret {
+            crate::secrets::check_ses_webhook_secret(secret)?;
+        }
+        if args.request_timeout_secs == 0 {
+            anyhow::bail!("STATUSHUB_REQUEST_TIMEOUT_SECS must be positive");
         }
         Ok(Settings {
             bind: args.bind,
@@ -207,11 +295,23 @@ impl Settings {
             max_batch: args.max_batch,
             max_queue: args.max_queue,
             campaign_idle: Duration::from_secs(args.campaign_idle_secs.max(1)),
-            unmatched_retention: Duration::from_secs(args.unmatched_retention_days * 24 * 3600),
             workers: args.workers,
             sse_coalesce: Duration::from_millis(args.sse_coalesce_ms),
             sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.clamp(1, 15)),
             sse_replay_limit: args.sse_replay_limit.max(1),
+            request_timeout: Duration::from_secs(args.request_timeout_secs),
+            max_connections: args.max_connections.max(1),
+            stream_limits: StreamLimits {
+                total: args.max_streams,
+                per_tenant: args.max_streams_per_tenant,
+                per_token: args.max_streams_per_token,
+            },
+            retention: Retention {
+                events: retention_days(args.event_retention_days),
+                dead_letters: retention_days(args.dead_letter_retention_days),
+                unmatched: Duration::from_secs(args.unmatched_retention_days * 24 * 3600),
+                interval: Duration::from_secs(args.prune_interval_secs.max(1)),
+            },
         })
     }
 }

@@ -22,6 +22,9 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("{0}")]
     NotFound(&'static str),
+    /// A cap on open streams is reached; the client may retry later.
+    #[error("{0}")]
+    TooManyStreams(&'static str),
     /// The store is down or the write queue is full; nothing was stored.
     #[error("temporarily unavailable, retry later")]
     Unavailable,
@@ -52,6 +55,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -62,7 +66,7 @@ impl ResponseError for ApiError {
             tracing::error!(error = ?error, "internal error");
         }
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unavailable) {
+        if matches!(self, ApiError::Unavailable | ApiError::TooManyStreams(_)) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
         }
         response.json(serde_json::json!({ "error": self.to_string() }))

@@ -21,6 +21,8 @@
 //! - [`api`]: `/api/v1` for senders and dashboards; [`auth`]: tokens.
 //! - [`sse`]: live streams: the broadcast point, coalescing, resume.
 //! - [`ops`]: health, readiness, Prometheus metrics, the debug page.
+//! - [`limits`]: what one client may hold: request deadline, no compressed
+//!   bodies, connections below the descriptor limit.
 //! - [`simulate`]: `statushub simulate`, a demo feed of signed webhooks.
 //! - [`config`], [`secrets`], [`startup`], [`telemetry`], [`cli`]: wiring.
 
@@ -31,6 +33,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod secrets;

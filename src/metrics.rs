@@ -1,8 +1,8 @@
 //! Prometheus metrics: one registry, named metrics as fields.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric statushub exports. Cheap to clone (the metrics are shared).
@@ -27,6 +27,14 @@ pub struct Metrics {
     pub db_queue_rejections: IntCounter,
     /// Campaign actors running.
     pub active_campaign_actors: IntGauge,
+    /// Rows per table, read when `/metrics` is scraped.
+    pub table_rows: IntGaugeVec,
+    /// Rows deleted by retention, per table.
+    pub pruned_rows: IntCounterVec,
+    /// SSE streams open.
+    pub sse_streams: IntGauge,
+    /// SSE streams refused because a cap was reached (answered 429).
+    pub sse_streams_refused: IntCounter,
 }
 
 impl Metrics {
@@ -74,6 +82,23 @@ impl Metrics {
         let active_campaign_actors =
             IntGauge::new("active_campaign_actors", "Campaign actors running")
                 .expect("valid metric definition");
+        let table_rows = IntGaugeVec::new(
+            Opts::new("table_rows", "Rows per table, counted at scrape time"),
+            &["table"],
+        )
+        .expect("valid metric definition");
+        let pruned_rows = IntCounterVec::new(
+            Opts::new("pruned_rows_total", "Rows deleted by retention, per table"),
+            &["table"],
+        )
+        .expect("valid metric definition");
+        let sse_streams =
+            IntGauge::new("sse_streams", "SSE streams open").expect("valid metric definition");
+        let sse_streams_refused = IntCounter::new(
+            "sse_streams_refused_total",
+            "SSE streams refused with 429 because a cap was reached",
+        )
+        .expect("valid metric definition");
         let metrics = Metrics {
             registry,
             http_requests,
@@ -85,6 +110,10 @@ impl Metrics {
             db_queue_depth,
             db_queue_rejections,
             active_campaign_actors,
+            table_rows,
+            pruned_rows,
+            sse_streams,
+            sse_streams_refused,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_requests.clone()),
@@ -96,6 +125,10 @@ impl Metrics {
             Box::new(metrics.db_queue_depth.clone()),
             Box::new(metrics.db_queue_rejections.clone()),
             Box::new(metrics.active_campaign_actors.clone()),
+            Box::new(metrics.table_rows.clone()),
+            Box::new(metrics.pruned_rows.clone()),
+            Box::new(metrics.sse_streams.clone()),
+            Box::new(metrics.sse_streams_refused.clone()),
         ];
         for collector in collectors {
             metrics

@@ -14,6 +14,14 @@ use crate::startup::AppState;
 /// Most events `/webhooks/events` returns.
 const MAX_EVENTS: u32 = 1000;
 
+/// Most dead letters one page of `/webhooks/dead-letters` returns.
+const MAX_DEAD_LETTERS: u32 = 200;
+
+/// Bytes of each body a dead-letter listing shows; the whole body is at
+/// `/webhooks/dead-letters/{id}`. A page is thus at most about
+/// `MAX_DEAD_LETTERS` × this, whatever was stored.
+const LISTED_BODY_BYTES: u32 = 1024;
+
 /// Events `/webhooks/health` includes.
 const HEALTH_RECENT_EVENTS: u32 = 10;
 
@@ -25,7 +33,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/webhooks/health", web::get().to(health))
         .route("/webhooks/events", web::get().to(events))
-        .route("/webhooks/dead-letters", web::get().to(dead_letters));
+        .route("/webhooks/dead-letters", web::get().to(dead_letters))
+        .route("/webhooks/dead-letters/{id}", web::get().to(dead_letter));
 }
 
 async fn debug_page() -> HttpResponse {
@@ -49,6 +58,28 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 
 async fn metrics(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
+    // Row counts are read now, on the read pool; a store that cannot answer
+    // leaves the last values (and `/readyz` says why).
+    match state.hub.store().stats().await {
+        Ok(stats) => {
+            for (table, rows) in [
+                ("campaigns", stats.campaigns),
+                ("messages", stats.messages),
+                ("status_events", stats.events_stored),
+                ("unmatched_statuses", stats.unmatched_buffered),
+                ("dead_letters", stats.dead_letters),
+            ] {
+                state
+                    .metrics
+                    .table_rows
+                    .with_label_values(&[table])
+                    .set(rows);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "metrics could not count table rows"),
+    }
+    let open_streams = i64::try_from(state.stream_limiter.open_streams()).unwrap_or(i64::MAX);
+    state.metrics.sse_streams.set(open_streams);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render()))
@@ -77,6 +108,7 @@ async fn health(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
         "queue_depth": state.hub.queue_depth().await,
         "recent_events": recent.unwrap_or_default(),
         "sns_subscriptions": state.sns_subscriptions.recent(),
+        "sns_pending_confirmations": state.sns_subscriptions.pending(),
     });
     Ok(HttpResponse::Ok().json(body))
 }
@@ -98,13 +130,44 @@ async fn events(
     Ok(HttpResponse::Ok().json(events))
 }
 
+/// `?limit=N&before=ID`: a page of dead letters, newest first.
+#[derive(Deserialize)]
+struct PageQuery {
+    limit: Option<u32>,
+    /// Only ids below this one: pass the last id of the previous page.
+    before: Option<i64>,
+}
+
+/// Lists dead letters, newest first, [`MAX_DEAD_LETTERS`] a page at most,
+/// bodies cut to [`LISTED_BODY_BYTES`]; `?before=` the last id of the
+/// previous page gives the next.
 async fn dead_letters(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<LimitQuery>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let limit = query.limit.unwrap_or(50).clamp(1, MAX_EVENTS);
-    let letters = state.hub.store().dead_letters(limit).await?;
+    let limit = query.limit.unwrap_or(50).clamp(1, MAX_DEAD_LETTERS);
+    let letters = state
+        .hub
+        .store()
+        .dead_letters(limit, query.before, LISTED_BODY_BYTES)
+        .await?;
     Ok(HttpResponse::Ok().json(letters))
+}
+
+/// One dead letter with its whole body.
+async fn dead_letter(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let letter = state
+        .hub
+        .store()
+        .dead_letter(path.into_inner())
+        .await?
+        .ok_or(ApiError::NotFound("no such dead letter"))?;
+    Ok(HttpResponse::Ok().json(letter))
 }

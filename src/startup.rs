@@ -13,14 +13,14 @@ use anyhow::Context as _;
 use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
-use crate::config::Settings;
+use crate::config::{Retention, Settings};
 use crate::hub::Hub;
+use crate::limits::RequestDeadline;
 use crate::metrics::Metrics;
+use crate::sse::StreamLimiter;
+use crate::store::PruneTarget;
 use crate::store::Store;
 use crate::webhooks::ses::{SnsSubscriptions, SnsVerifier};
-
-/// How often buffered statuses past their retention are dropped.
-const EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// State every handler can reach through `web::Data<AppState>`.
 #[derive(Debug)]
@@ -33,6 +33,8 @@ pub struct AppState {
     pub sns_verifier: SnsVerifier,
     /// Confirms SNS subscriptions and keeps their recent outcomes.
     pub sns_subscriptions: SnsSubscriptions,
+    /// Caps open SSE streams in total, per tenant and per token.
+    pub stream_limiter: StreamLimiter,
 }
 
 /// A built, bound, not yet running statushub.
@@ -73,6 +75,12 @@ impl Application {
         store: Store,
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
+        // Settings built in code (tests, embedders) pass the same checks as
+        // the environment's.
+        crate::secrets::check_secrets(&settings.secrets)?;
+        if let Some(secret) = &settings.ses_webhook_secret {
+            crate::secrets::check_ses_webhook_secret(secret)?;
+        }
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new();
         let hub = Hub::start(
@@ -88,25 +96,47 @@ impl Application {
                 "WEBHOOK SIGNATURE VERIFICATION IS DISABLED: anyone can post statuses; never run like this in production"
             );
         }
-        spawn_expiry(hub.clone(), settings.unmatched_retention);
+        spawn_retention(hub.clone(), settings.retention, metrics.clone());
         let authenticator = web::Data::new(Authenticator::new(
             &settings.secrets.auth_secret,
             &settings.secrets.admin_token,
         ));
         let body_limit = settings.body_limit;
         let api_body_limit = settings.api_body_limit;
-        let workers = settings.workers;
+        let workers = settings
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+            .max(1);
+        let nofile = crate::limits::raise_nofile_limit();
+        let max_connections = crate::limits::connection_cap(settings.max_connections, nofile);
+        if max_connections < settings.max_connections {
+            tracing::warn!(
+                wanted = settings.max_connections,
+                allowed = max_connections,
+                "connection cap lowered to stay below the open-file limit"
+            );
+        }
+        tracing::info!(
+            max_connections,
+            request_timeout_secs = settings.request_timeout.as_secs_f64(),
+            "client limits"
+        );
+        let deadline = web::Data::new(RequestDeadline(settings.request_timeout));
         let state = web::Data::new(AppState {
             hub,
             metrics,
             started_at: Instant::now(),
             sns_verifier: SnsVerifier::new(settings.sns_cert_dir.clone()),
             sns_subscriptions: SnsSubscriptions::new(settings.sns_subscribe_override.clone()),
+            stream_limiter: StreamLimiter::new(settings.stream_limits),
             settings: Arc::new(settings),
         });
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
+                // Outermost is last: `observe` sees the guard's 408 and 415.
+                .wrap(from_fn(crate::limits::guard))
                 .wrap(from_fn(observe))
+                .app_data(deadline.clone())
                 .app_data(state.clone())
                 .app_data(authenticator.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
@@ -116,10 +146,9 @@ impl Application {
                 .configure(crate::ops::configure)
         })
         .client_request_timeout(Duration::from_secs(10))
-        .shutdown_timeout(10);
-        if let Some(workers) = workers {
-            server = server.workers(workers.max(1));
-        }
+        .shutdown_timeout(10)
+        .workers(workers)
+        .max_connections(crate::limits::per_worker(max_connections, workers));
         let server = server.listen(listener)?.run();
         tracing::info!(port, "statushub listening");
         Ok(Application {
@@ -142,17 +171,34 @@ impl Application {
     }
 }
 
-/// Drops buffered statuses past their retention, hourly.
-fn spawn_expiry(hub: Hub, retention: Duration) {
+/// Applies retention every `retention.interval`: buffered statuses for
+/// unknown messages, timeline events and dead letters past their age go, in
+/// small batches (see [`crate::hub::Hub::prune`]).
+fn spawn_retention(hub: Hub, retention: Retention, metrics: Metrics) {
+    let targets = [
+        (PruneTarget::Unmatched, Some(retention.unmatched)),
+        (PruneTarget::Events, retention.events),
+        (PruneTarget::DeadLetters, retention.dead_letters),
+    ];
     actix_web::rt::spawn(async move {
-        let mut interval = actix_web::rt::time::interval(EXPIRY_INTERVAL);
+        let mut interval = actix_web::rt::time::interval(retention.interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            match hub.expire_unmatched(retention).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "dropped expired unmatched statuses"),
-                Err(error) => {
-                    tracing::warn!(error = %error, "failed to drop expired unmatched statuses")
+            for (target, keep) in targets {
+                let Some(keep) = keep else { continue };
+                match hub.prune(target, keep).await {
+                    Ok(0) => {}
+                    Ok(removed) => {
+                        metrics
+                            .pruned_rows
+                            .with_label_values(&[target.as_str()])
+                            .inc_by(removed);
+                        tracing::info!(table = target.as_str(), removed, "retention pruned rows");
+                    }
+                    Err(error) => {
+                        tracing::warn!(table = target.as_str(), %error, "retention pass failed");
+                    }
                 }
             }
         }

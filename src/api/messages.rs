@@ -118,12 +118,18 @@ pub async fn show(
 ) -> Result<HttpResponse, ApiError> {
     let (channel, provider_message_id) = path.into_inner();
     let channel = Channel::parse(&channel).ok_or(ApiError::NotFound("unknown channel"))?;
+    // Another tenant's message (or one outside the token's campaigns)
+    // answers exactly like an unknown one: no existence leak.
     let message = state
         .hub
         .store()
         .message(channel, &provider_message_id)
         .await?
+        .filter(|message| {
+            caller
+                .require_campaign(&message.tenant_id, &message.campaign_id)
+                .is_ok()
+        })
         .ok_or(ApiError::NotFound("no such message"))?;
-    caller.require_campaign(&message.tenant_id, &message.campaign_id)?;
     Ok(HttpResponse::Ok().json(message))
 }

@@ -29,7 +29,8 @@ use crate::domain::{CampaignCounters, Channel, StatusUpdate};
 use crate::metrics::Metrics;
 use crate::sse::{Broadcaster, IncomingEvent};
 use crate::store::{
-    DeadLetter, MessageRef, NewMessage, OpOutcome, RegisterReceipt, Store, UpdateOutcome, WriteOp,
+    DeadLetter, MessageRef, NewMessage, OpOutcome, PruneTarget, RegisterReceipt, Store,
+    UpdateOutcome, WriteOp,
 };
 use messages::{
     ApplyUpdates, CountActive, GetCounters, Locate, Persist, QueueDepth, RegisterMessages,
@@ -38,6 +39,9 @@ use messages::{
 /// How many times an update is routed again when its message turned out to
 /// be registered meanwhile, or its campaign actor stopped under it.
 const MAX_REROUTES: usize = 3;
+
+/// Rows one retention op deletes at most.
+pub const PRUNE_BATCH: u32 = 1_000;
 
 /// Why the hub could not do what was asked. Every variant means "not
 /// stored": callers answer 503 and providers retry.
@@ -271,17 +275,34 @@ impl Hub {
         Err(HubError::Unavailable)
     }
 
-    /// Drops buffered statuses older than `retention`.
-    pub async fn expire_unmatched(&self, retention: Duration) -> Result<u64, HubError> {
+    /// Deletes the rows of `target` older than `retention`, oldest first,
+    /// [`PRUNE_BATCH`] rows per operation: each batch is one small write op
+    /// committed with whatever else is queued, so pruning a large backlog
+    /// never holds the write path. Returns how many rows went.
+    pub async fn prune(&self, target: PruneTarget, retention: Duration) -> Result<u64, HubError> {
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        let op = WriteOp::ExpireUnmatched {
-            older_than_ms: crate::store::now_ms().saturating_sub(retention_ms),
-        };
-        match self.persist(op).await? {
-            OpOutcome::Expired { removed } => Ok(removed),
-            other => Err(HubError::Unexpected(format!(
-                "expire answered with {other:?}"
-            ))),
+        let older_than_ms = crate::store::now_ms().saturating_sub(retention_ms);
+        let mut total = 0;
+        loop {
+            let op = WriteOp::Prune {
+                target,
+                older_than_ms,
+                limit: PRUNE_BATCH,
+            };
+            let removed = match self.persist(op).await? {
+                OpOutcome::Pruned { removed } => removed,
+                other => {
+                    return Err(HubError::Unexpected(format!(
+                        "prune answered with {other:?}"
+                    )));
+                }
+            };
+            total += removed;
+            if removed < u64::from(PRUNE_BATCH) {
+                return Ok(total);
+            }
+            // Let webhooks queued meanwhile go first.
+            tokio::task::yield_now().await;
         }
     }
 

@@ -15,11 +15,17 @@
 //! on the latest state; with `?include=statuses`, `event: status` per
 //! message change. With `Last-Event-ID`: a fresh snapshot if anything
 //! changed, then the missed status events replayed from the store (at most
-//! [`crate::config::Settings::sse_replay_limit`]; beyond it `event: reset`
-//! and a snapshot). Comment heartbeats keep proxies from closing idle
-//! connections.
+//! [`crate::config::Settings::sse_replay_limit`]; beyond it, or past the
+//! timeline's retention, `event: reset` and a snapshot). Comment heartbeats
+//! keep proxies from closing idle connections.
+//!
+//! A stream ends when its token expires, after `event: expired`: the client
+//! reconnects with a fresh token. Open streams are capped in total, per
+//! tenant and per token ([`StreamLimiter`]); beyond a cap, 429 with
+//! `Retry-After`.
 
 mod broadcaster;
+mod limiter;
 mod stream;
 
 use actix_web::{HttpRequest, Responder, web};
@@ -30,6 +36,7 @@ use tokio::sync::mpsc;
 pub use broadcaster::{
     Broadcaster, CommitUpdate, IncomingEvent, PublishedCampaign, PublishedChange,
 };
+pub use limiter::{StreamLimiter, StreamPermit};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -107,6 +114,33 @@ fn respond(rx: mpsc::Receiver<sse::Event>, state: &AppState) -> impl Responder +
         .insert_header(("x-accel-buffering", "no"))
 }
 
+/// Takes a stream slot for `caller`, counting refusals.
+fn acquire(state: &AppState, caller: &Caller) -> Result<StreamPermit, ApiError> {
+    state.stream_limiter.acquire(caller).inspect_err(|error| {
+        state.metrics.sse_streams_refused.inc();
+        tracing::debug!(%error, "stream refused");
+    })
+}
+
+/// Runs a connection until its client leaves or its token expires, holding
+/// its stream slot all along.
+fn spawn(
+    mut connection: Connection,
+    caller: &Caller,
+    permit: StreamPermit,
+    updates: tokio::sync::broadcast::Receiver<std::sync::Arc<CommitUpdate>>,
+    state: &AppState,
+) {
+    if let Some(expires) = caller.expires_at() {
+        connection.expire_at(expires);
+    }
+    let hub = state.hub.clone();
+    actix_web::rt::spawn(async move {
+        let _permit = permit;
+        connection.run(updates, hub).await;
+    });
+}
+
 /// `GET /api/v1/campaigns/{id}/stream`.
 async fn campaign_stream(
     req: HttpRequest,
@@ -122,6 +156,7 @@ async fn campaign_stream(
         &path,
     )
     .await?;
+    let permit = acquire(&state, &caller)?;
     let include_statuses = query.include_statuses();
     let resume = last_event_id(&req, &query);
     // Subscribe before reading the snapshot: nothing committed in between is missed.
@@ -142,26 +177,34 @@ async fn campaign_stream(
         }
         Some(after) if include_statuses => {
             let limit = state.settings.sse_replay_limit;
-            let missed = state
-                .hub
-                .store()
-                .replay_campaign(campaign.campaign_pk, after, limit + 1)
-                .await?;
-            if missed.len() > limit as usize {
-                connection.reset();
-                connection.snapshot(campaign.campaign_pk, &snapshot);
+            let store = state.hub.store();
+            // Past the timeline's retention the replay would have a gap.
+            let pruned = store.campaign_pruned_version(campaign.campaign_pk).await?;
+            let missed = if after < pruned {
+                None
             } else {
+                Some(
+                    store
+                        .replay_campaign(campaign.campaign_pk, after, limit + 1)
+                        .await?,
+                )
+            };
+            let missed = missed.filter(|missed| missed.len() <= limit as usize);
+            if let Some(missed) = missed {
                 connection.snapshot(campaign.campaign_pk, &snapshot);
                 for change in &missed {
                     connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
                 }
+            } else {
+                connection.reset();
+                connection.snapshot(campaign.campaign_pk, &snapshot);
             }
         }
         _ => connection.snapshot(campaign.campaign_pk, &snapshot),
     }
     // Changes up to the snapshot are in it (or were replayed).
     connection.advance_cursor(snapshot.version);
-    actix_web::rt::spawn(connection.run(updates, state.hub.clone()));
+    spawn(connection, &caller, permit, updates, &state);
     Ok(respond(rx, &state))
 }
 
@@ -183,6 +226,7 @@ async fn tenant_stream(
         Caller::Tenant(claims) => claims.campaigns.clone(),
         Caller::Admin => None,
     };
+    let permit = acquire(&state, &caller)?;
     let include_statuses = query.include_statuses();
     let resume = last_event_id(&req, &query);
     // Subscribe before reading the snapshot: nothing committed in between is missed.
@@ -207,10 +251,15 @@ async fn tenant_stream(
     let mut overflow = false;
     if let (Some(after), true) = (resume, include_statuses) {
         let limit = state.settings.sse_replay_limit;
-        replay = store
-            .replay_tenant(tenant.as_deref(), allowed.as_deref(), after, limit + 1)
-            .await?;
-        overflow = replay.len() > limit as usize;
+        // Past the timeline's retention the replay would have a gap.
+        if after < store.events_pruned_through().await? {
+            overflow = true;
+        } else {
+            replay = store
+                .replay_tenant(tenant.as_deref(), allowed.as_deref(), after, limit + 1)
+                .await?;
+            overflow = replay.len() > limit as usize;
+        }
     }
     if overflow {
         connection.reset();
@@ -228,7 +277,7 @@ async fn tenant_stream(
             connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
         }
     }
-    actix_web::rt::spawn(connection.run(updates, state.hub.clone()));
+    spawn(connection, &caller, permit, updates, &state);
     Ok(respond(rx, &state))
 }
 
@@ -238,9 +287,12 @@ async fn incoming_stream(
     caller: Caller,
 ) -> Result<impl Responder + use<>, ApiError> {
     caller.require_admin()?;
+    let permit = acquire(&state, &caller)?;
     let mut incoming = state.hub.broadcaster().subscribe_incoming();
     let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
     actix_web::rt::spawn(async move {
+        // Holds the stream's slot until the client goes away.
+        let _permit = permit;
         loop {
             tokio::select! {
                 _ = tx.closed() => return,

@@ -89,6 +89,8 @@ pub(super) struct Connection {
     cursor: i64,
     /// Set when the broadcast lagged: counters are re-read from the store.
     resync: bool,
+    /// When the caller's token expires (Unix seconds): the stream ends then.
+    expires_at: Option<u64>,
 }
 
 impl Connection {
@@ -111,7 +113,14 @@ impl Connection {
             floor: 0,
             cursor: 0,
             resync: false,
+            expires_at: None,
         }
+    }
+
+    /// Ends the stream, after `event: expired`, once the Unix time
+    /// `expires_at` (a token's `exp`) has passed.
+    pub(super) fn expire_at(&mut self, expires_at: u64) {
+        self.expires_at = Some(expires_at);
     }
 
     /// Queues `event: snapshot` of a campaign.
@@ -309,9 +318,19 @@ impl Connection {
         let tick_every = (self.window / 4).max(Duration::from_millis(5));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let expires = self.expires_at;
+        let expiry = tokio::time::sleep(until_unix(expires.unwrap_or(u64::MAX)));
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 _ = self.tx.closed() => return,
+                () = &mut expiry, if expires.is_some() => {
+                    // Use the slot a full buffer may not have: the stream ends anyway.
+                    let _ = self.tx.try_send(
+                        sse::Data::new(r#"{"reason":"token expired"}"#).event("expired").into(),
+                    );
+                    return;
+                }
                 received = updates.recv() => match received {
                     Ok(update) => {
                         if !self.take(&update) {
@@ -336,4 +355,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// Returns the time left until the Unix time `at` (seconds), zero when it
+/// has passed, and about a century when it is absurdly far.
+fn until_unix(at: u64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let at = Duration::from_secs(at.min(now.as_secs() + 100 * 365 * 86_400));
+    at.saturating_sub(now)
 }

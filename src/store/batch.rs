@@ -36,8 +36,37 @@ pub enum WriteOp {
     Buffer { updates: Vec<StatusUpdate> },
     /// Keeps a signed payload that could not be interpreted.
     DeadLetter(DeadLetter),
-    /// Drops buffered statuses received before `older_than_ms`.
-    ExpireUnmatched { older_than_ms: i64 },
+    /// Deletes at most `limit` of the oldest rows of `target` received
+    /// before `older_than_ms`: retention, in batches small enough never to
+    /// hold the write path.
+    Prune {
+        target: PruneTarget,
+        older_than_ms: i64,
+        limit: u32,
+    },
+}
+
+/// What retention prunes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PruneTarget {
+    /// Buffered statuses nobody registered a message for.
+    Unmatched,
+    /// Timeline events (`status_events`); what was pruned is remembered so
+    /// a resume from before it gets a reset.
+    Events,
+    /// Dead letters.
+    DeadLetters,
+}
+
+impl PruneTarget {
+    /// The name used in logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PruneTarget::Unmatched => "unmatched_statuses",
+            PruneTarget::Events => "status_events",
+            PruneTarget::DeadLetters => "dead_letters",
+        }
+    }
 }
 
 impl WriteOp {
@@ -48,9 +77,7 @@ impl WriteOp {
             WriteOp::Register { messages, .. } => messages.len().max(1),
             WriteOp::Apply { updates, .. } => updates.len().max(1),
             WriteOp::Buffer { updates } => updates.len().max(1),
-            WriteOp::EnsureCampaign { .. }
-            | WriteOp::DeadLetter(_)
-            | WriteOp::ExpireUnmatched { .. } => 1,
+            WriteOp::EnsureCampaign { .. } | WriteOp::DeadLetter(_) | WriteOp::Prune { .. } => 1,
         }
     }
 }
@@ -160,7 +187,7 @@ pub enum OpOutcome {
         outcomes: Vec<UpdateOutcome>,
     },
     DeadLettered,
-    Expired {
+    Pruned {
         removed: u64,
     },
 }

@@ -15,7 +15,8 @@ mod sqlite;
 use serde::Serialize;
 
 pub use batch::{
-    DeadLetter, NewMessage, OpOutcome, RegisterReceipt, StatusChange, UpdateOutcome, WriteOp,
+    DeadLetter, NewMessage, OpOutcome, PruneTarget, RegisterReceipt, StatusChange, UpdateOutcome,
+    WriteOp,
 };
 pub use sqlite::SqliteStore;
 
@@ -105,6 +106,7 @@ pub struct RecentEvent {
 /// Row counts for `/webhooks/health`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StoreStats {
+    pub campaigns: i64,
     pub messages: i64,
     pub events_stored: i64,
     pub unmatched_buffered: i64,
@@ -118,8 +120,14 @@ pub struct DeadLetterView {
     pub channel: String,
     pub reason: String,
     pub content_type: Option<String>,
-    /// The body as text (lossy where it is not UTF-8).
+    /// The body as text (lossy where it is not UTF-8); in listings, only
+    /// its first bytes.
     pub body: String,
+    /// The stored body's whole length.
+    pub body_bytes: i64,
+    /// Whether `body` is cut (listings; `GET /webhooks/dead-letters/{id}`
+    /// gives the whole body).
+    pub body_truncated: bool,
     pub received_at: String,
 }
 
@@ -209,10 +217,39 @@ impl Store {
         }
     }
 
-    /// Returns the newest dead letters, newest first.
-    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterView>, StoreError> {
+    /// Returns the newest dead letters with ids below `before`, newest
+    /// first, bodies cut to `body_limit` bytes.
+    pub async fn dead_letters(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+        body_limit: u32,
+    ) -> Result<Vec<DeadLetterView>, StoreError> {
         match self {
-            Store::Sqlite(store) => store.dead_letters(limit).await,
+            Store::Sqlite(store) => store.dead_letters(limit, before, body_limit).await,
+        }
+    }
+
+    /// Returns one dead letter with its whole body.
+    pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterView>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.dead_letter(id).await,
+        }
+    }
+
+    /// Returns the highest campaign version among a campaign's pruned
+    /// timeline events: a resume from below it cannot be replayed.
+    pub async fn campaign_pruned_version(&self, campaign_pk: i64) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.campaign_pruned_version(campaign_pk).await,
+        }
+    }
+
+    /// Returns the highest pruned event id: a tenant-stream resume from
+    /// below it cannot be replayed.
+    pub async fn events_pruned_through(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.events_pruned_through().await,
         }
     }
 

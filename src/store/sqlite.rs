@@ -13,8 +13,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::batch::{
-    CounterRow, EventRow, LoadedMessage, OpOutcome, RegisterReceipt, StatusChange, UpdateOutcome,
-    WriteOp, apply_updates,
+    CounterRow, EventRow, LoadedMessage, OpOutcome, PruneTarget, RegisterReceipt, StatusChange,
+    UpdateOutcome, WriteOp, apply_updates,
 };
 use super::{
     CampaignInfo, DeadLetterView, MessageRef, MessageView, RecentEvent, SeenStatus, StoreError,
@@ -290,34 +290,68 @@ impl SqliteStore {
         Ok(events)
     }
 
-    /// Returns the newest dead letters.
-    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterView>, StoreError> {
+    /// Returns the newest dead letters with ids below `before` (all when
+    /// `None`), newest first, each body cut to `body_limit` bytes in SQL so
+    /// that a page never loads whole bodies.
+    pub async fn dead_letters(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+        body_limit: u32,
+    ) -> Result<Vec<DeadLetterView>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, channel, reason, content_type, body, received_at
-             FROM dead_letters ORDER BY id DESC LIMIT ?",
+            "SELECT id, channel, reason, content_type, substr(body, 1, ?) AS body,
+                    length(body) AS body_bytes, received_at
+             FROM dead_letters WHERE id < ? ORDER BY id DESC LIMIT ?",
         )
+        .bind(body_limit)
+        .bind(before.unwrap_or(i64::MAX))
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let body: Vec<u8> = row.try_get("body")?;
-                Ok(DeadLetterView {
-                    id: row.try_get("id")?,
-                    channel: row.try_get("channel")?,
-                    reason: row.try_get("reason")?,
-                    content_type: row.try_get("content_type")?,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                    received_at: format_ms(row.try_get("received_at")?),
-                })
-            })
-            .collect()
+        rows.iter().map(dead_letter_view).collect()
+    }
+
+    /// Returns one dead letter with its whole body.
+    pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, channel, reason, content_type, body, length(body) AS body_bytes,
+                    received_at
+             FROM dead_letters WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(dead_letter_view).transpose()
+    }
+
+    /// Returns the highest campaign version among a campaign's pruned
+    /// timeline events (0 when none was pruned).
+    pub async fn campaign_pruned_version(&self, campaign_pk: i64) -> Result<i64, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT pruned_version FROM campaign_counters WHERE campaign_pk = ?",
+        )
+        .bind(campaign_pk)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    /// Returns the highest pruned `status_events.id` (0 when none was pruned).
+    pub async fn events_pruned_through(&self) -> Result<i64, StoreError> {
+        let through: Option<i64> = sqlx::query_scalar(
+            "SELECT value FROM store_marks WHERE name = 'events_pruned_through'",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(through.unwrap_or(0))
     }
 
     /// Returns row counts.
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
         let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM messages) AS messages,
+            "SELECT (SELECT COUNT(*) FROM campaigns) AS campaigns,
+                    (SELECT COUNT(*) FROM messages) AS messages,
                     (SELECT COUNT(*) FROM status_events) AS events,
                     (SELECT COUNT(*) FROM unmatched_statuses) AS unmatched,
                     (SELECT COUNT(*) FROM dead_letters) AS dead",
@@ -325,6 +359,7 @@ impl SqliteStore {
         .fetch_one(&self.reader)
         .await?;
         Ok(StoreStats {
+            campaigns: row.try_get("campaigns")?,
             messages: row.try_get("messages")?,
             events_stored: row.try_get("events")?,
             unmatched_buffered: row.try_get("unmatched")?,
@@ -415,10 +450,14 @@ impl SqliteStore {
         tenant_id: Option<&str>,
         limit: u32,
     ) -> Result<(i64, Vec<(i64, CampaignCounters)>), StoreError> {
-        let last_event_id: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM status_events")
-                .fetch_one(&self.reader)
-                .await?;
+        // Pruning may have emptied the table: the cursor never goes back.
+        let last_event_id: i64 = sqlx::query_scalar(
+            "SELECT MAX(COALESCE((SELECT MAX(id) FROM status_events), 0),
+                        COALESCE((SELECT value FROM store_marks
+                                  WHERE name = 'events_pruned_through'), 0))",
+        )
+        .fetch_one(&self.reader)
+        .await?;
         let rows = sqlx::query(
             "SELECT c.tenant_id, c.campaign_id, k.* FROM campaigns c
              JOIN campaign_counters k ON k.campaign_pk = c.id
@@ -443,6 +482,22 @@ impl SqliteStore {
     }
 }
 
+fn dead_letter_view(row: &SqliteRow) -> Result<DeadLetterView, StoreError> {
+    let body: Vec<u8> = row.try_get("body")?;
+    let body_bytes: i64 = row.try_get("body_bytes")?;
+    let shown = i64::try_from(body.len()).unwrap_or(i64::MAX);
+    Ok(DeadLetterView {
+        id: row.try_get("id")?,
+        channel: row.try_get("channel")?,
+        reason: row.try_get("reason")?,
+        content_type: row.try_get("content_type")?,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        body_bytes,
+        body_truncated: shown < body_bytes,
+        received_at: format_ms(row.try_get("received_at")?),
+    })
+}
+
 fn status_change(row: &SqliteRow) -> Result<StatusChange, StoreError> {
     let channel: String = row.try_get("channel")?;
     let status: String = row.try_get("message_status")?;
@@ -458,6 +513,109 @@ fn status_change(row: &SqliteRow) -> Result<StatusChange, StoreError> {
             .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status}")))?,
         provider_ts_ms: row.try_get("provider_ts")?,
     })
+}
+
+/// Deletes at most `limit` of the oldest rows of `target` received before
+/// `older_than_ms`.
+///
+/// Timeline events and dead letters are read oldest first by id (ids grow
+/// with commits) and the run of old rows at the front is deleted: the cost
+/// is the batch, never a scan of the table. What events were pruned is
+/// recorded (per campaign, the highest version; store-wide, the highest id)
+/// so that resuming streams know what can no longer be replayed.
+async fn prune(
+    conn: &mut SqliteConnection,
+    target: PruneTarget,
+    older_than_ms: i64,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    match target {
+        PruneTarget::Unmatched => Ok(sqlx::query(
+            "DELETE FROM unmatched_statuses WHERE id IN (
+                 SELECT id FROM unmatched_statuses WHERE received_at < ?
+                 ORDER BY received_at LIMIT ?)",
+        )
+        .bind(older_than_ms)
+        .bind(limit)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()),
+        PruneTarget::DeadLetters => {
+            let rows = sqlx::query("SELECT id, received_at FROM dead_letters ORDER BY id LIMIT ?")
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?;
+            let Some(through) = old_prefix_end(&rows, older_than_ms)? else {
+                return Ok(0);
+            };
+            Ok(sqlx::query("DELETE FROM dead_letters WHERE id <= ?")
+                .bind(through)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected())
+        }
+        PruneTarget::Events => {
+            let rows = sqlx::query(
+                "SELECT id, received_at, campaign_pk, campaign_version FROM status_events
+                 ORDER BY id LIMIT ?",
+            )
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+            let Some(through) = old_prefix_end(&rows, older_than_ms)? else {
+                return Ok(0);
+            };
+            let mut pruned_versions: HashMap<i64, i64> = HashMap::new();
+            for row in &rows {
+                let id: i64 = row.try_get("id")?;
+                if id > through {
+                    break;
+                }
+                if let Some(version) = row.try_get::<Option<i64>, _>("campaign_version")? {
+                    let campaign_pk: i64 = row.try_get("campaign_pk")?;
+                    let entry = pruned_versions.entry(campaign_pk).or_default();
+                    *entry = (*entry).max(version);
+                }
+            }
+            let removed = sqlx::query("DELETE FROM status_events WHERE id <= ?")
+                .bind(through)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            for (campaign_pk, version) in pruned_versions {
+                sqlx::query(
+                    "UPDATE campaign_counters SET pruned_version = MAX(pruned_version, ?)
+                     WHERE campaign_pk = ?",
+                )
+                .bind(version)
+                .bind(campaign_pk)
+                .execute(&mut *conn)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO store_marks (name, value) VALUES ('events_pruned_through', ?)
+                 ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)",
+            )
+            .bind(through)
+            .execute(&mut *conn)
+            .await?;
+            Ok(removed)
+        }
+    }
+}
+
+/// Returns the id of the last row of the leading run of `rows` (ordered by
+/// id) received before `older_than_ms`, if that run is not empty.
+fn old_prefix_end(rows: &[SqliteRow], older_than_ms: i64) -> Result<Option<i64>, StoreError> {
+    let mut through = None;
+    for row in rows {
+        let received_at: i64 = row.try_get("received_at")?;
+        if received_at >= older_than_ms {
+            break;
+        }
+        through = Some(row.try_get::<i64, _>("id")?);
+    }
+    Ok(through)
 }
 
 /// One pending application of an update to a known message, with the index
@@ -537,13 +695,13 @@ async fn commit_in(
                 .await?;
                 outcomes[op_index] = Some(OpOutcome::DeadLettered);
             }
-            WriteOp::ExpireUnmatched { older_than_ms } => {
-                let removed = sqlx::query("DELETE FROM unmatched_statuses WHERE received_at < ?")
-                    .bind(older_than_ms)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                outcomes[op_index] = Some(OpOutcome::Expired { removed });
+            WriteOp::Prune {
+                target,
+                older_than_ms,
+                limit,
+            } => {
+                let removed = prune(conn, *target, *older_than_ms, *limit).await?;
+                outcomes[op_index] = Some(OpOutcome::Pruned { removed });
             }
             WriteOp::Apply {
                 campaign_pk,

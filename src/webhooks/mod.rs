@@ -19,7 +19,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(whatsapp::verify_subscription))
             .route(web::post().to(whatsapp::receive)),
     );
-    cfg.route("/webhooks/email", web::post().to(ses::receive));
+    cfg.route("/webhooks/email", web::post().to(ses::receive))
+        .route(
+            "/webhooks/sns/confirmations/{id}",
+            web::post().to(ses::confirm_held),
+        );
 }
 
 /// Applies what could be interpreted, dead-letters the raw body when any part

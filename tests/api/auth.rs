@@ -27,6 +27,9 @@ async fn a_tenant_token_cannot_read_another_tenants_campaign_or_message() {
         .get("/api/v1/campaigns/secret-campaign/metrics", &token_a)
         .await;
     let other_message = app.get("/api/v1/messages/whatsapp/wamid.b", &token_a).await;
+    let unknown_message = app
+        .get("/api/v1/messages/whatsapp/wamid.nobody", &token_a)
+        .await;
     let own_message = app.get("/api/v1/messages/whatsapp/wamid.a", &token_a).await;
 
     // Assert
@@ -37,8 +40,14 @@ async fn a_tenant_token_cannot_read_another_tenants_campaign_or_message() {
         404,
         "looked up in the token's own tenant"
     );
-    assert_eq!(other_message.status(), 403);
     assert_eq!(own_message.status(), 200);
+    // Another tenant's message answers exactly like one that does not exist.
+    assert_eq!(other_message.status(), 404);
+    assert_eq!(unknown_message.status(), 404);
+    assert_eq!(
+        other_message.text().await.unwrap(),
+        unknown_message.text().await.unwrap()
+    );
     let body = other_explicit.text().await.unwrap();
     assert!(!body.contains("total"), "no counters leak: {body}");
 }
@@ -89,7 +98,8 @@ async fn campaign_restricted_tokens_see_only_their_campaigns() {
         app.get("/api/v1/messages/whatsapp/wamid.2", &token)
             .await
             .status(),
-        403
+        404,
+        "a message outside the token's campaigns answers like an unknown one"
     );
 }
 

@@ -10,14 +10,14 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::Row as _;
-use statushub::config::{Secrets, Settings, SqliteSynchronous};
+use statushub::config::{Retention, Secrets, Settings, SqliteSynchronous, StreamLimits};
 use statushub::startup::Application;
 use statushub::webhooks::whatsapp::signature;
 
 pub const WHATSAPP_SECRET: &str = "test-app-secret";
 pub const VERIFY_TOKEN: &str = "test-verify-token";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
-pub const AUTH_SECRET: &str = "test-auth-secret";
+pub const AUTH_SECRET: &str = "test-auth-secret-of-at-least-32-bytes";
 
 /// Logs go to stdout when `TEST_LOG` is set, else nowhere.
 static TRACING: LazyLock<()> = LazyLock::new(|| {
@@ -61,11 +61,23 @@ pub fn test_settings(dir: &Path) -> Settings {
         max_batch: 2_000,
         max_queue: 50_000,
         campaign_idle: Duration::from_secs(300),
-        unmatched_retention: Duration::from_secs(7 * 86_400),
         workers: Some(2),
         sse_coalesce: Duration::from_millis(100),
         sse_heartbeat: Duration::from_secs(15),
         sse_replay_limit: 1000,
+        request_timeout: Duration::from_secs(30),
+        max_connections: 16_384,
+        stream_limits: StreamLimits {
+            total: 15_000,
+            per_tenant: 1_000,
+            per_token: 20,
+        },
+        retention: Retention {
+            events: Some(Duration::from_secs(90 * 86_400)),
+            dead_letters: Some(Duration::from_secs(30 * 86_400)),
+            unmatched: Duration::from_secs(7 * 86_400),
+            interval: Duration::from_secs(600),
+        },
     }
 }
 

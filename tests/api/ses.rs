@@ -397,7 +397,8 @@ async fn signed_messages_of_every_type_and_both_versions_are_accepted() {
     let stand_in = StandIn::start().await;
     let base = stand_in.base.clone();
     let app = spawn_ses_app(&signer, |settings| {
-        settings.sns_subscribe_override = Some(base)
+        settings.sns_topic_arns = vec![TOPIC.to_owned()];
+        settings.sns_subscribe_override = Some(base);
     })
     .await;
     register_email(&app, "c1", &["e-1a", "e-1b", "e-2a", "e-2b"]).await;
@@ -885,6 +886,95 @@ async fn subscriptions_are_confirmed_for_accepted_topics_only() {
     let health = health_subscriptions(&app).await;
     assert_eq!(health[0]["outcome"], "failed");
     assert_eq!(health[0]["error"], "sns answered http 500");
+}
+
+/// With `SNS_TOPIC_ARNS` empty (the default), any AWS account could
+/// subscribe the hub to its own topic and publish genuine, signed SES events:
+/// so nothing is confirmed by itself. The confirmation waits, visible in
+/// `/webhooks/health`, until the admin confirms it with one call.
+#[actix_web::test]
+async fn without_a_topic_list_confirmations_wait_for_the_admin() {
+    let signer = Signer::new();
+    let stand_in = StandIn::start().await;
+    let base = stand_in.base.clone();
+    let app = spawn_ses_app(&signer, |settings| {
+        settings.sns_subscribe_override = Some(base);
+    })
+    .await;
+    let pending = || async {
+        let health: Value = app
+            .get("/webhooks/health", ADMIN_TOKEN)
+            .await
+            .json()
+            .await
+            .unwrap();
+        health["sns_pending_confirmations"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let confirm = |id: String, token: String| {
+        let request = app
+            .client
+            .post(app.url(&format!("/webhooks/sns/confirmations/{id}")))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+
+    // Signed and well formed, yet held: nothing is fetched.
+    let envelope = signer.sign(
+        confirmation("SubscriptionConfirmation", OTHER_TOPIC, "tok-9"),
+        "2",
+    );
+    let response = post_sns(&app, &envelope).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["held"], true);
+    assert!(
+        stand_in.requests().is_empty(),
+        "nothing confirmed by itself"
+    );
+    let held = pending().await;
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["topic_arn"], OTHER_TOPIC);
+    assert_eq!(
+        held[0]["subscribe_url"],
+        subscribe_url(OTHER_TOPIC, "tok-9")
+    );
+    assert!(held[0]["received_at"].as_str().unwrap().ends_with('Z'));
+    let id = held[0]["id"].to_string();
+
+    // Only the admin may confirm; an unknown id is a 404.
+    let tenant = app.tenant_token("t1", None);
+    assert_eq!(confirm(id.clone(), tenant).await.status(), 403);
+    assert_eq!(
+        confirm("999".to_owned(), ADMIN_TOKEN.to_owned())
+            .await
+            .status(),
+        404
+    );
+    assert!(stand_in.requests().is_empty());
+
+    // SNS refusing: 502, and it stays held for another try.
+    stand_in.status.store(500, Ordering::SeqCst);
+    assert_eq!(
+        confirm(id.clone(), ADMIN_TOKEN.to_owned()).await.status(),
+        502
+    );
+    assert_eq!(pending().await.len(), 1);
+
+    // The admin confirms with one call: one GET of the SubscribeURL.
+    stand_in.status.store(200, Ordering::SeqCst);
+    let response = confirm(id, ADMIN_TOKEN.to_owned()).await;
+    assert_eq!(response.status(), 200);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(outcome["outcome"], "confirmed");
+    assert_eq!(outcome["subscription_arn"], SUBSCRIPTION_ARN);
+    let expected =
+        format!("GET /?Action=ConfirmSubscription&TopicArn={OTHER_TOPIC}&Token=tok-9 HTTP/1.1");
+    assert_eq!(stand_in.requests(), [expected.clone(), expected]);
+    assert!(pending().await.is_empty());
+    assert_eq!(health_subscriptions(&app).await[0]["outcome"], "confirmed");
 }
 
 #[actix_web::test]

@@ -1,5 +1,15 @@
-//! Confirms SNS subscriptions by visiting their `SubscribeURL`, and keeps the
-//! recent outcomes for `/webhooks/health`.
+//! Confirms SNS subscriptions by visiting their `SubscribeURL`, holds those
+//! nobody allowed for the admin to confirm, and keeps the recent outcomes
+//! for `/webhooks/health`.
+//!
+//! A subscription is confirmed by itself only when its topic is listed in
+//! `SNS_TOPIC_ARNS`. With the list empty, any AWS account could subscribe
+//! the hub to its own topic and then publish genuine, AWS-signed SES events
+//! (forged bounces and complaints), so the confirmation is held instead:
+//! listed in `/webhooks/health` and on the debug page until the admin
+//! confirms it (`POST /webhooks/sns/confirmations/{id}`). Held confirmations
+//! live in memory, at most [`KEPT_PENDING`], one per topic: after a restart
+//! the admin asks SNS to send the confirmation again.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -18,6 +28,22 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Outcomes kept for `/webhooks/health`.
 const KEPT_OUTCOMES: usize = 20;
+/// Held confirmations kept (one per topic; the oldest goes first).
+const KEPT_PENDING: usize = 50;
+
+/// A signed `SubscriptionConfirmation` waiting for the admin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PendingConfirmation {
+    /// What the admin confirms it by.
+    pub id: u64,
+    /// The topic that asks to deliver to this hub.
+    pub topic_arn: String,
+    /// When statushub received it (RFC 3339).
+    pub received_at: String,
+    /// The host-validated URL that confirms it (SNS's tokens in it expire
+    /// after a few days).
+    pub subscribe_url: String,
+}
 
 /// What happened to one subscription or unsubscription message, as shown by
 /// `/webhooks/health` (newest first).
@@ -47,6 +73,15 @@ pub struct SnsSubscriptions {
     /// see [`crate::config::Settings::sns_subscribe_override`].
     subscribe_override: Option<Url>,
     recent: Mutex<VecDeque<SubscriptionOutcome>>,
+    /// Confirmations held for the admin, oldest first.
+    pending: Mutex<Pending>,
+}
+
+/// Held confirmations and the next id to give.
+#[derive(Debug, Default)]
+struct Pending {
+    next_id: u64,
+    held: VecDeque<PendingConfirmation>,
 }
 
 impl SnsSubscriptions {
@@ -72,7 +107,60 @@ impl SnsSubscriptions {
             client,
             subscribe_override,
             recent: Mutex::new(VecDeque::with_capacity(KEPT_OUTCOMES)),
+            pending: Mutex::new(Pending::default()),
         }
+    }
+
+    /// Holds a signed confirmation for a topic nobody allowed, for the admin
+    /// to confirm; a newer one for the same topic replaces the older.
+    pub fn hold(&self, envelope: &SnsEnvelope, subscribe_url: &str) -> PendingConfirmation {
+        let topic_arn = SnsError::quote(&envelope.topic_arn);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.next_id += 1;
+        let held = PendingConfirmation {
+            id: pending.next_id,
+            topic_arn: topic_arn.clone(),
+            received_at: now(),
+            subscribe_url: subscribe_url.to_owned(),
+        };
+        pending.held.retain(|each| each.topic_arn != topic_arn);
+        if pending.held.len() >= KEPT_PENDING {
+            pending.held.pop_front();
+        }
+        pending.held.push_back(held.clone());
+        tracing::warn!(
+            topic_arn = %topic_arn,
+            id = held.id,
+            "SNS SUBSCRIPTION NOT CONFIRMED: SNS_TOPIC_ARNS is empty, so no topic is confirmed \
+             automatically; if this topic is yours, confirm it on the debug page or with \
+             POST /webhooks/sns/confirmations/{{id}}, or list it in SNS_TOPIC_ARNS"
+        );
+        held
+    }
+
+    /// Returns the held confirmations, newest first.
+    pub fn pending(&self) -> Vec<PendingConfirmation> {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.held.iter().rev().cloned().collect()
+    }
+
+    /// Confirms the held confirmation `id` for the admin: `None` when there
+    /// is no such held confirmation. It stays held when confirming failed,
+    /// so the admin may try again.
+    pub async fn confirm_held(&self, id: u64) -> Option<SubscriptionOutcome> {
+        let held = {
+            let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.held.iter().find(|each| each.id == id).cloned()
+        }?;
+        tracing::warn!(topic_arn = %held.topic_arn, id, "admin confirms an sns subscription");
+        let outcome = self
+            .confirm_topic(&held.topic_arn, &held.subscribe_url)
+            .await;
+        if outcome.error.is_none() {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.held.retain(|each| each.id != id);
+        }
+        Some(outcome)
     }
 
     /// Confirms the subscription by a `GET` of `subscribe_url` (which the
@@ -82,8 +170,13 @@ impl SnsSubscriptions {
         envelope: &SnsEnvelope,
         subscribe_url: &str,
     ) -> SubscriptionOutcome {
+        self.confirm_topic(&SnsError::quote(&envelope.topic_arn), subscribe_url)
+            .await
+    }
+
+    async fn confirm_topic(&self, topic_arn: &str, subscribe_url: &str) -> SubscriptionOutcome {
         let result = self.fetch(subscribe_url).await;
-        let topic_arn = SnsError::quote(&envelope.topic_arn);
+        let topic_arn = topic_arn.to_owned();
         let host = Url::parse(subscribe_url)
             .ok()
             .and_then(|url| url.host_str().map(str::to_owned))
@@ -222,6 +315,43 @@ mod tests {
         );
         assert_eq!(subscription_arn("<SubscriptionArn>x"), None);
         assert_eq!(subscription_arn(""), None);
+    }
+
+    #[test]
+    fn held_confirmations_are_one_per_topic_and_bounded() {
+        let subscriptions = SnsSubscriptions::new(None);
+        let envelope = SnsEnvelope::parse(
+            br#"{"Type":"SubscriptionConfirmation","MessageId":"m","TopicArn":"t","Message":"x","Timestamp":"z"}"#,
+        )
+        .unwrap();
+        let url = "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token=1";
+        for i in 0..KEPT_PENDING + 10 {
+            let mut envelope = envelope.clone();
+            envelope.topic_arn = format!("t{i}");
+            subscriptions.hold(&envelope, url);
+        }
+        let again = subscriptions.hold(&envelope_for("t20", &envelope), url);
+        let pending = subscriptions.pending();
+        assert_eq!(pending.len(), KEPT_PENDING);
+        assert_eq!(pending[0], again, "newest first");
+        assert_eq!(
+            pending
+                .iter()
+                .filter(|each| each.topic_arn == "t20")
+                .count(),
+            1,
+            "a newer confirmation replaces the older one of its topic"
+        );
+        assert!(
+            pending.iter().all(|each| each.topic_arn != "t0"),
+            "oldest dropped"
+        );
+    }
+
+    fn envelope_for(topic: &str, envelope: &SnsEnvelope) -> SnsEnvelope {
+        let mut envelope = envelope.clone();
+        envelope.topic_arn = topic.to_owned();
+        envelope
     }
 
     #[test]

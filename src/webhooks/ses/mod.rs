@@ -14,9 +14,11 @@
 //! 5. by type: a `Notification` carries an SES event, applied and answered
 //!    once durable (a signed message statushub cannot interpret is kept as a
 //!    dead letter and acknowledged; SES's set-up notices are acknowledged
-//!    only); a `SubscriptionConfirmation` is confirmed by a `GET` of its
-//!    host-validated `SubscribeURL` (200 once confirmed, 502 when that
-//!    failed, so SNS retries); an `UnsubscribeConfirmation` is logged.
+//!    only); a `SubscriptionConfirmation` for a topic in `SNS_TOPIC_ARNS` is
+//!    confirmed by a `GET` of its host-validated `SubscribeURL` (200 once
+//!    confirmed, 502 when that failed, so SNS retries), and with the list
+//!    empty it is held for the admin to confirm (see [`confirm`]); an
+//!    `UnsubscribeConfirmation` is logged.
 
 mod confirm;
 pub mod event;
@@ -31,7 +33,7 @@ use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 
-pub use confirm::{SnsSubscriptions, SubscriptionOutcome};
+pub use confirm::{PendingConfirmation, SnsSubscriptions, SubscriptionOutcome};
 pub use event::{SesError, parse_ses_message};
 pub use sns::{SnsEnvelope, SnsError, SnsMessageType};
 pub use sns_verify::SnsVerifier;
@@ -153,9 +155,11 @@ async fn notification(
     super::apply_and_reply(&state.hub, req, Channel::Email, body, parsed).await
 }
 
-/// Confirms a subscription to an accepted topic: 200 once SNS accepted the
-/// `GET` of `SubscribeURL`, 502 when it did not (SNS retries the message),
-/// 400 when the URL is not an SNS URL (nothing is fetched).
+/// Confirms a subscription to a topic listed in `SNS_TOPIC_ARNS`: 200 once
+/// SNS accepted the `GET` of `SubscribeURL`, 502 when it did not (SNS
+/// retries the message), 400 when the URL is not an SNS URL (nothing is
+/// fetched). With the list empty, the confirmation is held for the admin
+/// (200, nothing fetched).
 async fn subscription_confirmation(
     state: &AppState,
     envelope: &SnsEnvelope,
@@ -168,10 +172,41 @@ async fn subscription_confirmation(
         tracing::warn!(topic_arn = %envelope.topic_arn, error = %error, "sns subscription not confirmed");
         ApiError::BadRequest(error.to_string())
     })?;
+    if state.settings.sns_topic_arns.is_empty() {
+        // No topic is trusted by configuration: the admin decides.
+        let held = state.sns_subscriptions.hold(envelope, subscribe_url);
+        return Ok(HttpResponse::Ok().json(serde_json::json!({
+            "held": true,
+            "pending_id": held.id,
+            "reason": "SNS_TOPIC_ARNS is empty: the admin must confirm this subscription",
+        })));
+    }
     let outcome = state
         .sns_subscriptions
         .confirm(envelope, subscribe_url)
         .await;
+    let mut response = if outcome.error.is_none() {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::BadGateway()
+    };
+    Ok(response.json(outcome))
+}
+
+/// `POST /webhooks/sns/confirmations/{id}` (admin): confirms a held
+/// subscription. 200 with the outcome once SNS accepted it, 502 when the
+/// confirmation failed (it stays held), 404 for no such held confirmation.
+pub async fn confirm_held(
+    state: web::Data<AppState>,
+    caller: crate::auth::Caller,
+    path: web::Path<u64>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let outcome = state
+        .sns_subscriptions
+        .confirm_held(path.into_inner())
+        .await
+        .ok_or(ApiError::NotFound("no such held confirmation"))?;
     let mut response = if outcome.error.is_none() {
         HttpResponse::Ok()
     } else {
@@ -207,7 +242,10 @@ struct TokenQuery {
 /// Tells whether the request carries `secret` as its basic-auth password (any
 /// user name) or as `?token=`, compared in constant time.
 fn shared_secret_matches(req: &HttpRequest, secret: &[u8]) -> bool {
-    let matches = |candidate: &[u8]| bool::from(candidate.ct_eq(secret));
+    // An empty secret or an empty candidate never matches.
+    let matches = |candidate: &[u8]| {
+        !candidate.is_empty() && !secret.is_empty() && bool::from(candidate.ct_eq(secret))
+    };
     let basic_password = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -54,8 +54,10 @@ pub async fn verify_subscription(
         verify_token,
         challenge,
     } = query.into_inner();
-    let token_matches =
-        verify_token.is_some_and(|token| bool::from(token.as_bytes().ct_eq(expected)));
+    // An empty token never matches, whatever the configuration says.
+    let token_matches = verify_token.is_some_and(|token| {
+        !token.is_empty() && !expected.is_empty() && bool::from(token.as_bytes().ct_eq(expected))
+    });
     match (mode.as_deref(), challenge) {
         (Some("subscribe"), Some(challenge)) if token_matches => HttpResponse::Ok()
             .content_type(ContentType::plaintext())
@@ -82,6 +84,10 @@ pub async fn receive(
             .headers()
             .get("x-hub-signature-256")
             .map(|value| value.as_bytes());
+        // An empty key signs nothing (start-up refuses one; this holds anyway).
+        if secret.is_empty() {
+            return Err(ApiError::Unauthorized("invalid signature"));
+        }
         signature::verify(secret, &body, header).map_err(|error| {
             tracing::debug!(error = %error, "refused whatsapp webhook");
             ApiError::Unauthorized("invalid signature")
