@@ -265,11 +265,14 @@ async fn post_sns_with(
             "x-amz-sns-message-type",
             envelope["Type"].as_str().unwrap_or_default(),
         )
-        .header(
-            "x-amz-sns-message-id",
-            envelope["MessageId"].as_str().unwrap_or_default(),
-        )
         .body(envelope.to_string());
+    // A forged id with a line break cannot be a header value.
+    let message_id = envelope["MessageId"].as_str().unwrap_or_default();
+    let request = if message_id.contains(['\n', '\r']) {
+        request
+    } else {
+        request.header("x-amz-sns-message-id", message_id)
+    };
     customize(request).send().await.unwrap()
 }
 
@@ -640,6 +643,66 @@ async fn genuine_aws_signed_notifications_verify_offline_and_fail_when_changed()
                 && letter["body"].as_str().unwrap().contains("Hello world")),
         "{letters}"
     );
+}
+
+/// Returns `envelope` with its `Subject` moved into `MessageId`: the string
+/// to sign reads the same (`MessageId\n<id>\nSubject\n<subject>\n`), so
+/// the old signature still fits, under a new message id.
+fn subject_shifted_into_message_id(envelope: &Value) -> Value {
+    let mut shifted = envelope.clone();
+    let subject = shifted.as_object_mut().unwrap().remove("Subject").unwrap();
+    shifted["MessageId"] = format!(
+        "{}\nSubject\n{}",
+        envelope["MessageId"].as_str().unwrap(),
+        subject.as_str().unwrap()
+    )
+    .into();
+    assert_eq!(canonical(&shifted), canonical(envelope));
+    shifted
+}
+
+/// A signed notification with a subject, replayed with the subject shifted
+/// into `MessageId`, signs the same bytes: it is refused (401) and nothing
+/// more is applied or stored. AWS's genuine notification shifted the same
+/// way: 401 too.
+#[actix_web::test]
+async fn a_subject_shifted_into_the_message_id_is_refused() {
+    let signer = Signer::new();
+    let app = spawn_ses_app(&signer, |_| {}).await;
+    register_email(&app, "c1", &["e-1"]).await;
+
+    for version in ["1", "2"] {
+        let mut envelope = notification(&ses_event("eventType", "Click", "e-1"));
+        envelope["Subject"] = "Amazon SES Email Event Notification".into();
+        let signed = signer.sign(envelope, version);
+        if version == "1" {
+            assert_eq!(deliver(&app, &signed).await, receipt_json(1, 0, 0, 0));
+        }
+        let before = (app.metrics("c1").await, stored(&app).await);
+
+        let shifted = subject_shifted_into_message_id(&signed);
+        let response = post_sns(&app, &shifted).await;
+        assert_eq!(response.status(), 401, "version {version}");
+        assert_eq!((app.metrics("c1").await, stored(&app).await), before);
+    }
+    let timeline = &app.message("email", "e-1").await["timeline"];
+    assert_eq!(timeline.as_array().unwrap().len(), 1, "{timeline}");
+
+    let Some(dir) = vectors_dir("sns") else {
+        return;
+    };
+    let app = spawn_app_with(|settings| settings.sns_cert_dir = Some(dir.clone())).await;
+    for name in [
+        "php2022-notification-v1-subject.json",
+        "php2022-notification-v2-subject.json",
+    ] {
+        let genuine: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+        let shifted = subject_shifted_into_message_id(&genuine);
+        assert_eq!(post_sns(&app, &shifted).await.status(), 401, "{name}");
+        assert_eq!(post_sns(&app, &genuine).await.status(), 200, "{name}");
+    }
+    assert_eq!(stored(&app).await, [0, 0, 2]);
 }
 
 /// Every documented SES example (awsdocs/amazon-ses-developer-guide), as the

@@ -22,6 +22,13 @@ pub enum SnsError {
     /// A key required for the message type (or for verification) is absent.
     #[error("missing sns field {0}")]
     MissingField(&'static str),
+    /// A field AWS always writes on one line (every signed key but `Message`,
+    /// and the URLs) holds a line break. The string to sign is `Key\nValue\n`
+    /// lines, so such a value could shift a neighbouring key into itself (a
+    /// `MessageId` of `<id>\nSubject\n<subject>` signs the same bytes as the
+    /// message with that subject).
+    #[error("sns field {0} contains a line break")]
+    LineBreak(&'static str),
     /// `SignatureVersion` is neither `1` nor `2`.
     #[error("unsupported sns signature version {0:?}")]
     BadSignatureVersion(String),
@@ -138,13 +145,40 @@ impl SnsEnvelope {
             .ok_or_else(|| SnsError::UnknownType(SnsError::quote(&self.r#type)))
     }
 
+    /// Refuses a line break (`\n` or `\r`) in any field AWS writes on one
+    /// line: every key of the string to sign but `Message` (which may span
+    /// lines), and the certificate and subscribe URLs.
+    fn check_single_line_fields(&self) -> Result<(), SnsError> {
+        let fields = [
+            ("MessageId", Some(&self.message_id)),
+            ("Subject", self.subject.as_ref()),
+            ("Timestamp", Some(&self.timestamp)),
+            ("TopicArn", Some(&self.topic_arn)),
+            ("Type", Some(&self.r#type)),
+            ("Token", self.token.as_ref()),
+            ("SubscribeURL", self.subscribe_url.as_ref()),
+            ("SigningCertURL", Some(&self.signing_cert_url)),
+        ];
+        for (key, value) in fields {
+            if value.is_some_and(|value| value.contains(['\n', '\r'])) {
+                return Err(SnsError::LineBreak(key));
+            }
+        }
+        Ok(())
+    }
+
     /// Returns the canonical string AWS signs for this message type: the
     /// type's keys in byte order, each as `Key\nValue\n`.
     ///
     /// Notification: Message, MessageId, Subject (only when present),
     /// Timestamp, TopicArn, Type. Subscription and unsubscribe confirmations:
     /// Message, MessageId, SubscribeURL, Timestamp, Token, TopicArn, Type.
+    ///
+    /// Refuses an envelope with a line break where AWS never writes one
+    /// ([`SnsEnvelope::check_single_line_fields`]): only `Message` may span
+    /// lines, so the string has one reading.
     pub fn string_to_sign(&self) -> Result<String, SnsError> {
+        self.check_single_line_fields()?;
         let mut fields: Vec<(&str, &str)> =
             vec![("Message", &self.message), ("MessageId", &self.message_id)];
         match self.message_type()? {
@@ -311,6 +345,84 @@ mod tests {
                 Err(SnsError::MissingField(field)) if field == missing
             ));
         }
+    }
+
+    /// Only `Message` may span lines: a line break anywhere else could shift
+    /// a key of the string to sign into a neighbouring value.
+    #[test]
+    fn line_breaks_outside_message_are_refused() {
+        let notification = serde_json::json!({
+            "Type": "Notification",
+            "MessageId": "m-1",
+            "TopicArn": "arn:aws:sns:us-east-2:1:topic",
+            "Subject": "Hi",
+            "Message": "multi\nline\r\nmessage",
+            "Timestamp": "2022-07-28T22:53:49.654Z",
+            "SigningCertURL": "https://sns.us-east-2.amazonaws.com/x.pem",
+        });
+        envelope(notification.clone()).string_to_sign().unwrap();
+        let cases = [
+            (notification.clone(), "MessageId"),
+            (notification.clone(), "Subject"),
+            (notification.clone(), "Timestamp"),
+            (notification.clone(), "TopicArn"),
+            (notification, "SigningCertURL"),
+            (confirmation("SubscriptionConfirmation"), "Token"),
+            (confirmation("UnsubscribeConfirmation"), "SubscribeURL"),
+        ];
+        for (json, key) in cases {
+            for line_break in ["\n", "\r", "\r\n"] {
+                for at_end in [false, true] {
+                    let mut json = json.clone();
+                    let value = json[key].as_str().unwrap();
+                    json[key] = if at_end {
+                        format!("{value}{line_break}")
+                    } else {
+                        format!("{line_break}{value}")
+                    }
+                    .into();
+                    assert!(
+                        matches!(
+                            envelope(json).string_to_sign(),
+                            Err(SnsError::LineBreak(field)) if field == key
+                        ),
+                        "{key} {line_break:?}"
+                    );
+                }
+            }
+        }
+        // `Type` with a line break is no known type; still refused.
+        let mut json = confirmation("SubscriptionConfirmation");
+        json["Type"] = "SubscriptionConfirmation\n".into();
+        assert!(envelope(json).string_to_sign().is_err());
+    }
+
+    /// A notification with a subject, replayed with the subject moved into
+    /// `MessageId`, would sign the same bytes as a message with a new id.
+    #[test]
+    fn a_subject_shifted_into_the_message_id_is_refused() {
+        let original = envelope(serde_json::json!({
+            "Type": "Notification",
+            "MessageId": "m-1",
+            "TopicArn": "t",
+            "Subject": "Hi",
+            "Message": "x",
+            "Timestamp": "z",
+        }));
+        let shifted = SnsEnvelope {
+            message_id: "m-1\nSubject\nHi".to_owned(),
+            subject: None,
+            ..original.clone()
+        };
+        let naive = format!(
+            "Message\nx\nMessageId\n{}\nTimestamp\nz\nTopicArn\nt\nType\nNotification\n",
+            shifted.message_id
+        );
+        assert_eq!(original.string_to_sign().unwrap(), naive);
+        assert!(matches!(
+            shifted.string_to_sign(),
+            Err(SnsError::LineBreak("MessageId"))
+        ));
     }
 
     #[test]

@@ -129,11 +129,13 @@ impl SnsVerifier {
         }
     }
 
-    /// Verifies the envelope's signature: checks the certificate URL (an
-    /// untrusted one is refused before any request), the signature version
-    /// and encoding, then the RSASSA-PKCS1-v1_5 signature (SHA1 for version
-    /// `1`, SHA256 for `2`) over [`SnsEnvelope::string_to_sign`].
+    /// Verifies the envelope's signature: builds the string to sign (which
+    /// refuses a line break in a one-line field), checks the certificate URL
+    /// (an untrusted one is refused before any request), the signature
+    /// version and encoding, then the RSASSA-PKCS1-v1_5 signature (SHA1 for
+    /// version `1`, SHA256 for `2`) over [`SnsEnvelope::string_to_sign`].
     pub async fn verify(&self, envelope: &SnsEnvelope) -> Result<(), SnsError> {
+        let signed = envelope.string_to_sign()?;
         if envelope.signing_cert_url.is_empty() {
             return Err(SnsError::MissingField("SigningCertURL"));
         }
@@ -150,7 +152,6 @@ impl SnsVerifier {
         let signature = STANDARD
             .decode(&envelope.signature)
             .map_err(|_| SnsError::BadSignatureEncoding)?;
-        let signed = envelope.string_to_sign()?;
 
         let key = self.public_key(&envelope.signing_cert_url).await?;
         let outcome = if sha256 {
@@ -436,6 +437,32 @@ mod tests {
                 verifier.verify(&other_version).await,
                 Err(SnsError::SignatureMismatch)
             ));
+        }
+    }
+
+    /// AWS's genuine notification, replayed with its subject moved into
+    /// `MessageId` (the same signed bytes), is refused for the line break.
+    #[tokio::test]
+    async fn an_aws_vector_with_its_subject_shifted_into_the_message_id_is_refused() {
+        for name in [
+            "php2022-notification-v1-subject.json",
+            "php2022-notification-v2-subject.json",
+        ] {
+            let Some((genuine, dir)) = aws_vector(name) else {
+                return;
+            };
+            let verifier = SnsVerifier::new(Some(dir));
+            let subject = genuine.subject.clone().unwrap();
+            let shifted = SnsEnvelope {
+                message_id: format!("{}\nSubject\n{subject}", genuine.message_id),
+                subject: None,
+                ..genuine.clone()
+            };
+            assert!(matches!(
+                verifier.verify(&shifted).await,
+                Err(SnsError::LineBreak("MessageId"))
+            ));
+            verifier.verify(&genuine).await.unwrap();
         }
     }
 
