@@ -94,6 +94,14 @@ impl SnsMessageType {
 
 /// An SNS message as delivered over HTTP(S), with AWS's key names.
 ///
+/// Messages relayed by AWS Lambda (the `Sns` object of a Lambda event) spell
+/// two keys `SigningCertUrl` and `UnsubscribeUrl` and carry `"Subject": null`
+/// when there is no subject. Both spellings are accepted, as AWS's own
+/// message validators do, and a null `Subject` is an absent one (left out of
+/// the string to sign). A body holding both spellings of one key is
+/// malformed, like any repeated key: the verified and the used value could
+/// differ.
+///
 /// The three signature keys default to empty when absent, so that an
 /// unsigned envelope still parses and is refused by the verifier as
 /// [`SnsError::MissingField`] (an authentication failure) rather than as
@@ -107,7 +115,8 @@ pub struct SnsEnvelope {
     /// SNS's unique id of this message; a redelivery carries the same id.
     pub message_id: String,
     pub topic_arn: String,
-    /// Only for notifications published with a subject.
+    /// Only for notifications published with a subject; `null` (as Lambda
+    /// relays write it) is the same as absent.
     #[serde(default)]
     pub subject: Option<String>,
     /// The payload (the SES event JSON) or, for confirmations, a human text.
@@ -120,7 +129,7 @@ pub struct SnsEnvelope {
     /// Base64 signature over [`SnsEnvelope::string_to_sign`].
     #[serde(default)]
     pub signature: String,
-    #[serde(rename = "SigningCertURL", default)]
+    #[serde(rename = "SigningCertURL", alias = "SigningCertUrl", default)]
     pub signing_cert_url: String,
     /// Confirmation types only: the URL to visit to confirm.
     #[serde(rename = "SubscribeURL", default)]
@@ -129,7 +138,7 @@ pub struct SnsEnvelope {
     #[serde(default)]
     pub token: Option<String>,
     /// Notifications only.
-    #[serde(rename = "UnsubscribeURL", default)]
+    #[serde(rename = "UnsubscribeURL", alias = "UnsubscribeUrl", default)]
     pub unsubscribe_url: Option<String>,
 }
 
@@ -170,8 +179,8 @@ impl SnsEnvelope {
     /// Returns the canonical string AWS signs for this message type: the
     /// type's keys in byte order, each as `Key\nValue\n`.
     ///
-    /// Notification: Message, MessageId, Subject (only when present),
-    /// Timestamp, TopicArn, Type. Subscription and unsubscribe confirmations:
+    /// Notification: Message, MessageId, Subject (only when present and not
+    /// null), Timestamp, TopicArn, Type. Subscription and unsubscribe confirmations:
     /// Message, MessageId, SubscribeURL, Timestamp, Token, TopicArn, Type.
     ///
     /// Refuses an envelope with a line break where AWS never writes one
@@ -450,6 +459,85 @@ mod tests {
             SnsEnvelope::parse(body),
             Err(SnsError::Malformed(_))
         ));
+    }
+
+    /// The shape of a message relayed by AWS Lambda: `SigningCertUrl`,
+    /// `UnsubscribeUrl` and a null `Subject`, left out of the string to sign.
+    fn lambda_notification() -> serde_json::Value {
+        serde_json::json!({
+            "Type": "Notification",
+            "MessageId": "m-1",
+            "TopicArn": "arn:aws:sns:us-east-2:1:topic",
+            "Subject": null,
+            "Message": "{\"eventType\":\"Send\"}",
+            "Timestamp": "2022-07-28T22:53:49.654Z",
+            "SignatureVersion": "1",
+            "Signature": "c2ln",
+            "SigningCertUrl": "https://sns.us-east-2.amazonaws.com/x.pem",
+            "UnsubscribeUrl": "https://sns.us-east-2.amazonaws.com/?Action=Unsubscribe",
+            "MessageAttributes": {}
+        })
+    }
+
+    #[test]
+    fn lambda_relayed_notifications_parse() {
+        let parsed = envelope(lambda_notification());
+        assert_eq!(
+            parsed.signing_cert_url,
+            "https://sns.us-east-2.amazonaws.com/x.pem"
+        );
+        assert_eq!(
+            parsed.unsubscribe_url.as_deref(),
+            Some("https://sns.us-east-2.amazonaws.com/?Action=Unsubscribe")
+        );
+        assert_eq!(parsed.subject, None);
+        assert_eq!(
+            parsed.string_to_sign().unwrap(),
+            "Message\n{\"eventType\":\"Send\"}\nMessageId\nm-1\n\
+             Timestamp\n2022-07-28T22:53:49.654Z\n\
+             TopicArn\narn:aws:sns:us-east-2:1:topic\nType\nNotification\n"
+        );
+        // The same message in SNS's own spelling signs the same string.
+        let mut json = lambda_notification();
+        let object = json.as_object_mut().unwrap();
+        object.remove("Subject");
+        let url = object.remove("SigningCertUrl").unwrap();
+        object.insert("SigningCertURL".to_owned(), url);
+        assert_eq!(
+            envelope(json).string_to_sign().unwrap(),
+            parsed.string_to_sign().unwrap()
+        );
+    }
+
+    /// Both spellings of one key are a repeated key: refused, whatever the
+    /// order and even when the values agree.
+    #[test]
+    fn both_spellings_of_one_key_are_refused() {
+        let url = "https://sns.us-east-2.amazonaws.com/x.pem";
+        let unsubscribe = "https://sns.us-east-2.amazonaws.com/?Action=Unsubscribe";
+        for (first, second, value) in [
+            ("SigningCertUrl", "SigningCertURL", url),
+            ("SigningCertURL", "SigningCertUrl", url),
+            ("UnsubscribeUrl", "UnsubscribeURL", unsubscribe),
+            ("UnsubscribeURL", "UnsubscribeUrl", unsubscribe),
+        ] {
+            let mut json = lambda_notification();
+            let object = json.as_object_mut().unwrap();
+            object.remove("SigningCertUrl");
+            object.remove("UnsubscribeUrl");
+            let rest = json.to_string();
+            let body = format!(
+                "{},\"{first}\":\"{value}\",\"{second}\":\"{value}\"}}",
+                rest.strip_suffix('}').unwrap()
+            );
+            assert!(
+                matches!(
+                    SnsEnvelope::parse(body.as_bytes()),
+                    Err(SnsError::Malformed(_))
+                ),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -466,6 +466,34 @@ mod tests {
         }
     }
 
+    /// AWS's genuine notifications with their keys spelled as a Lambda relay
+    /// writes them (`SigningCertUrl`, `UnsubscribeUrl`) still verify.
+    #[tokio::test]
+    async fn aws_vectors_in_the_lambda_spelling_verify() {
+        let Some(dir) = shared_vectors("sns") else {
+            return;
+        };
+        let verifier = SnsVerifier::new(Some(dir.clone()));
+        for name in [
+            "php2022-notification-v1-subject.json",
+            "php2022-notification-v2-subject.json",
+        ] {
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+            let object = json.as_object_mut().unwrap();
+            for (aws, lambda) in [
+                ("SigningCertURL", "SigningCertUrl"),
+                ("UnsubscribeURL", "UnsubscribeUrl"),
+            ] {
+                let value = object.remove(aws).unwrap();
+                object.insert(lambda.to_owned(), value);
+            }
+            let envelope = SnsEnvelope::parse(json.to_string().as_bytes()).unwrap();
+            assert_eq!(envelope.signing_cert_url, AWS_CERT_URL);
+            verifier.verify(&envelope).await.unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn malformed_signature_fields_are_refused_before_any_fetch() {
         let Some((genuine, dir)) = aws_vector("php2022-notification-v2-subject.json") else {
