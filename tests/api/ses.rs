@@ -119,9 +119,11 @@ fn signed_keys(envelope: &Value) -> Vec<&'static str> {
             "Type",
         ]
     };
+    // A null Subject (as Lambda relays write it) is left out, as AWS's
+    // validators do.
     keys.iter()
         .copied()
-        .filter(|key| envelope.get(*key).is_some())
+        .filter(|key| envelope.get(*key).is_some_and(|value| !value.is_null()))
         .collect()
 }
 
@@ -265,11 +267,14 @@ async fn post_sns_with(
             "x-amz-sns-message-type",
             envelope["Type"].as_str().unwrap_or_default(),
         )
-        .header(
-            "x-amz-sns-message-id",
-            envelope["MessageId"].as_str().unwrap_or_default(),
-        )
         .body(envelope.to_string());
+    // A forged id with a line break cannot be a header value.
+    let message_id = envelope["MessageId"].as_str().unwrap_or_default();
+    let request = if message_id.contains(['\n', '\r']) {
+        request
+    } else {
+        request.header("x-amz-sns-message-id", message_id)
+    };
     customize(request).send().await.unwrap()
 }
 
@@ -641,6 +646,146 @@ async fn genuine_aws_signed_notifications_verify_offline_and_fail_when_changed()
                 && letter["body"].as_str().unwrap().contains("Hello world")),
         "{letters}"
     );
+}
+
+/// Returns `envelope` with its `Subject` moved into `MessageId`: the string
+/// to sign reads the same (`MessageId\n<id>\nSubject\n<subject>\n`), so
+/// the old signature still fits, under a new message id.
+fn subject_shifted_into_message_id(envelope: &Value) -> Value {
+    let mut shifted = envelope.clone();
+    let subject = shifted.as_object_mut().unwrap().remove("Subject").unwrap();
+    shifted["MessageId"] = format!(
+        "{}\nSubject\n{}",
+        envelope["MessageId"].as_str().unwrap(),
+        subject.as_str().unwrap()
+    )
+    .into();
+    assert_eq!(canonical(&shifted), canonical(envelope));
+    shifted
+}
+
+/// A signed notification with a subject, replayed with the subject shifted
+/// into `MessageId`, signs the same bytes: it is refused (401) and nothing
+/// more is applied or stored. AWS's genuine notification shifted the same
+/// way: 401 too.
+#[actix_web::test]
+async fn a_subject_shifted_into_the_message_id_is_refused() {
+    let signer = Signer::new();
+    let app = spawn_ses_app(&signer, |_| {}).await;
+    register_email(&app, "c1", &["e-1"]).await;
+
+    for version in ["1", "2"] {
+        let mut envelope = notification(&ses_event("eventType", "Click", "e-1"));
+        envelope["Subject"] = "Amazon SES Email Event Notification".into();
+        let signed = signer.sign(envelope, version);
+        if version == "1" {
+            assert_eq!(deliver(&app, &signed).await, receipt_json(1, 0, 0, 0));
+        }
+        let before = (app.metrics("c1").await, stored(&app).await);
+
+        let shifted = subject_shifted_into_message_id(&signed);
+        let response = post_sns(&app, &shifted).await;
+        assert_eq!(response.status(), 401, "version {version}");
+        assert_eq!((app.metrics("c1").await, stored(&app).await), before);
+    }
+    let timeline = &app.message("email", "e-1").await["timeline"];
+    assert_eq!(timeline.as_array().unwrap().len(), 1, "{timeline}");
+
+    let Some(dir) = vectors_dir("sns") else {
+        return;
+    };
+    let app = spawn_app_with(|settings| settings.sns_cert_dir = Some(dir.clone())).await;
+    for name in [
+        "php2022-notification-v1-subject.json",
+        "php2022-notification-v2-subject.json",
+    ] {
+        let genuine: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+        let shifted = subject_shifted_into_message_id(&genuine);
+        assert_eq!(post_sns(&app, &shifted).await.status(), 401, "{name}");
+        assert_eq!(post_sns(&app, &genuine).await.status(), 200, "{name}");
+    }
+    assert_eq!(stored(&app).await, [0, 0, 2]);
+}
+
+/// Returns `envelope` with its keys spelled as an AWS Lambda relay writes
+/// them: `SigningCertUrl`, `UnsubscribeUrl`.
+fn in_lambda_spelling(envelope: &Value) -> Value {
+    let mut lambda = envelope.clone();
+    let object = lambda.as_object_mut().unwrap();
+    for (aws, relayed) in [
+        ("SigningCertURL", "SigningCertUrl"),
+        ("UnsubscribeURL", "UnsubscribeUrl"),
+    ] {
+        let value = object.remove(aws).unwrap();
+        object.insert(relayed.to_owned(), value);
+    }
+    lambda
+}
+
+/// SNS messages relayed by AWS Lambda (`SigningCertUrl`, `UnsubscribeUrl`,
+/// `"Subject": null`) verify and are applied like SNS's own; a body with
+/// both spellings of a key is malformed (400). AWS's genuine notifications
+/// respelled that way still verify.
+#[actix_web::test]
+async fn notifications_relayed_by_lambda_are_accepted() {
+    let signer = Signer::new();
+    let app = spawn_ses_app(&signer, |_| {}).await;
+    register_email(&app, "c1", &["e-1", "e-2"]).await;
+
+    for (version, id) in [("1", "e-1"), ("2", "e-2")] {
+        let mut envelope = notification(&ses_event("eventType", "Delivery", id));
+        envelope["Subject"] = Value::Null;
+        let relayed = in_lambda_spelling(&signer.sign(envelope, version));
+        assert!(relayed["Subject"].is_null() && relayed.get("SigningCertURL").is_none());
+
+        let rows = stored(&app).await;
+        let mut both = relayed.clone();
+        both["SigningCertURL"] = relayed["SigningCertUrl"].clone();
+        assert_eq!(
+            post_sns(&app, &both).await.status(),
+            400,
+            "version {version}"
+        );
+
+        let mut forged = relayed.clone();
+        forged["Subject"] = "s".into();
+        assert_eq!(
+            post_sns(&app, &forged).await.status(),
+            401,
+            "version {version}"
+        );
+        assert_eq!(stored(&app).await, rows, "version {version}");
+
+        assert_eq!(deliver(&app, &relayed).await, receipt_json(1, 0, 0, 0));
+        assert_eq!(app.message("email", id).await["status"], "delivered");
+    }
+    let metrics = app.metrics("c1").await;
+    assert_eq!(
+        counts_only(&metrics),
+        expected_counts(["Delivery", "Delivery"])
+    );
+    assert_eq!(counts_only(&metrics), app.sql_counts("c1").await);
+
+    let Some(dir) = vectors_dir("sns") else {
+        return;
+    };
+    let app = spawn_app_with(|settings| settings.sns_cert_dir = Some(dir.clone())).await;
+    for name in [
+        "php2022-notification-v1-subject.json",
+        "php2022-notification-v2-subject.json",
+    ] {
+        let genuine: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+        let relayed = in_lambda_spelling(&genuine);
+        // "Hello world" is no SES event: kept as a dead letter.
+        assert_eq!(
+            deliver(&app, &relayed).await,
+            receipt_json(0, 0, 0, 1),
+            "{name}"
+        );
+    }
+    assert_eq!(stored(&app).await, [0, 0, 2]);
 }
 
 /// Every documented SES example (awsdocs/amazon-ses-developer-guide), as the

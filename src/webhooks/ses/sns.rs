@@ -22,6 +22,13 @@ pub enum SnsError {
     /// A key required for the message type (or for verification) is absent.
     #[error("missing sns field {0}")]
     MissingField(&'static str),
+    /// A field AWS always writes on one line (every signed key but `Message`,
+    /// and the URLs) holds a line break. The string to sign is `Key\nValue\n`
+    /// lines, so such a value could shift a neighbouring key into itself (a
+    /// `MessageId` of `<id>\nSubject\n<subject>` signs the same bytes as the
+    /// message with that subject).
+    #[error("sns field {0} contains a line break")]
+    LineBreak(&'static str),
     /// `SignatureVersion` is neither `1` nor `2`.
     #[error("unsupported sns signature version {0:?}")]
     BadSignatureVersion(String),
@@ -87,6 +94,14 @@ impl SnsMessageType {
 
 /// An SNS message as delivered over HTTP(S), with AWS's key names.
 ///
+/// Messages relayed by AWS Lambda (the `Sns` object of a Lambda event) spell
+/// two keys `SigningCertUrl` and `UnsubscribeUrl` and carry `"Subject": null`
+/// when there is no subject. Both spellings are accepted, as AWS's own
+/// message validators do, and a null `Subject` is an absent one (left out of
+/// the string to sign). A body holding both spellings of one key is
+/// malformed, like any repeated key: the verified and the used value could
+/// differ.
+///
 /// The three signature keys default to empty when absent, so that an
 /// unsigned envelope still parses and is refused by the verifier as
 /// [`SnsError::MissingField`] (an authentication failure) rather than as
@@ -100,7 +115,8 @@ pub struct SnsEnvelope {
     /// SNS's unique id of this message; a redelivery carries the same id.
     pub message_id: String,
     pub topic_arn: String,
-    /// Only for notifications published with a subject.
+    /// Only for notifications published with a subject; `null` (as Lambda
+    /// relays write it) is the same as absent.
     #[serde(default)]
     pub subject: Option<String>,
     /// The payload (the SES event JSON) or, for confirmations, a human text.
@@ -113,7 +129,7 @@ pub struct SnsEnvelope {
     /// Base64 signature over [`SnsEnvelope::string_to_sign`].
     #[serde(default)]
     pub signature: String,
-    #[serde(rename = "SigningCertURL", default)]
+    #[serde(rename = "SigningCertURL", alias = "SigningCertUrl", default)]
     pub signing_cert_url: String,
     /// Confirmation types only: the URL to visit to confirm.
     #[serde(rename = "SubscribeURL", default)]
@@ -122,7 +138,7 @@ pub struct SnsEnvelope {
     #[serde(default)]
     pub token: Option<String>,
     /// Notifications only.
-    #[serde(rename = "UnsubscribeURL", default)]
+    #[serde(rename = "UnsubscribeURL", alias = "UnsubscribeUrl", default)]
     pub unsubscribe_url: Option<String>,
 }
 
@@ -138,13 +154,40 @@ impl SnsEnvelope {
             .ok_or_else(|| SnsError::UnknownType(SnsError::quote(&self.r#type)))
     }
 
+    /// Refuses a line break (`\n` or `\r`) in any field AWS writes on one
+    /// line: every key of the string to sign but `Message` (which may span
+    /// lines), and the certificate and subscribe URLs.
+    fn check_single_line_fields(&self) -> Result<(), SnsError> {
+        let fields = [
+            ("MessageId", Some(&self.message_id)),
+            ("Subject", self.subject.as_ref()),
+            ("Timestamp", Some(&self.timestamp)),
+            ("TopicArn", Some(&self.topic_arn)),
+            ("Type", Some(&self.r#type)),
+            ("Token", self.token.as_ref()),
+            ("SubscribeURL", self.subscribe_url.as_ref()),
+            ("SigningCertURL", Some(&self.signing_cert_url)),
+        ];
+        for (key, value) in fields {
+            if value.is_some_and(|value| value.contains(['\n', '\r'])) {
+                return Err(SnsError::LineBreak(key));
+            }
+        }
+        Ok(())
+    }
+
     /// Returns the canonical string AWS signs for this message type: the
     /// type's keys in byte order, each as `Key\nValue\n`.
     ///
-    /// Notification: Message, MessageId, Subject (only when present),
-    /// Timestamp, TopicArn, Type. Subscription and unsubscribe confirmations:
+    /// Notification: Message, MessageId, Subject (only when present and not
+    /// null), Timestamp, TopicArn, Type. Subscription and unsubscribe confirmations:
     /// Message, MessageId, SubscribeURL, Timestamp, Token, TopicArn, Type.
+    ///
+    /// Refuses an envelope with a line break where AWS never writes one
+    /// ([`SnsEnvelope::check_single_line_fields`]): only `Message` may span
+    /// lines, so the string has one reading.
     pub fn string_to_sign(&self) -> Result<String, SnsError> {
+        self.check_single_line_fields()?;
         let mut fields: Vec<(&str, &str)> =
             vec![("Message", &self.message), ("MessageId", &self.message_id)];
         match self.message_type()? {
@@ -313,6 +356,84 @@ mod tests {
         }
     }
 
+    /// Only `Message` may span lines: a line break anywhere else could shift
+    /// a key of the string to sign into a neighbouring value.
+    #[test]
+    fn line_breaks_outside_message_are_refused() {
+        let notification = serde_json::json!({
+            "Type": "Notification",
+            "MessageId": "m-1",
+            "TopicArn": "arn:aws:sns:us-east-2:1:topic",
+            "Subject": "Hi",
+            "Message": "multi\nline\r\nmessage",
+            "Timestamp": "2022-07-28T22:53:49.654Z",
+            "SigningCertURL": "https://sns.us-east-2.amazonaws.com/x.pem",
+        });
+        envelope(notification.clone()).string_to_sign().unwrap();
+        let cases = [
+            (notification.clone(), "MessageId"),
+            (notification.clone(), "Subject"),
+            (notification.clone(), "Timestamp"),
+            (notification.clone(), "TopicArn"),
+            (notification, "SigningCertURL"),
+            (confirmation("SubscriptionConfirmation"), "Token"),
+            (confirmation("UnsubscribeConfirmation"), "SubscribeURL"),
+        ];
+        for (json, key) in cases {
+            for line_break in ["\n", "\r", "\r\n"] {
+                for at_end in [false, true] {
+                    let mut json = json.clone();
+                    let value = json[key].as_str().unwrap();
+                    json[key] = if at_end {
+                        format!("{value}{line_break}")
+                    } else {
+                        format!("{line_break}{value}")
+                    }
+                    .into();
+                    assert!(
+                        matches!(
+                            envelope(json).string_to_sign(),
+                            Err(SnsError::LineBreak(field)) if field == key
+                        ),
+                        "{key} {line_break:?}"
+                    );
+                }
+            }
+        }
+        // `Type` with a line break is no known type; still refused.
+        let mut json = confirmation("SubscriptionConfirmation");
+        json["Type"] = "SubscriptionConfirmation\n".into();
+        assert!(envelope(json).string_to_sign().is_err());
+    }
+
+    /// A notification with a subject, replayed with the subject moved into
+    /// `MessageId`, would sign the same bytes as a message with a new id.
+    #[test]
+    fn a_subject_shifted_into_the_message_id_is_refused() {
+        let original = envelope(serde_json::json!({
+            "Type": "Notification",
+            "MessageId": "m-1",
+            "TopicArn": "t",
+            "Subject": "Hi",
+            "Message": "x",
+            "Timestamp": "z",
+        }));
+        let shifted = SnsEnvelope {
+            message_id: "m-1\nSubject\nHi".to_owned(),
+            subject: None,
+            ..original.clone()
+        };
+        let naive = format!(
+            "Message\nx\nMessageId\n{}\nTimestamp\nz\nTopicArn\nt\nType\nNotification\n",
+            shifted.message_id
+        );
+        assert_eq!(original.string_to_sign().unwrap(), naive);
+        assert!(matches!(
+            shifted.string_to_sign(),
+            Err(SnsError::LineBreak("MessageId"))
+        ));
+    }
+
     #[test]
     fn malformed_bodies_are_refused() {
         for body in [
@@ -338,6 +459,85 @@ mod tests {
             SnsEnvelope::parse(body),
             Err(SnsError::Malformed(_))
         ));
+    }
+
+    /// The shape of a message relayed by AWS Lambda: `SigningCertUrl`,
+    /// `UnsubscribeUrl` and a null `Subject`, left out of the string to sign.
+    fn lambda_notification() -> serde_json::Value {
+        serde_json::json!({
+            "Type": "Notification",
+            "MessageId": "m-1",
+            "TopicArn": "arn:aws:sns:us-east-2:1:topic",
+            "Subject": null,
+            "Message": "{\"eventType\":\"Send\"}",
+            "Timestamp": "2022-07-28T22:53:49.654Z",
+            "SignatureVersion": "1",
+            "Signature": "c2ln",
+            "SigningCertUrl": "https://sns.us-east-2.amazonaws.com/x.pem",
+            "UnsubscribeUrl": "https://sns.us-east-2.amazonaws.com/?Action=Unsubscribe",
+            "MessageAttributes": {}
+        })
+    }
+
+    #[test]
+    fn lambda_relayed_notifications_parse() {
+        let parsed = envelope(lambda_notification());
+        assert_eq!(
+            parsed.signing_cert_url,
+            "https://sns.us-east-2.amazonaws.com/x.pem"
+        );
+        assert_eq!(
+            parsed.unsubscribe_url.as_deref(),
+            Some("https://sns.us-east-2.amazonaws.com/?Action=Unsubscribe")
+        );
+        assert_eq!(parsed.subject, None);
+        assert_eq!(
+            parsed.string_to_sign().unwrap(),
+            "Message\n{\"eventType\":\"Send\"}\nMessageId\nm-1\n\
+             Timestamp\n2022-07-28T22:53:49.654Z\n\
+             TopicArn\narn:aws:sns:us-east-2:1:topic\nType\nNotification\n"
+        );
+        // The same message in SNS's own spelling signs the same string.
+        let mut json = lambda_notification();
+        let object = json.as_object_mut().unwrap();
+        object.remove("Subject");
+        let url = object.remove("SigningCertUrl").unwrap();
+        object.insert("SigningCertURL".to_owned(), url);
+        assert_eq!(
+            envelope(json).string_to_sign().unwrap(),
+            parsed.string_to_sign().unwrap()
+        );
+    }
+
+    /// Both spellings of one key are a repeated key: refused, whatever the
+    /// order and even when the values agree.
+    #[test]
+    fn both_spellings_of_one_key_are_refused() {
+        let url = "https://sns.us-east-2.amazonaws.com/x.pem";
+        let unsubscribe = "https://sns.us-east-2.amazonaws.com/?Action=Unsubscribe";
+        for (first, second, value) in [
+            ("SigningCertUrl", "SigningCertURL", url),
+            ("SigningCertURL", "SigningCertUrl", url),
+            ("UnsubscribeUrl", "UnsubscribeURL", unsubscribe),
+            ("UnsubscribeURL", "UnsubscribeUrl", unsubscribe),
+        ] {
+            let mut json = lambda_notification();
+            let object = json.as_object_mut().unwrap();
+            object.remove("SigningCertUrl");
+            object.remove("UnsubscribeUrl");
+            let rest = json.to_string();
+            let body = format!(
+                "{},\"{first}\":\"{value}\",\"{second}\":\"{value}\"}}",
+                rest.strip_suffix('}').unwrap()
+            );
+            assert!(
+                matches!(
+                    SnsEnvelope::parse(body.as_bytes()),
+                    Err(SnsError::Malformed(_))
+                ),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -30,18 +30,43 @@ use super::sns::{SnsEnvelope, SnsError};
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest certificate file accepted (AWS's are about 2 KiB).
 const MAX_CERT_BYTES: usize = 64 * 1024;
+/// Longest `SigningCertURL` accepted (AWS's are about 100 bytes); with
+/// [`KEY_CACHE_CAPACITY`] it bounds the memory the key cache's keys take.
+const MAX_CERT_URL_LEN: usize = 1024;
+/// Most certificates whose keys are kept. AWS signs with one certificate per
+/// region at a time and rotates them rarely; the bound only matters against
+/// a flood of distinct (valid) URLs, which evict each other, least recently
+/// used first.
+const KEY_CACHE_CAPACITY: usize = 256;
 
 /// Checks that `url` may serve an SNS signing certificate: https, host
 /// `sns.<region>.amazonaws.com` or `sns.<region>.amazonaws.com.cn`, no
-/// credentials, default port, no query or fragment, path ending in `.pem`.
-pub fn validate_cert_url(url: &str) -> Result<(), SnsError> {
+/// credentials, default port, no query or fragment, path ending in `.pem`,
+/// at most [`MAX_CERT_URL_LEN`] bytes. Returns it parsed, hence normalized:
+/// host lowercased, default port dropped, dot segments resolved.
+pub fn validate_cert_url(url: &str) -> Result<Url, SnsError> {
     let untrusted = || SnsError::UntrustedCertUrl(SnsError::quote(url));
+    if url.len() > MAX_CERT_URL_LEN {
+        return Err(untrusted());
+    }
     let parsed = parse_sns_url(url).ok_or_else(untrusted)?;
     let pem_path = parsed.path().len() > "/.pem".len() && parsed.path().ends_with(".pem");
     if !pem_path || parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(untrusted());
     }
-    Ok(())
+    Ok(parsed)
+}
+
+/// Returns the key cache's key for a validated certificate URL: its scheme,
+/// host and path as [`Url`] normalized them, so every spelling of one URL
+/// (`SNS.…`, `:443`, `/a/../x.pem`) shares one entry.
+fn cert_cache_key(url: &Url) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.path()
+    )
 }
 
 /// Checks that `url` may be visited to confirm a subscription: https, an SNS
@@ -96,16 +121,93 @@ fn is_region(region: &str) -> bool {
         && number.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// A cell holding one certificate's public key once loaded.
+type KeyCell = Arc<OnceCell<RsaPublicKey>>;
+
+/// Public keys by normalized certificate URL ([`cert_cache_key`]), at most
+/// [`KEY_CACHE_CAPACITY`] of them, the least recently used evicted first.
+#[derive(Debug, Default)]
+struct KeyCache {
+    entries: HashMap<String, CachedKey>,
+    /// Counts uses; an entry's `last_used` is the count at its latest use.
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct CachedKey {
+    cell: KeyCell,
+    last_used: u64,
+}
+
+impl KeyCache {
+    /// Returns the cell of `key`, marked as just used, adding an empty one
+    /// (after evicting the least recently used entry when full) on a miss.
+    fn cell(&mut self, key: &str) -> KeyCell {
+        self.clock += 1;
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.last_used = self.clock;
+            return Arc::clone(&entry.cell);
+        }
+        if self.entries.len() >= KEY_CACHE_CAPACITY {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.last_used)
+                .map(|(oldest, _)| oldest.clone());
+            if let Some(oldest) = oldest {
+                self.entries.remove(&oldest);
+            }
+        }
+        let cell = KeyCell::default();
+        self.entries.insert(
+            key.to_owned(),
+            CachedKey {
+                cell: Arc::clone(&cell),
+                last_used: self.clock,
+            },
+        );
+        cell
+    }
+
+    /// Drops `key` after its load failed, if it still holds that same empty
+    /// `cell` (not one added since, nor one another caller filled).
+    fn forget_failed(&mut self, key: &str, cell: &KeyCell) {
+        let stale = self
+            .entries
+            .get(key)
+            .is_some_and(|entry| Arc::ptr_eq(&entry.cell, cell) && !entry.cell.initialized());
+        if stale {
+            self.entries.remove(key);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    #[cfg(test)]
+    fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+}
+
 /// Verifies SNS message signatures, loading each signing certificate once.
 #[derive(Debug)]
 pub struct SnsVerifier {
     cert_dir: Option<PathBuf>,
     /// `None` only if the TLS client could not be built; downloads then fail.
     client: Option<reqwest::Client>,
-    /// Public keys by certificate URL. A cell is initialised at most once;
-    /// concurrent misses wait on the same cell, and a failed load leaves it
-    /// empty and is dropped from the map so the next message retries.
-    keys: Mutex<HashMap<String, Arc<OnceCell<RsaPublicKey>>>>,
+    /// Public keys by normalized certificate URL, whether read from the cert
+    /// dir or downloaded. A cell is initialised at most once; concurrent
+    /// misses wait on the same cell, and a failed load leaves it empty and is
+    /// dropped from the cache so the next message retries.
+    keys: Mutex<KeyCache>,
 }
 
 impl SnsVerifier {
@@ -125,19 +227,21 @@ impl SnsVerifier {
         SnsVerifier {
             cert_dir,
             client,
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(KeyCache::default()),
         }
     }
 
-    /// Verifies the envelope's signature: checks the certificate URL (an
-    /// untrusted one is refused before any request), the signature version
-    /// and encoding, then the RSASSA-PKCS1-v1_5 signature (SHA1 for version
-    /// `1`, SHA256 for `2`) over [`SnsEnvelope::string_to_sign`].
+    /// Verifies the envelope's signature: builds the string to sign (which
+    /// refuses a line break in a one-line field), checks the certificate URL
+    /// (an untrusted one is refused before any request), the signature
+    /// version and encoding, then the RSASSA-PKCS1-v1_5 signature (SHA1 for
+    /// version `1`, SHA256 for `2`) over [`SnsEnvelope::string_to_sign`].
     pub async fn verify(&self, envelope: &SnsEnvelope) -> Result<(), SnsError> {
+        let signed = envelope.string_to_sign()?;
         if envelope.signing_cert_url.is_empty() {
             return Err(SnsError::MissingField("SigningCertURL"));
         }
-        validate_cert_url(&envelope.signing_cert_url)?;
+        let cert_url = validate_cert_url(&envelope.signing_cert_url)?;
         let sha256 = match envelope.signature_version.as_str() {
             "1" => false,
             "2" => true,
@@ -150,9 +254,8 @@ impl SnsVerifier {
         let signature = STANDARD
             .decode(&envelope.signature)
             .map_err(|_| SnsError::BadSignatureEncoding)?;
-        let signed = envelope.string_to_sign()?;
 
-        let key = self.public_key(&envelope.signing_cert_url).await?;
+        let key = self.public_key(&cert_url).await?;
         let outcome = if sha256 {
             key.verify(
                 Pkcs1v15Sign::new::<Sha256>(),
@@ -171,21 +274,20 @@ impl SnsVerifier {
 
     /// Returns the public key of the (already validated) certificate URL,
     /// from the cache or loaded once.
-    async fn public_key(&self, cert_url: &str) -> Result<RsaPublicKey, SnsError> {
-        let cell = {
-            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(keys.entry(cert_url.to_owned()).or_default())
-        };
+    async fn public_key(&self, cert_url: &Url) -> Result<RsaPublicKey, SnsError> {
+        let key = cert_cache_key(cert_url);
+        let cell = self
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cell(&key);
         match cell.get_or_try_init(|| self.load_key(cert_url)).await {
-            Ok(key) => Ok(key.clone()),
+            Ok(public_key) => Ok(public_key.clone()),
             Err(error) => {
-                let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-                let stale = keys
-                    .get(cert_url)
-                    .is_some_and(|current| Arc::ptr_eq(current, &cell) && !current.initialized());
-                if stale {
-                    keys.remove(cert_url);
-                }
+                self.keys
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget_failed(&key, &cell);
                 Err(error)
             }
         }
@@ -193,7 +295,7 @@ impl SnsVerifier {
 
     /// Reads the certificate from the cert dir when it holds it, else
     /// downloads it, and extracts its RSA public key.
-    async fn load_key(&self, cert_url: &str) -> Result<RsaPublicKey, SnsError> {
+    async fn load_key(&self, cert_url: &Url) -> Result<RsaPublicKey, SnsError> {
         let pem = match self.read_from_dir(cert_url).await? {
             Some(pem) => pem,
             None => self.download(cert_url).await?,
@@ -203,13 +305,13 @@ impl SnsVerifier {
 
     /// Returns the cert dir's file named as the URL's last path segment, or
     /// `None` when there is no cert dir or no such file.
-    async fn read_from_dir(&self, cert_url: &str) -> Result<Option<Vec<u8>>, SnsError> {
+    async fn read_from_dir(&self, cert_url: &Url) -> Result<Option<Vec<u8>>, SnsError> {
         let Some(dir) = &self.cert_dir else {
             return Ok(None);
         };
-        let name = Url::parse(cert_url)
-            .ok()
-            .and_then(|url| url.path_segments()?.next_back().map(str::to_owned))
+        let name = cert_url
+            .path_segments()
+            .and_then(|mut segments| segments.next_back())
             .filter(|name| {
                 !name.starts_with('.')
                     && name
@@ -234,15 +336,15 @@ impl SnsVerifier {
     }
 
     /// Downloads the certificate (no redirects, bounded size).
-    async fn download(&self, cert_url: &str) -> Result<Vec<u8>, SnsError> {
+    async fn download(&self, cert_url: &Url) -> Result<Vec<u8>, SnsError> {
         let unavailable = SnsError::CertificateUnavailable;
         let client = self
             .client
             .as_ref()
             .ok_or_else(|| unavailable("no http client".to_owned()))?;
-        tracing::debug!(url = cert_url, "downloading sns certificate");
+        tracing::debug!(url = %cert_url, "downloading sns certificate");
         let mut response = client
-            .get(cert_url)
+            .get(cert_url.clone())
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
@@ -352,6 +454,22 @@ mod tests {
     }
 
     #[test]
+    fn overlong_cert_urls_are_refused() {
+        let path = "a/".repeat(MAX_CERT_URL_LEN / 2);
+        let long = format!("https://sns.us-east-2.amazonaws.com/{path}x.pem");
+        assert!(matches!(
+            validate_cert_url(&long),
+            Err(SnsError::UntrustedCertUrl(_))
+        ));
+        let fits = format!(
+            "https://sns.us-east-2.amazonaws.com/{}x.pem",
+            &path[..MAX_CERT_URL_LEN - 48]
+        );
+        assert!(fits.len() <= MAX_CERT_URL_LEN);
+        validate_cert_url(&fits).unwrap();
+    }
+
+    #[test]
     fn subscribe_urls_follow_the_host_rule() {
         assert!(
             validate_subscribe_url(
@@ -436,6 +554,60 @@ mod tests {
                 verifier.verify(&other_version).await,
                 Err(SnsError::SignatureMismatch)
             ));
+        }
+    }
+
+    /// AWS's genuine notification, replayed with its subject moved into
+    /// `MessageId` (the same signed bytes), is refused for the line break.
+    #[tokio::test]
+    async fn an_aws_vector_with_its_subject_shifted_into_the_message_id_is_refused() {
+        for name in [
+            "php2022-notification-v1-subject.json",
+            "php2022-notification-v2-subject.json",
+        ] {
+            let Some((genuine, dir)) = aws_vector(name) else {
+                return;
+            };
+            let verifier = SnsVerifier::new(Some(dir));
+            let subject = genuine.subject.clone().unwrap();
+            let shifted = SnsEnvelope {
+                message_id: format!("{}\nSubject\n{subject}", genuine.message_id),
+                subject: None,
+                ..genuine.clone()
+            };
+            assert!(matches!(
+                verifier.verify(&shifted).await,
+                Err(SnsError::LineBreak("MessageId"))
+            ));
+            verifier.verify(&genuine).await.unwrap();
+        }
+    }
+
+    /// AWS's genuine notifications with their keys spelled as a Lambda relay
+    /// writes them (`SigningCertUrl`, `UnsubscribeUrl`) still verify.
+    #[tokio::test]
+    async fn aws_vectors_in_the_lambda_spelling_verify() {
+        let Some(dir) = shared_vectors("sns") else {
+            return;
+        };
+        let verifier = SnsVerifier::new(Some(dir.clone()));
+        for name in [
+            "php2022-notification-v1-subject.json",
+            "php2022-notification-v2-subject.json",
+        ] {
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+            let object = json.as_object_mut().unwrap();
+            for (aws, lambda) in [
+                ("SigningCertURL", "SigningCertUrl"),
+                ("UnsubscribeURL", "UnsubscribeUrl"),
+            ] {
+                let value = object.remove(aws).unwrap();
+                object.insert(lambda.to_owned(), value);
+            }
+            let envelope = SnsEnvelope::parse(json.to_string().as_bytes()).unwrap();
+            assert_eq!(envelope.signing_cert_url, AWS_CERT_URL);
+            verifier.verify(&envelope).await.unwrap();
         }
     }
 
@@ -636,6 +808,101 @@ mod tests {
         .unwrap();
         verifier.verify(&genuine).await.unwrap();
         assert_eq!(verifier.keys.lock().unwrap().len(), 1);
+    }
+
+    /// Every spelling of one certificate URL (host case, default port, dot
+    /// segments, characters the URL parser drops) verifies through one cache
+    /// entry, keyed by the normalized URL.
+    #[tokio::test]
+    async fn spellings_of_one_cert_url_share_one_cache_entry() {
+        let Some((genuine, dir)) = aws_vector("php2022-notification-v2-subject.json") else {
+            return;
+        };
+        let verifier = SnsVerifier::new(Some(dir));
+        let name = "SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem";
+        let spellings = [
+            AWS_CERT_URL.to_owned(),
+            format!("https://SNS.US-EAST-2.AmazonAWS.com/{name}"),
+            format!("HTTPS://sns.us-east-2.amazonaws.com/{name}"),
+            format!("https://sns.us-east-2.amazonaws.com:443/{name}"),
+            format!("https://sns.us-east-2.amazonaws.com/a/../{name}"),
+            format!("https://sns.us-east-2.amazonaws.com/./{name}"),
+            format!("https://sns.us-east-2.amazonaws.com/a/b/%2e%2E/../{name}"),
+            format!("https://sns.us-east-2.amazonaws.com/a/.%2E/{name}"),
+            format!(
+                "https://sns.us-east-2.amazonaws.com/{}\t.pem",
+                &name[..name.len() - 4]
+            ),
+            format!(" https://sns.us-east-2.amazonaws.com/{name} "),
+        ];
+        for spelling in spellings {
+            let envelope = SnsEnvelope {
+                signing_cert_url: spelling.clone(),
+                ..genuine.clone()
+            };
+            verifier.verify(&envelope).await.unwrap();
+            let keys = verifier.keys.lock().unwrap();
+            assert_eq!(keys.len(), 1, "{spelling:?}");
+            assert!(keys.contains(AWS_CERT_URL), "{spelling:?}");
+        }
+    }
+
+    /// A flood of distinct valid URLs (prefixes before the cert dir's file
+    /// name) all load, and the cache stays at its capacity, evicting the
+    /// least recently used: a URL in steady use stays cached. Every 16th
+    /// goes through the whole verification (an RSA check costs some 5 ms
+    /// unoptimised; loading a key is what the cache is about).
+    #[tokio::test]
+    async fn distinct_cert_urls_stay_within_the_cache_capacity() {
+        let Some((genuine, dir)) = aws_vector("php2022-notification-v1-subject.json") else {
+            return;
+        };
+        let verifier = SnsVerifier::new(Some(dir));
+        let name = "SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem";
+        let flood = |i: usize| format!("https://sns.us-east-2.amazonaws.com/p{i}/{name}");
+        let rounds = KEY_CACHE_CAPACITY * 8;
+        for i in 0..rounds {
+            let url = if i % (KEY_CACHE_CAPACITY / 2) == 0 {
+                AWS_CERT_URL.to_owned()
+            } else {
+                flood(i)
+            };
+            if i % 16 == 0 || i + 1 == rounds {
+                let envelope = SnsEnvelope {
+                    signing_cert_url: url,
+                    ..genuine.clone()
+                };
+                verifier.verify(&envelope).await.unwrap();
+            } else {
+                verifier
+                    .public_key(&validate_cert_url(&url).unwrap())
+                    .await
+                    .unwrap();
+            }
+            assert!(verifier.keys.lock().unwrap().len() <= KEY_CACHE_CAPACITY);
+        }
+        let keys = verifier.keys.lock().unwrap();
+        assert_eq!(keys.len(), KEY_CACHE_CAPACITY);
+        assert!(keys.contains(AWS_CERT_URL));
+        assert!(!keys.contains(&flood(1)));
+        assert!(keys.contains(&flood(rounds - 1)));
+    }
+
+    /// A full cache evicts its least recently used entry, not the oldest.
+    #[test]
+    fn the_least_recently_used_key_is_evicted_first() {
+        let mut cache = KeyCache::default();
+        let keys: Vec<String> = (0..=KEY_CACHE_CAPACITY).map(|i| format!("k{i}")).collect();
+        let first = cache.cell(&keys[0]);
+        for key in &keys[1..KEY_CACHE_CAPACITY] {
+            cache.cell(key);
+        }
+        assert_eq!(cache.len(), KEY_CACHE_CAPACITY);
+        assert!(Arc::ptr_eq(&cache.cell(&keys[0]), &first), "a hit");
+        cache.cell(&keys[KEY_CACHE_CAPACITY]);
+        assert_eq!(cache.len(), KEY_CACHE_CAPACITY);
+        assert!(cache.contains(&keys[0]) && cache.contains(&keys[KEY_CACHE_CAPACITY]));
+        assert!(!cache.contains(&keys[1]));
     }
 
     /// Concurrent first uses share one cache entry and all succeed.
