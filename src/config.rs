@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
+pub use crate::secrets::{SecretArgs, Secrets};
+
 /// Flags and environment variables shared by every subcommand that opens the
 /// store or needs the secrets.
 #[derive(Args, Clone, Debug)]
@@ -34,27 +36,6 @@ pub struct StoreArgs {
 pub enum SqliteSynchronous {
     Full,
     Normal,
-}
-
-/// Secrets: each may come from the environment; a missing one is generated
-/// once and kept in the data directory.
-#[derive(Args, Clone, Debug, Default)]
-pub struct SecretArgs {
-    /// Meta app secret for X-Hub-Signature-256.
-    #[arg(long, env = "WHATSAPP_WEBHOOK_SECRET", hide_env_values = true)]
-    pub whatsapp_webhook_secret: Option<SecretString>,
-
-    /// Token Meta sends on the GET verification request.
-    #[arg(long, env = "WHATSAPP_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
-    pub whatsapp_webhook_verify_token: Option<SecretString>,
-
-    /// Key that signs API and subscriber tokens.
-    #[arg(long, env = "STATUSHUB_AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: Option<SecretString>,
-
-    /// Bearer token for the admin, debug and ops endpoints.
-    #[arg(long, env = "STATUSHUB_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<SecretString>,
 }
 
 /// Everything `statushub serve` needs.
@@ -248,15 +229,6 @@ fn retention_days(days: u64) -> Option<Duration> {
     (days > 0).then(|| Duration::from_secs(days.saturating_mul(86_400)))
 }
 
-/// The secrets every running hub has, from the environment or generated.
-#[derive(Clone, Debug)]
-pub struct Secrets {
-    pub whatsapp_webhook_secret: SecretString,
-    pub whatsapp_verify_token: SecretString,
-    pub auth_secret: SecretString,
-    pub admin_token: SecretString,
-}
-
 impl Settings {
     /// Builds settings from parsed flags, loading or generating secrets.
     pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
@@ -264,6 +236,12 @@ impl Settings {
 
         let secrets = crate::secrets::load_or_generate(&args.store.data_dir, &args.secrets)
             .context("failed to load or generate secrets")?;
+        Self::from_parts(args, secrets)
+    }
+
+    /// Builds settings from parsed flags and the secrets to use (checked
+    /// again at start; see [`crate::secrets::check_secrets`]).
+    pub fn from_parts(args: ServeArgs, secrets: Secrets) -> anyhow::Result<Self> {
         if args.max_batch == 0 || args.max_queue < args.max_batch {
             anyhow::bail!("max_batch must be positive and at most max_queue");
         }

@@ -17,10 +17,39 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use clap::Args;
 use rand::RngCore as _;
 use secrecy::{ExposeSecret as _, SecretString};
 
-use crate::config::{SecretArgs, Secrets};
+/// Secrets: each may come from the environment; a missing one is generated
+/// once and kept in the data directory.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SecretArgs {
+    /// Meta app secret for X-Hub-Signature-256.
+    #[arg(long, env = "WHATSAPP_WEBHOOK_SECRET", hide_env_values = true)]
+    pub whatsapp_webhook_secret: Option<SecretString>,
+
+    /// Token Meta sends on the GET verification request.
+    #[arg(long, env = "WHATSAPP_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
+    pub whatsapp_webhook_verify_token: Option<SecretString>,
+
+    /// Key that signs API and subscriber tokens.
+    #[arg(long, env = "STATUSHUB_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<SecretString>,
+
+    /// Bearer token for the admin, debug and ops endpoints.
+    #[arg(long, env = "STATUSHUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
+}
+
+/// The secrets every running hub has, from the environment or generated.
+#[derive(Clone, Debug)]
+pub struct Secrets {
+    pub whatsapp_webhook_secret: SecretString,
+    pub whatsapp_verify_token: SecretString,
+    pub auth_secret: SecretString,
+    pub admin_token: SecretString,
+}
 
 /// Names of the generated secrets in the file (the environment variable names).
 const WHATSAPP_SECRET: &str = "WHATSAPP_WEBHOOK_SECRET";
