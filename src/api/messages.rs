@@ -48,6 +48,12 @@ fn parse_body(body: &[u8]) -> Result<Vec<Registration>, ApiError> {
     Ok(registrations)
 }
 
+/// Parses a registration body as [`register`] does and returns how many
+/// messages it holds: public so the fuzz tests (`tests/fuzz.rs`) reach it.
+pub fn parse_registrations(body: &[u8]) -> Result<usize, ApiError> {
+    parse_body(body).map(|registrations| registrations.len())
+}
+
 fn check_id(what: &str, value: &str) -> Result<(), ApiError> {
     if value.is_empty() || value.len() > MAX_ID_LEN || value.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(format!(

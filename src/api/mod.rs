@@ -6,6 +6,7 @@ mod messages;
 use actix_web::web;
 
 pub use campaigns::resolve_campaign;
+pub use messages::parse_registrations;
 
 /// Registers the `/api/v1` routes; `body_limit` bounds registration bodies.
 pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
