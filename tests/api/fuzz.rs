@@ -329,6 +329,19 @@ struct Wrapping {
     tampered: bool,
 }
 
+impl Wrapping {
+    /// Whether the hub must refuse it (401): changed after signing, or a
+    /// line break in a one-line field, which AWS never sends and which
+    /// could shift the signed string.
+    fn refused(&self) -> bool {
+        let breaks = |text: &str| text.contains(['\n', '\r']);
+        self.tampered
+            || breaks(&self.message_id)
+            || breaks(&self.timestamp)
+            || self.subject.as_deref().is_some_and(breaks)
+    }
+}
+
 fn wrapping() -> impl Strategy<Value = Wrapping> {
     let message_id = prop_oneof![
         4 => "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
@@ -419,16 +432,16 @@ async fn fuzz_signed_sns_notifications_of_ses_events_never_get_a_5xx_but_503() {
     let tally = send_all(requests).await;
 
     tally.assert_clean("sns", seed);
-    let tampered = messages
+    let refused = messages
         .iter()
-        .filter(|(_, wrapping)| wrapping.tampered)
+        .filter(|(_, wrapping)| wrapping.refused())
         .count();
-    // Only the tampered ones fail verification; the others are acknowledged
-    // like signed WhatsApp bodies.
-    assert_eq!(tally.count(401), tampered, "{:?}", tally.by_status);
+    // Only the tampered ones (and line breaks in one-line fields) fail
+    // verification; the others are acknowledged like signed WhatsApp bodies.
+    assert_eq!(tally.count(401), refused, "{:?}", tally.by_status);
     assert_eq!(
         tally.count(200) + tally.count(503),
-        cases() - tampered,
+        cases() - refused,
         "{:?}",
         tally.by_status
     );
