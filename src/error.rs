@@ -36,7 +36,6 @@ impl From<HubError> for ApiError {
     fn from(error: HubError) -> Self {
         match error {
             HubError::Overloaded | HubError::Unavailable => ApiError::Unavailable,
-            HubError::Unexpected(what) => ApiError::Internal(anyhow::anyhow!(what)),
         }
     }
 }

@@ -26,6 +26,7 @@
 //! - [`simulate`]: `statushub simulate`, a demo feed of signed webhooks.
 //! - [`config`], [`secrets`], [`startup`], [`telemetry`], [`cli`]: wiring.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod cli;
@@ -40,6 +41,7 @@ pub mod secrets;
 pub mod simulate;
 pub mod sse;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod webhooks;

@@ -9,7 +9,10 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::sse::StreamLimiter;
+use crate::state::AppState;
+use crate::store::Store;
+use crate::webhooks::ses::SnsSubscriptions;
 
 /// Most events `/webhooks/events` returns.
 const MAX_EVENTS: u32 = 1000;
@@ -49,18 +52,23 @@ async fn healthz() -> HttpResponse {
         .body("ok")
 }
 
-async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.hub.store().ping().await?;
+async fn readyz(store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
+    store.ping().await?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType::plaintext())
         .body("ready"))
 }
 
-async fn metrics(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+async fn metrics(
+    state: web::Data<AppState>,
+    store: web::Data<Store>,
+    streams: web::Data<StreamLimiter>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     // Row counts are read now, on the read pool; a store that cannot answer
     // leaves the last values (and `/readyz` says why).
-    match state.hub.store().stats().await {
+    match store.stats().await {
         Ok(stats) => {
             for (table, rows) in [
                 ("campaigns", stats.campaigns),
@@ -78,16 +86,20 @@ async fn metrics(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespo
         }
         Err(error) => tracing::warn!(%error, "metrics could not count table rows"),
     }
-    let open_streams = i64::try_from(state.stream_limiter.open_streams()).unwrap_or(i64::MAX);
+    let open_streams = i64::try_from(streams.open_streams()).unwrap_or(i64::MAX);
     state.metrics.sse_streams.set(open_streams);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render()))
 }
 
-async fn health(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+async fn health(
+    state: web::Data<AppState>,
+    store: web::Data<Store>,
+    subscriptions: web::Data<SnsSubscriptions>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let store = state.hub.store();
     let (stats, recent) =
         futures_util::join!(store.stats(), store.recent_events(HEALTH_RECENT_EVENTS));
     let database = match &stats {
@@ -107,8 +119,8 @@ async fn health(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
         "active_campaign_actors": state.hub.active_campaigns().await,
         "queue_depth": state.hub.queue_depth().await,
         "recent_events": recent.unwrap_or_default(),
-        "sns_subscriptions": state.sns_subscriptions.recent(),
-        "sns_pending_confirmations": state.sns_subscriptions.pending(),
+        "sns_subscriptions": subscriptions.recent(),
+        "sns_pending_confirmations": subscriptions.pending(),
     });
     Ok(HttpResponse::Ok().json(body))
 }
@@ -120,13 +132,13 @@ struct LimitQuery {
 }
 
 async fn events(
-    state: web::Data<AppState>,
+    store: web::Data<Store>,
     caller: Caller,
     query: web::Query<LimitQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_EVENTS);
-    let events = state.hub.store().recent_events(limit).await?;
+    let events = store.recent_events(limit).await?;
     Ok(HttpResponse::Ok().json(events))
 }
 
@@ -142,15 +154,13 @@ struct PageQuery {
 /// bodies cut to [`LISTED_BODY_BYTES`]; `?before=` the last id of the
 /// previous page gives the next.
 async fn dead_letters(
-    state: web::Data<AppState>,
+    store: web::Data<Store>,
     caller: Caller,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_DEAD_LETTERS);
-    let letters = state
-        .hub
-        .store()
+    let letters = store
         .dead_letters(limit, query.before, LISTED_BODY_BYTES)
         .await?;
     Ok(HttpResponse::Ok().json(letters))
@@ -158,14 +168,12 @@ async fn dead_letters(
 
 /// One dead letter with its whole body.
 async fn dead_letter(
-    state: web::Data<AppState>,
+    store: web::Data<Store>,
     caller: Caller,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let letter = state
-        .hub
-        .store()
+    let letter = store
         .dead_letter(path.into_inner())
         .await?
         .ok_or(ApiError::NotFound("no such dead letter"))?;

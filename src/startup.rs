@@ -14,28 +14,14 @@ use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
 use crate::config::{Retention, Settings};
-use crate::hub::Hub;
+use crate::hub::{Hub, HubSettings};
 use crate::limits::RequestDeadline;
 use crate::metrics::Metrics;
 use crate::sse::StreamLimiter;
+use crate::state::AppState;
 use crate::store::PruneTarget;
 use crate::store::Store;
 use crate::webhooks::ses::{SnsSubscriptions, SnsVerifier};
-
-/// State every handler can reach through `web::Data<AppState>`.
-#[derive(Debug)]
-pub struct AppState {
-    pub hub: Hub,
-    pub settings: Arc<Settings>,
-    pub metrics: Metrics,
-    pub started_at: Instant,
-    /// Verifies SNS signatures, caching signing certificates.
-    pub sns_verifier: SnsVerifier,
-    /// Confirms SNS subscriptions and keeps their recent outcomes.
-    pub sns_subscriptions: SnsSubscriptions,
-    /// Caps open SSE streams in total, per tenant and per token.
-    pub stream_limiter: StreamLimiter,
-}
 
 /// A built, bound, not yet running statushub.
 pub struct Application {
@@ -85,11 +71,12 @@ impl Application {
         let metrics = Metrics::new();
         let hub = Hub::start(
             store.clone(),
-            settings.max_batch,
-            settings.max_queue,
-            settings.campaign_idle,
             metrics.clone(),
-            crate::sse::Broadcaster::new(),
+            HubSettings {
+                max_batch: settings.max_batch,
+                max_queue: settings.max_queue,
+                campaign_idle: settings.campaign_idle,
+            },
         );
         if !settings.enable_webhook_verification {
             tracing::warn!(
@@ -122,13 +109,16 @@ impl Application {
             "client limits"
         );
         let deadline = web::Data::new(RequestDeadline(settings.request_timeout));
+        let reads = web::Data::new(store.clone());
+        let verifier = web::Data::new(SnsVerifier::new(settings.sns_cert_dir.clone()));
+        let subscriptions = web::Data::new(SnsSubscriptions::new(
+            settings.sns_subscribe_override.clone(),
+        ));
+        let limiter = web::Data::new(StreamLimiter::new(settings.stream_limits));
         let state = web::Data::new(AppState {
             hub,
             metrics,
             started_at: Instant::now(),
-            sns_verifier: SnsVerifier::new(settings.sns_cert_dir.clone()),
-            sns_subscriptions: SnsSubscriptions::new(settings.sns_subscribe_override.clone()),
-            stream_limiter: StreamLimiter::new(settings.stream_limits),
             settings: Arc::new(settings),
         });
         let server = HttpServer::new(move || {
@@ -138,6 +128,10 @@ impl Application {
                 .wrap(from_fn(observe))
                 .app_data(deadline.clone())
                 .app_data(state.clone())
+                .app_data(reads.clone())
+                .app_data(verifier.clone())
+                .app_data(subscriptions.clone())
+                .app_data(limiter.clone())
                 .app_data(authenticator.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
                 .configure(crate::webhooks::configure)

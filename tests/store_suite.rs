@@ -5,7 +5,9 @@
 
 use statushub::config::SqliteSynchronous;
 use statushub::domain::{Channel, Status, StatusUpdate};
-use statushub::store::{NewMessage, OpOutcome, Store, UpdateOutcome, WriteOp};
+use statushub::store::{
+    Apply, Batch, Buffer, EnsureCampaign, NewMessage, Register, Store, UpdateOutcome,
+};
 
 async fn sqlite_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -38,14 +40,14 @@ fn message(id: &str) -> NewMessage {
 }
 
 async fn campaign(store: &Store) -> i64 {
-    let op = WriteOp::EnsureCampaign {
-        tenant_id: "t1".to_owned(),
-        campaign_id: "c1".to_owned(),
+    let batch = Batch {
+        campaigns: vec![EnsureCampaign {
+            tenant_id: "t1".to_owned(),
+            campaign_id: "c1".to_owned(),
+        }],
+        ..Batch::default()
     };
-    match store.commit(&[&op], 1).await.unwrap().remove(0) {
-        OpOutcome::Campaign { campaign_pk } => campaign_pk,
-        other => panic!("{other:?}"),
-    }
+    store.commit(&batch, 1).await.unwrap().campaigns[0]
 }
 
 #[tokio::test]
@@ -54,19 +56,20 @@ async fn a_status_buffered_in_the_same_commit_as_its_registration_is_routed_agai
     // message is registered before its buffer write commits.
     let (store, _dir) = sqlite_store().await;
     let campaign_pk = campaign(&store).await;
-    let register = WriteOp::Register {
-        campaign_pk,
-        messages: vec![message("wamid.race")],
-    };
-    let buffer = WriteOp::Buffer {
-        updates: vec![update("wamid.race", Status::Read, "k1")],
+    let batch = Batch {
+        registrations: vec![Register {
+            campaign_pk,
+            messages: vec![message("wamid.race")],
+        }],
+        buffers: vec![Buffer {
+            updates: vec![update("wamid.race", Status::Read, "k1")],
+        }],
+        ..Batch::default()
     };
 
-    let outcomes = store.commit(&[&register, &buffer], 2).await.unwrap();
+    let outcome = store.commit(&batch, 2).await.unwrap();
 
-    let OpOutcome::Buffered { outcomes: buffered } = &outcomes[1] else {
-        panic!("{outcomes:?}")
-    };
+    let buffered = &outcome.buffers[0];
     assert!(
         matches!(buffered[0], UpdateOutcome::Known(reference) if reference.campaign_pk == campaign_pk)
     );
@@ -81,36 +84,43 @@ async fn a_status_buffered_in_the_same_commit_as_its_registration_is_routed_agai
 async fn buffered_statuses_apply_in_the_registering_commit_with_consecutive_versions() {
     let (store, _dir) = sqlite_store().await;
     let campaign_pk = campaign(&store).await;
-    let buffer = WriteOp::Buffer {
-        updates: vec![
-            update("wamid.1", Status::Delivered, "k1"),
-            update("wamid.1", Status::Read, "k2"),
-            update("wamid.2", Status::Sent, "k3"),
-        ],
+    let buffer = Batch {
+        buffers: vec![Buffer {
+            updates: vec![
+                update("wamid.1", Status::Delivered, "k1"),
+                update("wamid.1", Status::Read, "k2"),
+                update("wamid.2", Status::Sent, "k3"),
+            ],
+        }],
+        ..Batch::default()
     };
-    store.commit(&[&buffer], 2).await.unwrap();
-    let register = WriteOp::Register {
-        campaign_pk,
-        messages: vec![message("wamid.1"), message("wamid.2"), message("wamid.3")],
-    };
-    let apply_later = WriteOp::Apply {
-        campaign_pk,
-        updates: vec![],
+    store.commit(&buffer, 2).await.unwrap();
+    let batch = Batch {
+        registrations: vec![Register {
+            campaign_pk,
+            messages: vec![message("wamid.1"), message("wamid.2"), message("wamid.3")],
+        }],
+        applies: vec![Apply {
+            campaign_pk,
+            updates: vec![],
+        }],
+        ..Batch::default()
     };
 
-    let outcomes = store.commit(&[&register, &apply_later], 3).await.unwrap();
+    let outcome = store.commit(&batch, 3).await.unwrap();
 
-    let OpOutcome::Registered {
-        receipt,
-        counters,
-        changes,
-    } = &outcomes[0]
-    else {
-        panic!("{outcomes:?}")
-    };
+    let registered = &outcome.registrations[0];
+    let (receipt, counters, changes) = (
+        &registered.receipt,
+        &registered.counters,
+        &registered.changes,
+    );
     assert_eq!(receipt.registered, 3);
     assert_eq!(receipt.applied_buffered, 3);
-    let counters = counters.as_ref().unwrap();
+    assert_eq!(
+        outcome.applies[0].counters, *counters,
+        "one campaign, one state"
+    );
     assert_eq!((counters.total, counters.read, counters.sent), (3, 1, 2));
     // Registration takes version 1; the three changes take 2, 3 and 4.
     let versions: Vec<i64> = changes.iter().map(|change| change.version).collect();
@@ -123,17 +133,22 @@ async fn buffered_statuses_apply_in_the_registering_commit_with_consecutive_vers
 async fn a_failed_commit_leaves_nothing_behind() {
     let (store, _dir) = sqlite_store().await;
     let campaign_pk = campaign(&store).await;
-    let register = WriteOp::Register {
-        campaign_pk,
-        messages: vec![message("wamid.1")],
-    };
-    // An op for a campaign that does not exist fails the whole transaction.
-    let broken = WriteOp::Register {
-        campaign_pk: campaign_pk + 1_000,
-        messages: vec![message("wamid.2")],
+    // A write for a campaign that does not exist fails the whole transaction.
+    let batch = Batch {
+        registrations: vec![
+            Register {
+                campaign_pk,
+                messages: vec![message("wamid.1")],
+            },
+            Register {
+                campaign_pk: campaign_pk + 1_000,
+                messages: vec![message("wamid.2")],
+            },
+        ],
+        ..Batch::default()
     };
 
-    assert!(store.commit(&[&register, &broken], 2).await.is_err());
+    assert!(store.commit(&batch, 2).await.is_err());
 
     assert_eq!(store.stats().await.unwrap().messages, 0);
     let counters = store.campaign_counters(campaign_pk).await.unwrap().unwrap();

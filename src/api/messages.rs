@@ -9,8 +9,8 @@ use serde::Deserialize;
 use crate::auth::Caller;
 use crate::domain::Channel;
 use crate::error::ApiError;
-use crate::startup::AppState;
-use crate::store::{NewMessage, RegisterReceipt};
+use crate::state::AppState;
+use crate::store::{NewMessage, RegisterReceipt, Store};
 
 /// Longest accepted id (tenant, campaign, provider message id, recipient).
 const MAX_ID_LEN: usize = 256;
@@ -107,18 +107,14 @@ pub async fn register(
     let mut total = RegisterReceipt::default();
     for ((tenant_id, campaign_id), messages) in by_campaign {
         let campaign_pk = state.hub.ensure_campaign(&tenant_id, &campaign_id).await?;
-        let receipt = state.hub.register(campaign_pk, messages).await?;
-        total.registered += receipt.registered;
-        total.existing += receipt.existing;
-        total.applied_buffered += receipt.applied_buffered;
-        total.conflicts.extend(receipt.conflicts);
+        total += state.hub.register(campaign_pk, messages).await?;
     }
     Ok(HttpResponse::Ok().json(total))
 }
 
 /// Returns a message's current status, seen set and timeline.
 pub async fn show(
-    state: web::Data<AppState>,
+    store: web::Data<Store>,
     caller: Caller,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -126,9 +122,7 @@ pub async fn show(
     let channel = Channel::parse(&channel).ok_or(ApiError::NotFound("unknown channel"))?;
     // Another tenant's message (or one outside the token's campaigns)
     // answers exactly like an unknown one: no existence leak.
-    let message = state
-        .hub
-        .store()
+    let message = store
         .message(channel, &provider_message_id)
         .await?
         .filter(|message| {

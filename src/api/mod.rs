@@ -5,7 +5,6 @@ mod messages;
 
 use actix_web::web;
 
-pub use campaigns::resolve_campaign;
 pub use messages::parse_registrations;
 
 /// Registers the `/api/v1` routes; `body_limit` bounds registration bodies.

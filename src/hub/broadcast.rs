@@ -78,11 +78,13 @@ impl CommitUpdate {
     ) -> Option<Self> {
         let mut update = CommitUpdate::default();
         for (campaign_pk, counters, changes) in writes {
-            update.changes.extend(changes.iter().map(|change| PublishedChange {
-                counters: Arc::clone(counters),
-                change: change.clone(),
-                encoded: OnceLock::new(),
-            }));
+            update
+                .changes
+                .extend(changes.iter().map(|change| PublishedChange {
+                    counters: Arc::clone(counters),
+                    change: change.clone(),
+                    encoded: OnceLock::new(),
+                }));
             // Several writes of one campaign in a commit share its final counters.
             match update
                 .campaigns
@@ -100,7 +102,9 @@ impl CommitUpdate {
                 }),
             }
         }
-        update.changes.sort_by_key(|published| published.change.event_id);
+        update
+            .changes
+            .sort_by_key(|published| published.change.event_id);
         (!update.campaigns.is_empty()).then_some(update)
     }
 }

@@ -14,46 +14,56 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures_util::future::join_all;
+use futures_util::future::{BoxFuture, join_all};
 use tokio::sync::oneshot;
 
 use super::HubError;
-use super::db_actor::DbActor;
+use super::db_actor::{DbActor, Reply};
+use super::group::OneInFlight;
 use super::messages::{ApplyUpdates, GetCounters, Persist, RegisterMessages, Stopped};
 use super::router::Router;
 use crate::domain::CampaignCounters;
-use crate::store::{OpOutcome, RegisterReceipt, Store, UpdateOutcome, WriteOp};
+use crate::store::{Applied, Apply, Register, RegisterReceipt, Registered, Store, UpdateOutcome};
 
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// A write waiting for the next group, and where its outcome goes.
+/// A write of this campaign waiting for the next group, with its reply.
 #[derive(Debug)]
-struct Queued {
-    op: WriteOp,
-    reply: oneshot::Sender<Result<OpOutcome, HubError>>,
+enum CampaignWrite {
+    Apply(Apply, Reply<Applied>),
+    Register(Register, Reply<Registered>),
+}
+
+/// A write of the group in flight, committed (or not), with its reply.
+enum Settled {
+    Apply(Result<Applied, HubError>, Reply<Applied>),
+    Register(Result<Registered, HubError>, Reply<Registered>),
 }
 
 /// The campaign actor. See the module docs.
 #[derive(Debug)]
 pub struct CampaignActor {
+    /// The campaign this actor serializes.
     campaign_pk: i64,
     /// Number the router gave this actor; echoed in `Stopped`.
     generation: u64,
     /// Committed counters; `None` until hydrated from the store in
     /// `started` (the mailbox waits for that, so no message sees `None`).
     counters: Option<Arc<CampaignCounters>>,
+    /// Reads the counters once, when the actor starts.
     store: Store,
+    /// Where the campaign's writes are committed.
     db: Addr<DbActor>,
+    /// Told when this actor stops, so it forgets the address.
     router: Addr<Router>,
-    /// Writes that arrived while a group was committing; sent as the next
-    /// group. Bounded by the webhooks in flight, which the HTTP server bounds.
-    queue: Vec<Queued>,
-    /// Whether a group is at the DB actor: at most one at a time.
-    committing: bool,
+    /// Writes waiting for the next group, one group at the DB actor at a
+    /// time. Bounded by the webhooks in flight, which the HTTP server bounds.
+    queue: OneInFlight<CampaignWrite>,
     /// Last time a message arrived; the actor stops after `idle_timeout`
     /// without one and with nothing queued or committing.
     last_activity: Instant,
+    /// Idle time after which the actor stops.
     idle_timeout: Duration,
 }
 
@@ -74,66 +84,85 @@ impl CampaignActor {
             store,
             db,
             router,
-            queue: Vec::new(),
-            committing: false,
+            queue: OneInFlight::new(),
             last_activity: Instant::now(),
             idle_timeout,
         }
     }
 
     /// Takes committed counters if they are newer than the ones held.
-    fn absorb(&mut self, counters: &Option<Arc<CampaignCounters>>) {
-        let (Some(new), Some(held)) = (counters, &self.counters) else {
+    fn absorb(&mut self, counters: &Arc<CampaignCounters>) {
+        let Some(held) = &self.counters else {
             return;
         };
-        if new.version > held.version {
-            self.counters = Some(new.clone());
+        if counters.version > held.version {
+            self.counters = Some(Arc::clone(counters));
         }
     }
 
-    /// Queues `op` for the next group and returns where its outcome arrives.
-    fn enqueue(
-        &mut self,
-        op: WriteOp,
-        ctx: &mut Context<Self>,
-    ) -> oneshot::Receiver<Result<OpOutcome, HubError>> {
+    /// Queues a write for the next group.
+    fn enqueue(&mut self, write: CampaignWrite, ctx: &mut Context<Self>) {
         self.last_activity = Instant::now();
-        let (reply, outcome) = oneshot::channel();
-        self.queue.push(Queued { op, reply });
+        self.queue.push(write, 1);
         self.send_group(ctx);
-        outcome
     }
 
     /// Sends every queued write to the DB actor as one group, unless a group
     /// is already committing; when it is done, sends the next.
     fn send_group(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.queue.is_empty() {
+        let Some((group, _)) = self.queue.next_group(usize::MAX) else {
             return;
-        }
-        self.committing = true;
-        let (ops, replies): (Vec<WriteOp>, Vec<_>) = std::mem::take(&mut self.queue)
-            .into_iter()
-            .map(|queued| (queued.op, queued.reply))
-            .unzip();
+        };
         // Sent back to back, so the DB actor takes them into the same commit.
-        let sent = join_all(ops.into_iter().map(|op| self.db.send(Persist(op))));
-        ctx.spawn(sent.into_actor(self).map(move |results, actor, ctx| {
-            actor.committing = false;
-            actor.last_activity = Instant::now();
-            for (result, reply) in results.into_iter().zip(replies) {
-                let outcome = result.unwrap_or(Err(HubError::Unavailable));
-                if let Ok(
-                    OpOutcome::Applied { counters, .. } | OpOutcome::Registered { counters, .. },
-                ) = &outcome
-                {
-                    actor.absorb(counters);
+        let sent: Vec<BoxFuture<'static, Settled>> = group
+            .into_iter()
+            .map(|write| -> BoxFuture<'static, Settled> {
+                match write {
+                    CampaignWrite::Apply(apply, reply) => {
+                        let sent = self.db.send(Persist(apply));
+                        Box::pin(async move {
+                            Settled::Apply(sent.await.unwrap_or(Err(HubError::Unavailable)), reply)
+                        })
+                    }
+                    CampaignWrite::Register(register, reply) => {
+                        let sent = self.db.send(Persist(register));
+                        Box::pin(async move {
+                            let result = sent.await.unwrap_or(Err(HubError::Unavailable));
+                            Settled::Register(result, reply)
+                        })
+                    }
                 }
-                // The caller may have gone away; nothing to do then.
-                let _ = reply.send(outcome);
+            })
+            .collect();
+        ctx.spawn(join_all(sent).into_actor(self).map(|settled, actor, ctx| {
+            actor.queue.finish();
+            actor.last_activity = Instant::now();
+            // Counters first, replies after: a caller that reads the metrics
+            // once answered sees its own change.
+            for each in settled {
+                match each {
+                    Settled::Apply(result, reply) => {
+                        if let Ok(applied) = &result {
+                            actor.absorb(&applied.counters);
+                        }
+                        let _ = reply.send(result);
+                    }
+                    Settled::Register(result, reply) => {
+                        if let Ok(registered) = &result {
+                            actor.absorb(&registered.counters);
+                        }
+                        let _ = reply.send(result);
+                    }
+                }
             }
             actor.send_group(ctx);
         }));
     }
+}
+
+/// Waits for a queued write's outcome.
+async fn settled<T>(outcome: oneshot::Receiver<Result<T, HubError>>) -> Result<T, HubError> {
+    outcome.await.unwrap_or(Err(HubError::Unavailable))
 }
 
 impl Actor for CampaignActor {
@@ -157,8 +186,7 @@ impl Actor for CampaignActor {
             }
         }));
         ctx.run_interval(IDLE_CHECK_INTERVAL.min(self.idle_timeout), |actor, ctx| {
-            let busy = actor.committing || !actor.queue.is_empty();
-            if !busy && actor.last_activity.elapsed() >= actor.idle_timeout {
+            if actor.queue.is_idle() && actor.last_activity.elapsed() >= actor.idle_timeout {
                 ctx.stop();
             }
         });
@@ -178,19 +206,13 @@ impl Handler<ApplyUpdates> for CampaignActor {
     /// Handler for `ApplyUpdates`: queues the updates for the campaign's next
     /// group; replies with one outcome per update once they are committed.
     fn handle(&mut self, message: ApplyUpdates, ctx: &mut Self::Context) -> Self::Result {
-        let op = WriteOp::Apply {
+        let apply = Apply {
             campaign_pk: self.campaign_pk,
             updates: message.updates,
         };
-        let outcome = self.enqueue(op, ctx);
-        Box::pin(async move {
-            match outcome.await.unwrap_or(Err(HubError::Unavailable))? {
-                OpOutcome::Applied { outcomes, .. } => Ok(outcomes),
-                other => Err(HubError::Unexpected(format!(
-                    "apply answered with {other:?}"
-                ))),
-            }
-        })
+        let (reply, outcome) = oneshot::channel();
+        self.enqueue(CampaignWrite::Apply(apply, reply), ctx);
+        Box::pin(async move { settled(outcome).await.map(|applied| applied.outcomes) })
     }
 }
 
@@ -201,19 +223,13 @@ impl Handler<RegisterMessages> for CampaignActor {
     /// statuses of the messages are applied in the same transaction);
     /// replies once committed.
     fn handle(&mut self, message: RegisterMessages, ctx: &mut Self::Context) -> Self::Result {
-        let op = WriteOp::Register {
+        let register = Register {
             campaign_pk: self.campaign_pk,
             messages: message.messages,
         };
-        let outcome = self.enqueue(op, ctx);
-        Box::pin(async move {
-            match outcome.await.unwrap_or(Err(HubError::Unavailable))? {
-                OpOutcome::Registered { receipt, .. } => Ok(receipt),
-                other => Err(HubError::Unexpected(format!(
-                    "register answered with {other:?}"
-                ))),
-            }
-        })
+        let (reply, outcome) = oneshot::channel();
+        self.enqueue(CampaignWrite::Register(register, reply), ctx);
+        Box::pin(async move { settled(outcome).await.map(|registered| registered.receipt) })
     }
 }
 

@@ -5,47 +5,162 @@
 //! that queued meanwhile (up to `max_batch` rows): under load, batches grow
 //! by themselves and one fsync covers many webhooks; at rest, a lone webhook
 //! is committed at once, with no linger delay. Each [`Persist`] carries its
-//! reply, so a webhook is answered only after the commit that holds it.
+//! reply, of the write's own outcome type, so a webhook is answered only
+//! after the commit that holds it, and never with another write's outcome.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::HubError;
+use super::broadcast::{Broadcaster, CommitUpdate};
+use super::group::OneInFlight;
 use super::messages::{Persist, QueueDepth};
 use crate::metrics::Metrics;
-use crate::sse::{Broadcaster, CommitUpdate};
-use crate::store::{OpOutcome, Store, WriteOp, now_ms};
+use crate::store::{
+    Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, Prune, Register,
+    Registered, Store, UpdateOutcome, Weight, now_ms,
+};
 
 /// Capacity of the actor's mailbox. Messages are only queued there for the
-/// moment it takes to move them into `queue`; the real bound is `max_queue`.
+/// moment it takes to move them into the queue; the real bound is `max_queue`.
 const MAILBOX_CAPACITY: usize = 16_384;
 
-/// A queued op and the channel its outcome goes back on.
+/// Where one write's outcome goes.
+pub type Reply<T> = oneshot::Sender<Result<T, HubError>>;
+
+/// A write the DB actor commits, and the type of its outcome.
+pub trait Write: Weight + Send + Unpin + 'static {
+    type Outcome: Send + 'static;
+
+    /// Pairs the write with its reply for the queue.
+    fn queued(self, reply: Reply<Self::Outcome>) -> Queued;
+}
+
+/// A queued write with its reply: each kind with its own outcome type.
 #[derive(Debug)]
-struct Queued {
-    op: WriteOp,
-    reply: oneshot::Sender<Result<OpOutcome, HubError>>,
+pub enum Queued {
+    Campaign(EnsureCampaign, Reply<i64>),
+    Register(Register, Reply<Registered>),
+    Apply(Apply, Reply<Applied>),
+    Buffer(Buffer, Reply<Vec<UpdateOutcome>>),
+    DeadLetter(DeadLetter, Reply<()>),
+    Prune(Prune, Reply<u64>),
+}
+
+macro_rules! write_kind {
+    ($write:ty, $outcome:ty, $variant:ident) => {
+        impl Write for $write {
+            type Outcome = $outcome;
+
+            fn queued(self, reply: Reply<$outcome>) -> Queued {
+                Queued::$variant(self, reply)
+            }
+        }
+    };
+}
+
+write_kind!(EnsureCampaign, i64, Campaign);
+write_kind!(Register, Registered, Register);
+write_kind!(Apply, Applied, Apply);
+write_kind!(Buffer, Vec<UpdateOutcome>, Buffer);
+write_kind!(DeadLetter, (), DeadLetter);
+write_kind!(Prune, u64, Prune);
+
+/// The replies of a batch, kind by kind, in the batch's order.
+#[derive(Debug, Default)]
+struct Replies {
+    campaigns: Vec<Reply<i64>>,
+    registrations: Vec<Reply<Registered>>,
+    applies: Vec<Reply<Applied>>,
+    buffers: Vec<Reply<Vec<UpdateOutcome>>>,
+    dead_letters: Vec<Reply<()>>,
+    prunes: Vec<Reply<u64>>,
+}
+
+/// Splits a group into the batch to commit and the replies awaiting it.
+fn split(group: Vec<Queued>) -> (Batch, Replies) {
+    let mut batch = Batch::default();
+    let mut replies = Replies::default();
+    for queued in group {
+        match queued {
+            Queued::Campaign(write, reply) => {
+                batch.campaigns.push(write);
+                replies.campaigns.push(reply);
+            }
+            Queued::Register(write, reply) => {
+                batch.registrations.push(write);
+                replies.registrations.push(reply);
+            }
+            Queued::Apply(write, reply) => {
+                batch.applies.push(write);
+                replies.applies.push(reply);
+            }
+            Queued::Buffer(write, reply) => {
+                batch.buffers.push(write);
+                replies.buffers.push(reply);
+            }
+            Queued::DeadLetter(write, reply) => {
+                batch.dead_letters.push(write);
+                replies.dead_letters.push(reply);
+            }
+            Queued::Prune(write, reply) => {
+                batch.prunes.push(write);
+                replies.prunes.push(reply);
+            }
+        }
+    }
+    (batch, replies)
+}
+
+/// Sends each reply its outcome, in order; a reply left without one (a
+/// store that answered fewer outcomes than writes, which it must not) gets
+/// "unavailable", so nothing is acknowledged that was not committed.
+fn answer<T>(replies: Vec<Reply<T>>, outcomes: Vec<T>) {
+    let mut outcomes = outcomes.into_iter();
+    for reply in replies {
+        let outcome = outcomes.next().ok_or(HubError::Unavailable);
+        // The caller may have gone away; nothing to do then.
+        let _ = reply.send(outcome);
+    }
+}
+
+impl Replies {
+    fn answer(self, outcome: BatchOutcome) {
+        answer(self.campaigns, outcome.campaigns);
+        answer(self.registrations, outcome.registrations);
+        answer(self.applies, outcome.applies);
+        answer(self.buffers, outcome.buffers);
+        answer(self.dead_letters, vec![(); outcome.dead_letters]);
+        answer(self.prunes, outcome.prunes);
+    }
+
+    fn fail(self) {
+        answer(self.campaigns, Vec::new());
+        answer(self.registrations, Vec::new());
+        answer(self.applies, Vec::new());
+        answer(self.buffers, Vec::new());
+        answer(self.dead_letters, Vec::new());
+        answer(self.prunes, Vec::new());
+    }
 }
 
 /// The DB actor. See the module docs.
 #[derive(Debug)]
 pub struct DbActor {
     store: Store,
-    /// Ops waiting for the next commit, oldest first. Bounded by
-    /// `max_queue` rows (sum of [`WriteOp::weight`]); beyond it, `Persist`
-    /// fails with [`HubError::Overloaded`] so webhooks answer 503 and memory
-    /// stays bounded.
-    queue: VecDeque<Queued>,
-    /// Sum of the weights in `queue`.
-    queued_rows: usize,
-    /// Whether a transaction is in flight: at most one at a time, because
-    /// SQLite has one writer and ordering of commits must follow arrival.
-    committing: bool,
+    /// Writes waiting for the next commit, one commit in flight at a time
+    /// (SQLite has one writer, and commits must follow arrival). Bounded by
+    /// `max_queue` rows; beyond it, `Persist` fails with
+    /// [`HubError::Overloaded`] so webhooks answer 503 and memory stays
+    /// bounded.
+    queue: OneInFlight<Queued>,
+    /// Most rows in one commit.
     max_batch: usize,
+    /// Most rows waiting for a commit.
     max_queue: usize,
+    /// Commit timings, batch sizes, queue depth, failures.
     metrics: Metrics,
     /// Where each commit's changes go, once, in commit order.
     broadcaster: Broadcaster,
@@ -62,9 +177,7 @@ impl DbActor {
     ) -> Self {
         DbActor {
             store,
-            queue: VecDeque::new(),
-            queued_rows: 0,
-            committing: false,
+            queue: OneInFlight::new(),
             max_batch,
             max_queue,
             metrics,
@@ -72,72 +185,72 @@ impl DbActor {
         }
     }
 
-    /// Starts a commit of the oldest queued ops, if none is in flight.
+    fn set_depth_metric(&self) {
+        self.metrics
+            .db_queue_depth
+            .set(i64::try_from(self.queue.queued_weight()).unwrap_or(i64::MAX));
+    }
+
+    /// Starts a commit of the oldest queued writes, if none is in flight.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.queue.is_empty() {
+        let Some((group, rows)) = self.queue.next_group(self.max_batch) else {
             return;
-        }
-        let mut batch = Vec::new();
-        let mut rows = 0;
-        while let Some(next) = self.queue.front() {
-            let weight = next.op.weight();
-            if !batch.is_empty() && rows + weight > self.max_batch {
-                break;
-            }
-            rows += weight;
-            if let Some(queued) = self.queue.pop_front() {
-                batch.push(queued);
-            }
-        }
-        self.queued_rows -= rows;
-        self.metrics.db_queue_depth.set(self.queued_rows as i64);
-        self.committing = true;
+        };
+        self.set_depth_metric();
+        let (batch, replies) = split(group);
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         let commit = async move {
             let started = Instant::now();
-            let ops: Vec<&WriteOp> = batch.iter().map(|queued| &queued.op).collect();
-            let result = store.commit(&ops, now_ms()).await;
+            let result = store.commit(&batch, now_ms()).await;
             metrics
                 .db_commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             metrics.db_batch_rows.observe(rows as f64);
-            (batch, result)
+            (batch, replies, result)
         };
-        ctx.spawn(commit.into_actor(self).map(|(batch, result), actor, ctx| {
-            actor.committing = false;
-            match result {
-                Ok(outcomes) => {
-                    // Publish before replying: a dashboard may see a change a
-                    // moment before the provider gets its 200, never after.
-                    if actor.broadcaster.has_subscribers() {
-                        let writes = batch.iter().zip(&outcomes).filter_map(|(queued, outcome)| {
-                            match queued.op {
-                                WriteOp::Apply { campaign_pk, .. } | WriteOp::Register { campaign_pk, .. } => {
-                                    Some((campaign_pk, outcome))
-                                }
-                                _ => None,
-                            }
-                        });
-                        if let Some(update) = CommitUpdate::from_outcomes(writes) {
-                            actor.broadcaster.publish(update);
+        ctx.spawn(
+            commit
+                .into_actor(self)
+                .map(|(batch, replies, result), actor, ctx| {
+                    actor.queue.finish();
+                    match result {
+                        Ok(outcome) => {
+                            // Publish before replying: a dashboard may see a
+                            // change a moment before the provider gets its
+                            // 200, never after.
+                            actor.publish(&batch, &outcome);
+                            replies.answer(outcome);
+                        }
+                        Err(error) => {
+                            tracing::error!(error = %error, source = ?std::error::Error::source(&error), "commit failed");
+                            actor.metrics.db_commit_failures.inc();
+                            replies.fail();
                         }
                     }
-                    for (queued, outcome) in batch.into_iter().zip(outcomes) {
-                        // The webhook may have gone away; nothing to do then.
-                        let _ = queued.reply.send(Ok(outcome));
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(error = %error, source = ?std::error::Error::source(&error), "commit failed");
-                    actor.metrics.db_commit_failures.inc();
-                    for queued in batch {
-                        let _ = queued.reply.send(Err(HubError::Unavailable));
-                    }
-                }
-            }
-            actor.flush(ctx);
-        }));
+                    actor.flush(ctx);
+                }),
+        );
+    }
+
+    /// Publishes what a commit changed, when anyone listens.
+    fn publish(&self, batch: &Batch, outcome: &BatchOutcome) {
+        if !self.broadcaster.has_subscribers() {
+            return;
+        }
+        let registrations = batch
+            .registrations
+            .iter()
+            .zip(&outcome.registrations)
+            .map(|(write, done)| (write.campaign_pk, &done.counters, done.changes.as_slice()));
+        let applies = batch
+            .applies
+            .iter()
+            .zip(&outcome.applies)
+            .map(|(write, done)| (write.campaign_pk, &done.counters, done.changes.as_slice()));
+        if let Some(update) = CommitUpdate::from_writes(registrations.chain(applies)) {
+            self.broadcaster.publish(update);
+        }
     }
 }
 
@@ -149,21 +262,20 @@ impl Actor for DbActor {
     }
 }
 
-impl Handler<Persist> for DbActor {
-    type Result = ResponseFuture<Result<OpOutcome, HubError>>;
+impl<W: Write> Handler<Persist<W>> for DbActor {
+    type Result = ResponseFuture<Result<W::Outcome, HubError>>;
 
-    /// Handler for `Persist`: queues the op (or refuses it when the queue is
-    /// full) and resolves once its batch has committed.
-    fn handle(&mut self, Persist(op): Persist, ctx: &mut Self::Context) -> Self::Result {
-        let weight = op.weight();
-        if self.queued_rows + weight > self.max_queue && !self.queue.is_empty() {
+    /// Handler for `Persist`: queues the write (or refuses it when the queue
+    /// is full) and resolves once its batch has committed.
+    fn handle(&mut self, Persist(write): Persist<W>, ctx: &mut Self::Context) -> Self::Result {
+        let weight = write.weight();
+        if self.queue.queued_weight() + weight > self.max_queue && !self.queue.is_empty() {
             self.metrics.db_queue_rejections.inc();
             return Box::pin(async { Err(HubError::Overloaded) });
         }
         let (reply, outcome) = oneshot::channel();
-        self.queue.push_back(Queued { op, reply });
-        self.queued_rows += weight;
-        self.metrics.db_queue_depth.set(self.queued_rows as i64);
+        self.queue.push(write.queued(reply), weight);
+        self.set_depth_metric();
         self.flush(ctx);
         Box::pin(async move { outcome.await.unwrap_or(Err(HubError::Unavailable)) })
     }
@@ -174,6 +286,6 @@ impl Handler<QueueDepth> for DbActor {
 
     /// Handler for `QueueDepth`: returns the rows waiting for a commit.
     fn handle(&mut self, _: QueueDepth, _: &mut Self::Context) -> usize {
-        self.queued_rows
+        self.queue.queued_weight()
     }
 }

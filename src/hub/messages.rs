@@ -3,14 +3,18 @@
 use actix::prelude::*;
 
 use super::HubError;
+use super::db_actor::Write;
 use crate::domain::{CampaignCounters, StatusUpdate};
-use crate::store::{NewMessage, OpOutcome, RegisterReceipt, UpdateOutcome, WriteOp};
+use crate::store::{NewMessage, RegisterReceipt, UpdateOutcome};
 
-/// Asks the DB actor to commit `op` with the next batch; replies with the
-/// op's outcome once the transaction holding it has committed.
-#[derive(Message, Debug)]
-#[rtype(result = "Result<OpOutcome, HubError>")]
-pub struct Persist(pub WriteOp);
+/// Asks the DB actor to commit a write with the next batch; replies with
+/// the write's own outcome type once the transaction holding it committed.
+#[derive(Debug)]
+pub struct Persist<W: Write>(pub W);
+
+impl<W: Write> Message for Persist<W> {
+    type Result = Result<W::Outcome, HubError>;
+}
 
 /// Asks a campaign actor to apply updates to messages of its campaign;
 /// replies after they are committed.

@@ -1,16 +1,21 @@
 //! The hub: routes verified updates to campaign actors, which persist them
-//! through the DB actor.
+//! through the DB actor, and publishes what each commit changed.
 //!
 //! ```text
 //! handler ──Hub::apply──▶ resolve ids (read) ──▶ CampaignActor (per campaign) ──Persist──▶ DbActor ──▶ commit
-//!    ▲                         │ unknown ids ────────────Persist(Buffer)──────────────────────▲
-//!    └──────── receipt, after every commit holding the call's updates ◀───────────────────────┘
+//!    ▲                         │ unknown ids ────────────Persist(Buffer)──────────────────────▲          │
+//!    └──────── receipt, after every commit holding the call's updates ◀────────────────────────┘          ▼
+//!                                                                                  broadcast (once per commit)
 //! ```
 //!
-//! [`Hub`] is the cloneable handle the HTTP layer holds; actors stay behind it.
+//! [`Hub`] is the cloneable handle the HTTP layer holds; actors stay behind
+//! it. The only import circle in the crate is here, and inherent: the router
+//! starts campaign actors, which tell it when they stop.
 
+pub mod broadcast;
 mod campaign_actor;
 mod db_actor;
+mod group;
 mod messages;
 mod router;
 
@@ -21,16 +26,16 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use serde::Serialize;
 
+pub use broadcast::{Broadcaster, CommitUpdate, IncomingEvent, PublishedCampaign, PublishedChange};
 pub use campaign_actor::CampaignActor;
-pub use db_actor::DbActor;
+pub use db_actor::{DbActor, Write};
 pub use router::Router;
 
 use crate::domain::{CampaignCounters, Channel, StatusUpdate};
 use crate::metrics::Metrics;
-use crate::sse::{Broadcaster, IncomingEvent};
 use crate::store::{
-    DeadLetter, MessageRef, NewMessage, OpOutcome, PruneTarget, RegisterReceipt, Store,
-    UpdateOutcome, WriteOp,
+    Buffer, DeadLetter, EnsureCampaign, MessageRef, NewMessage, Prune, PruneTarget,
+    RegisterReceipt, Store, UpdateOutcome,
 };
 use messages::{
     ApplyUpdates, CountActive, GetCounters, Locate, Persist, QueueDepth, RegisterMessages,
@@ -40,19 +45,17 @@ use messages::{
 /// be registered meanwhile, or its campaign actor stopped under it.
 const MAX_REROUTES: usize = 3;
 
-/// Rows one retention op deletes at most.
+/// Rows one retention write deletes at most.
 pub const PRUNE_BATCH: u32 = 1_000;
 
 /// Why the hub could not do what was asked. Every variant means "not
 /// stored": callers answer 503 and providers retry.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HubError {
     #[error("the write queue is full")]
     Overloaded,
     #[error("the store is unavailable")]
     Unavailable,
-    #[error("unexpected hub state: {0}")]
-    Unexpected(String),
 }
 
 /// The reply to a webhook: what happened to the statuses it carried.
@@ -70,138 +73,151 @@ pub struct WebhookReceipt {
     pub dead_lettered: usize,
 }
 
+/// What became of one update of a webhook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// Recorded for a known message.
+    Applied,
+    /// The same notification was recorded before.
+    Duplicate,
+    /// Buffered until its message is registered.
+    Unmatched,
+}
+
+impl Settlement {
+    /// The name the debug tail and the metrics use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Settlement::Applied => "applied",
+            Settlement::Duplicate => "duplicate",
+            Settlement::Unmatched => "unmatched",
+        }
+    }
+}
+
+/// The hub's bounds, from the settings.
+#[derive(Clone, Copy, Debug)]
+pub struct HubSettings {
+    /// Most rows in one commit; registrations are split to fit.
+    pub max_batch: usize,
+    /// Most rows waiting for a commit before writes are refused.
+    pub max_queue: usize,
+    /// Idle time after which a campaign actor stops.
+    pub campaign_idle: Duration,
+}
+
 /// The handle the HTTP layer holds. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Hub {
+    /// Reads what routing needs (which campaign a message id belongs to).
     store: Store,
+    /// Finds or starts a campaign's actor.
     router: Addr<Router>,
+    /// Commits every write.
     db: Addr<DbActor>,
+    /// Counts statuses by outcome.
     metrics: Metrics,
+    /// Where each commit's changes are published, and incoming events for
+    /// the debug tail.
     broadcaster: Broadcaster,
-    /// Most rows per write op: registrations are split to fit.
+    /// Most rows per write: registrations are split to fit.
     max_batch: usize,
 }
 
 impl Hub {
     /// Starts the DB actor and the router on the current actix system.
-    pub fn start(
-        store: Store,
-        max_batch: usize,
-        max_queue: usize,
-        idle_timeout: Duration,
-        metrics: Metrics,
-        broadcaster: Broadcaster,
-    ) -> Self {
+    pub fn start(store: Store, metrics: Metrics, settings: HubSettings) -> Self {
+        let broadcaster = Broadcaster::new();
         let db = DbActor::new(
             store.clone(),
-            max_batch,
-            max_queue,
+            settings.max_batch,
+            settings.max_queue,
             metrics.clone(),
             broadcaster.clone(),
         )
         .start();
-        let router = Router::new(store.clone(), db.clone(), idle_timeout, metrics.clone()).start();
+        let router = Router::new(
+            store.clone(),
+            db.clone(),
+            settings.campaign_idle,
+            metrics.clone(),
+        )
+        .start();
         Hub {
             store,
             router,
             db,
             metrics,
             broadcaster,
-            max_batch,
+            max_batch: settings.max_batch,
         }
     }
 
-    /// Returns the broadcast point SSE streams subscribe to.
+    /// Returns the broadcast point streams subscribe to.
     pub fn broadcaster(&self) -> &Broadcaster {
         &self.broadcaster
     }
 
-    /// Returns the store, for reads.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Applies verified updates and returns the receipt once every one of
     /// them is durably committed (applied, recognised as duplicate, or
-    /// buffered).
-    pub async fn apply(&self, updates: Vec<StatusUpdate>) -> Result<WebhookReceipt, HubError> {
+    /// buffered), with each update and what became of it.
+    pub async fn apply(
+        &self,
+        updates: Vec<StatusUpdate>,
+    ) -> Result<(WebhookReceipt, Vec<(StatusUpdate, Settlement)>), HubError> {
         let mut receipt = WebhookReceipt {
             received: updates.len(),
             ..WebhookReceipt::default()
         };
+        let mut settled = Vec::with_capacity(updates.len());
         let mut to_route = updates;
         for _ in 0..MAX_REROUTES {
             if to_route.is_empty() {
                 break;
             }
             let (known, unknown) = self.resolve(to_route).await?;
-            let mut again = Vec::new();
-            let mut calls = Vec::new();
-            for (campaign_pk, updates) in known {
-                calls.push(self.apply_to_campaign(campaign_pk, updates));
-            }
+            let calls = known
+                .into_iter()
+                .map(|(campaign_pk, updates)| self.apply_to_campaign(campaign_pk, updates));
             let buffered = async {
                 if unknown.is_empty() {
                     return Ok((Vec::new(), Vec::new()));
                 }
-                match self
-                    .persist(WriteOp::Buffer {
+                let outcomes = self
+                    .persist(Buffer {
                         updates: unknown.clone(),
                     })
-                    .await?
-                {
-                    OpOutcome::Buffered { outcomes } => Ok((unknown, outcomes)),
-                    other => Err(HubError::Unexpected(format!(
-                        "buffer answered with {other:?}"
-                    ))),
-                }
+                    .await?;
+                Ok((unknown, outcomes))
             };
             let (results, buffered) = futures_util::join!(join_all(calls), buffered);
-            for result in results {
+            let mut again = Vec::new();
+            for result in results.into_iter().chain([buffered]) {
                 let (updates, outcomes) = result?;
-                self.count(&mut receipt, &mut again, updates, outcomes);
+                settle(&mut receipt, &mut settled, &mut again, updates, outcomes);
             }
-            let (updates, outcomes) = buffered?;
-            self.count(&mut receipt, &mut again, updates, outcomes);
             to_route = again;
         }
         if !to_route.is_empty() {
             return Err(HubError::Unavailable);
         }
-        self.metrics
-            .statuses
-            .with_label_values(&["applied"])
-            .inc_by(receipt.applied as u64);
-        self.metrics
-            .statuses
-            .with_label_values(&["duplicate"])
-            .inc_by(receipt.duplicates as u64);
-        self.metrics
-            .statuses
-            .with_label_values(&["unmatched"])
-            .inc_by(receipt.unmatched as u64);
-        Ok(receipt)
+        for (outcome, count) in [
+            (Settlement::Applied, receipt.applied),
+            (Settlement::Duplicate, receipt.duplicates),
+            (Settlement::Unmatched, receipt.unmatched),
+        ] {
+            self.metrics
+                .statuses
+                .with_label_values(&[outcome.as_str()])
+                .inc_by(count as u64);
+        }
+        Ok((receipt, settled))
     }
 
     /// Stores a signed payload that could not be interpreted.
     pub async fn dead_letter(&self, letter: DeadLetter) -> Result<(), HubError> {
+        self.persist(letter).await?;
         self.metrics.dead_letters.inc();
-        let incoming = self
-            .broadcaster
-            .has_incoming_subscribers()
-            .then(|| IncomingEvent {
-                received_at: crate::store::format_ms(crate::store::now_ms()),
-                channel: letter.channel.as_str().to_owned(),
-                provider_message_id: None,
-                event: None,
-                status: None,
-                outcome: "dead_letter",
-                reason: Some(letter.reason.clone()),
-            });
-        self.persist(WriteOp::DeadLetter(letter)).await?;
-        if let Some(event) = incoming {
-            self.broadcaster.publish_incoming(event);
-        }
         Ok(())
     }
 
@@ -211,16 +227,11 @@ impl Hub {
         tenant_id: &str,
         campaign_id: &str,
     ) -> Result<i64, HubError> {
-        let op = WriteOp::EnsureCampaign {
+        self.persist(EnsureCampaign {
             tenant_id: tenant_id.to_owned(),
             campaign_id: campaign_id.to_owned(),
-        };
-        match self.persist(op).await? {
-            OpOutcome::Campaign { campaign_pk } => Ok(campaign_pk),
-            other => Err(HubError::Unexpected(format!(
-                "ensure campaign answered with {other:?}"
-            ))),
-        }
+        })
+        .await
     }
 
     /// Registers messages of one campaign and applies their buffered
@@ -234,49 +245,24 @@ impl Hub {
     ) -> Result<RegisterReceipt, HubError> {
         let mut total = RegisterReceipt::default();
         for chunk in messages.chunks(self.max_batch.max(1)) {
-            let receipt = self.register_chunk(campaign_pk, chunk).await?;
-            total.registered += receipt.registered;
-            total.existing += receipt.existing;
-            total.applied_buffered += receipt.applied_buffered;
-            total.conflicts.extend(receipt.conflicts);
+            total += self
+                .on_campaign(campaign_pk, || RegisterMessages {
+                    messages: chunk.to_vec(),
+                })
+                .await??;
         }
         Ok(total)
     }
 
-    async fn register_chunk(
-        &self,
-        campaign_pk: i64,
-        messages: &[NewMessage],
-    ) -> Result<RegisterReceipt, HubError> {
-        for _ in 0..MAX_REROUTES {
-            let actor = self.locate(campaign_pk).await?;
-            match actor
-                .send(RegisterMessages {
-                    messages: messages.to_vec(),
-                })
-                .await
-            {
-                Ok(result) => return result,
-                Err(_stopped) => continue,
-            }
-        }
-        Err(HubError::Unavailable)
-    }
-
     /// Returns a campaign's live counters (from its actor).
     pub async fn counters(&self, campaign_pk: i64) -> Result<CampaignCounters, HubError> {
-        for _ in 0..MAX_REROUTES {
-            let actor = self.locate(campaign_pk).await?;
-            match actor.send(GetCounters).await {
-                Ok(Some(counters)) => return Ok(counters),
-                Ok(None) | Err(_) => continue,
-            }
-        }
-        Err(HubError::Unavailable)
+        self.on_campaign(campaign_pk, || GetCounters)
+            .await?
+            .ok_or(HubError::Unavailable)
     }
 
     /// Deletes the rows of `target` older than `retention`, oldest first,
-    /// [`PRUNE_BATCH`] rows per operation: each batch is one small write op
+    /// [`PRUNE_BATCH`] rows per write: each batch is one small write
     /// committed with whatever else is queued, so pruning a large backlog
     /// never holds the write path. Returns how many rows went.
     pub async fn prune(&self, target: PruneTarget, retention: Duration) -> Result<u64, HubError> {
@@ -284,19 +270,13 @@ impl Hub {
         let older_than_ms = crate::store::now_ms().saturating_sub(retention_ms);
         let mut total = 0;
         loop {
-            let op = WriteOp::Prune {
-                target,
-                older_than_ms,
-                limit: PRUNE_BATCH,
-            };
-            let removed = match self.persist(op).await? {
-                OpOutcome::Pruned { removed } => removed,
-                other => {
-                    return Err(HubError::Unexpected(format!(
-                        "prune answered with {other:?}"
-                    )));
-                }
-            };
+            let removed = self
+                .persist(Prune {
+                    target,
+                    older_than_ms,
+                    limit: PRUNE_BATCH,
+                })
+                .await?;
             total += removed;
             if removed < u64::from(PRUNE_BATCH) {
                 return Ok(total);
@@ -316,18 +296,40 @@ impl Hub {
         self.db.send(QueueDepth).await.unwrap_or(0)
     }
 
-    async fn persist(&self, op: WriteOp) -> Result<OpOutcome, HubError> {
+    /// Commits `write` with the next batch and returns its outcome.
+    async fn persist<W: Write>(&self, write: W) -> Result<W::Outcome, HubError> {
         self.db
-            .send(Persist(op))
+            .send(Persist(write))
             .await
             .map_err(|_| HubError::Unavailable)?
     }
 
-    async fn locate(&self, campaign_pk: i64) -> Result<Addr<CampaignActor>, HubError> {
-        self.router
-            .send(Locate { campaign_pk })
-            .await
-            .map_err(|_| HubError::Unavailable)
+    /// Sends `message()` to the campaign's actor, starting it if needed; if
+    /// the actor stopped between being found and being asked, finds (or
+    /// starts) it again, a few times.
+    async fn on_campaign<M>(
+        &self,
+        campaign_pk: i64,
+        message: impl Fn() -> M,
+    ) -> Result<M::Result, HubError>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        CampaignActor: Handler<M>,
+    {
+        for _ in 0..MAX_REROUTES {
+            let actor = self
+                .router
+                .send(Locate { campaign_pk })
+                .await
+                .map_err(|_| HubError::Unavailable)?;
+            match actor.send(message()).await {
+                Ok(result) => return Ok(result),
+                // The actor stopped between `Locate` and `send`: locate again.
+                Err(_stopped) => continue,
+            }
+        }
+        Err(HubError::Unavailable)
     }
 
     /// Splits updates into known messages (grouped by campaign) and unknown ones.
@@ -367,78 +369,51 @@ impl Hub {
         Ok((known, unknown))
     }
 
-    /// Adds outcomes to the receipt, and to the debug tail when someone
-    /// watches it; updates whose message became known are queued for
-    /// another round.
-    fn count(
-        &self,
-        receipt: &mut WebhookReceipt,
-        again: &mut Vec<StatusUpdate>,
-        updates: Vec<StatusUpdate>,
-        outcomes: Vec<UpdateOutcome>,
-    ) {
-        // Only when someone watches the tail is it worth building its events.
-        let tail = self
-            .broadcaster
-            .has_incoming_subscribers()
-            .then(|| crate::store::format_ms(crate::store::now_ms()));
-        for (update, outcome) in updates.into_iter().zip(outcomes) {
-            let label = match outcome {
-                UpdateOutcome::Applied { .. } => {
-                    receipt.applied += 1;
-                    "applied"
-                }
-                UpdateOutcome::Duplicate => {
-                    receipt.duplicates += 1;
-                    "duplicate"
-                }
-                UpdateOutcome::Buffered => {
-                    receipt.unmatched += 1;
-                    "unmatched"
-                }
-                UpdateOutcome::Known(_) => {
-                    again.push(update);
-                    continue;
-                }
-            };
-            if let Some(received_at) = &tail {
-                self.broadcaster.publish_incoming(IncomingEvent {
-                    received_at: received_at.clone(),
-                    channel: update.channel.as_str().to_owned(),
-                    provider_message_id: Some(update.provider_message_id),
-                    event: Some(update.event),
-                    status: update.status.map(|status| status.as_str().to_owned()),
-                    outcome: label,
-                    reason: None,
-                });
-            }
-        }
-    }
-
     async fn apply_to_campaign(
         &self,
         campaign_pk: i64,
         updates: Vec<(i64, StatusUpdate)>,
     ) -> Result<(Vec<StatusUpdate>, Vec<UpdateOutcome>), HubError> {
-        for _ in 0..MAX_REROUTES {
-            let actor = self.locate(campaign_pk).await?;
-            match actor
-                .send(ApplyUpdates {
-                    updates: updates.clone(),
-                })
-                .await
-            {
-                Ok(result) => {
-                    let outcomes = result?;
-                    return Ok((
-                        updates.into_iter().map(|(_, update)| update).collect(),
-                        outcomes,
-                    ));
-                }
-                // The actor stopped between `Locate` and `send`: locate again.
-                Err(_stopped) => continue,
+        let outcomes = self
+            .on_campaign(campaign_pk, || ApplyUpdates {
+                updates: updates.clone(),
+            })
+            .await??;
+        Ok((
+            updates.into_iter().map(|(_, update)| update).collect(),
+            outcomes,
+        ))
+    }
+}
+
+/// Adds outcomes to the receipt and the settled list; updates whose
+/// message became known are queued for another round.
+fn settle(
+    receipt: &mut WebhookReceipt,
+    settled: &mut Vec<(StatusUpdate, Settlement)>,
+    again: &mut Vec<StatusUpdate>,
+    updates: Vec<StatusUpdate>,
+    outcomes: Vec<UpdateOutcome>,
+) {
+    for (update, outcome) in updates.into_iter().zip(outcomes) {
+        let settlement = match outcome {
+            UpdateOutcome::Applied { .. } => {
+                receipt.applied += 1;
+                Settlement::Applied
             }
-        }
-        Err(HubError::Unavailable)
+            UpdateOutcome::Duplicate => {
+                receipt.duplicates += 1;
+                Settlement::Duplicate
+            }
+            UpdateOutcome::Buffered => {
+                receipt.unmatched += 1;
+                Settlement::Unmatched
+            }
+            UpdateOutcome::Known(_) => {
+                again.push(update);
+                continue;
+            }
+        };
+        settled.push((update, settlement));
     }
 }

@@ -24,7 +24,7 @@
 //! tenant and per token ([`StreamLimiter`]); beyond a cap, 429 with
 //! `Retry-After`.
 
-mod broadcaster;
+mod encode;
 mod limiter;
 mod stream;
 
@@ -33,14 +33,14 @@ use actix_web_lab::sse;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-pub use broadcaster::{
-    Broadcaster, CommitUpdate, IncomingEvent, PublishedCampaign, PublishedChange,
-};
 pub use limiter::{StreamLimiter, StreamPermit};
 
+use crate::access::resolve_campaign;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::hub::CommitUpdate;
+use crate::state::AppState;
+use crate::store::Store;
 use stream::{Connection, IdMode, Scope};
 
 /// Events buffered per connection between its task and the socket. A client
@@ -115,8 +115,12 @@ fn respond(rx: mpsc::Receiver<sse::Event>, state: &AppState) -> impl Responder +
 }
 
 /// Takes a stream slot for `caller`, counting refusals.
-fn acquire(state: &AppState, caller: &Caller) -> Result<StreamPermit, ApiError> {
-    state.stream_limiter.acquire(caller).inspect_err(|error| {
+fn acquire(
+    state: &AppState,
+    limiter: &StreamLimiter,
+    caller: &Caller,
+) -> Result<StreamPermit, ApiError> {
+    limiter.acquire(caller).inspect_err(|error| {
         state.metrics.sse_streams_refused.inc();
         tracing::debug!(%error, "stream refused");
     })
@@ -130,14 +134,16 @@ fn spawn(
     permit: StreamPermit,
     updates: tokio::sync::broadcast::Receiver<std::sync::Arc<CommitUpdate>>,
     state: &AppState,
+    store: &Store,
 ) {
     if let Some(expires) = caller.expires_at() {
         connection.expire_at(expires);
     }
     let hub = state.hub.clone();
+    let store = store.clone();
     actix_web::rt::spawn(async move {
         let _permit = permit;
-        connection.run(updates, hub).await;
+        connection.run(updates, hub, store).await;
     });
 }
 
@@ -145,18 +151,14 @@ fn spawn(
 async fn campaign_stream(
     req: HttpRequest,
     state: web::Data<AppState>,
+    store: web::Data<Store>,
+    limiter: web::Data<StreamLimiter>,
     caller: Caller,
     path: web::Path<String>,
     query: web::Query<StreamQuery>,
 ) -> Result<impl Responder + use<>, ApiError> {
-    let campaign = crate::api::resolve_campaign(
-        state.hub.store(),
-        &caller,
-        query.tenant_id.as_deref(),
-        &path,
-    )
-    .await?;
-    let permit = acquire(&state, &caller)?;
+    let campaign = resolve_campaign(&store, &caller, query.tenant_id.as_deref(), &path).await?;
+    let permit = acquire(&state, &limiter, &caller)?;
     let include_statuses = query.include_statuses();
     let resume = last_event_id(&req, &query);
     // Subscribe before reading the snapshot: nothing committed in between is missed.
@@ -177,7 +179,6 @@ async fn campaign_stream(
         }
         Some(after) if include_statuses => {
             let limit = state.settings.sse_replay_limit;
-            let store = state.hub.store();
             // Past the timeline's retention the replay would have a gap.
             let pruned = store.campaign_pruned_version(campaign.campaign_pk).await?;
             let missed = if after < pruned {
@@ -204,7 +205,7 @@ async fn campaign_stream(
     }
     // Changes up to the snapshot are in it (or were replayed).
     connection.advance_cursor(snapshot.version);
-    spawn(connection, &caller, permit, updates, &state);
+    spawn(connection, &caller, permit, updates, &state, &store);
     Ok(respond(rx, &state))
 }
 
@@ -212,6 +213,8 @@ async fn campaign_stream(
 async fn tenant_stream(
     req: HttpRequest,
     state: web::Data<AppState>,
+    store: web::Data<Store>,
+    limiter: web::Data<StreamLimiter>,
     caller: Caller,
     query: web::Query<StreamQuery>,
 ) -> Result<impl Responder + use<>, ApiError> {
@@ -226,12 +229,11 @@ async fn tenant_stream(
         Caller::Tenant(claims) => claims.campaigns.clone(),
         Caller::Admin => None,
     };
-    let permit = acquire(&state, &caller)?;
+    let permit = acquire(&state, &limiter, &caller)?;
     let include_statuses = query.include_statuses();
     let resume = last_event_id(&req, &query);
     // Subscribe before reading the snapshot: nothing committed in between is missed.
     let updates = state.hub.broadcaster().subscribe();
-    let store = state.hub.store();
     let (last_event_id, campaigns) = store
         .tenant_snapshot(tenant.as_deref(), MAX_SNAPSHOT_CAMPAIGNS)
         .await?;
@@ -277,17 +279,18 @@ async fn tenant_stream(
             connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
         }
     }
-    spawn(connection, &caller, permit, updates, &state);
+    spawn(connection, &caller, permit, updates, &state, &store);
     Ok(respond(rx, &state))
 }
 
 /// `GET /webhooks/stream`: admin only.
 async fn incoming_stream(
     state: web::Data<AppState>,
+    limiter: web::Data<StreamLimiter>,
     caller: Caller,
 ) -> Result<impl Responder + use<>, ApiError> {
     caller.require_admin()?;
-    let permit = acquire(&state, &caller)?;
+    let permit = acquire(&state, &limiter, &caller)?;
     let mut incoming = state.hub.broadcaster().subscribe_incoming();
     let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
     actix_web::rt::spawn(async move {

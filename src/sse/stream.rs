@@ -11,10 +11,10 @@ use bytestring::ByteString;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::broadcaster::{CommitUpdate, StatusPayload};
+use super::encode::{metrics_data, status_data, status_json};
 use crate::domain::CampaignCounters;
-use crate::hub::Hub;
-use crate::store::StatusChange;
+use crate::hub::{CommitUpdate, Hub};
+use crate::store::{StatusChange, Store};
 
 /// Which changes a connection may see.
 #[derive(Clone, Debug)]
@@ -157,7 +157,7 @@ impl Connection {
         change: &StatusChange,
     ) {
         let key = self.id_mode.key(change.event_id, change.version);
-        self.status(StatusPayload::json(tenant_id, campaign_id, change), key);
+        self.status(status_json(tenant_id, campaign_id, change), key);
         self.advance_cursor(key);
     }
 
@@ -203,18 +203,19 @@ impl Connection {
         if admitted.is_empty() {
             return true;
         }
-        for change in update
+        for published in update
             .changes
             .iter()
-            .filter(|change| admitted.contains(&change.campaign_pk))
+            .filter(|published| admitted.contains(&published.campaign_pk()))
         {
+            let change = &published.change;
             let key = self.id_mode.key(change.event_id, change.version);
             if key <= self.floor {
                 continue;
             }
             if self.include_statuses {
                 // Keep one slot for `event: lagged`.
-                if self.tx.capacity() < 2 || !self.status(change.json.clone(), key) {
+                if self.tx.capacity() < 2 || !self.status(status_data(published), key) {
                     self.lagged("client too slow");
                     return false;
                 }
@@ -234,7 +235,7 @@ impl Connection {
                 .unwrap_or(-1);
             if version > known {
                 self.pending
-                    .insert(campaign.campaign_pk, (version, campaign.json.clone()));
+                    .insert(campaign.campaign_pk, (version, metrics_data(campaign)));
             }
         }
         true
@@ -278,7 +279,7 @@ impl Connection {
 
     /// Re-reads counters after the broadcast lagged, so the client ends on
     /// the latest state even though it missed updates.
-    async fn resync(&mut self, hub: &Hub) {
+    async fn resync(&mut self, hub: &Hub, store: &Store) {
         self.resync = false;
         let fresh: Vec<(i64, CampaignCounters)> = match &self.scope {
             Scope::Campaign(campaign_pk) => match hub.counters(*campaign_pk).await {
@@ -286,8 +287,7 @@ impl Connection {
                 Err(_) => Vec::new(),
             },
             Scope::Tenant { tenant_id, .. } => {
-                match hub
-                    .store()
+                match store
                     .tenant_snapshot(tenant_id.as_deref(), super::MAX_SNAPSHOT_CAMPAIGNS)
                     .await
                 {
@@ -302,7 +302,7 @@ impl Connection {
             }
             let known = self.sent_versions.get(&campaign_pk).copied().unwrap_or(-1);
             if counters.version > known {
-                let json = ByteString::from(serde_json::to_string(&counters).unwrap_or_default());
+                let json = super::encode::counters_json(&counters);
                 self.pending.insert(campaign_pk, (counters.version, json));
             }
         }
@@ -314,6 +314,7 @@ impl Connection {
         mut self,
         mut updates: broadcast::Receiver<Arc<CommitUpdate>>,
         hub: Hub,
+        store: Store,
     ) {
         let tick_every = (self.window / 4).max(Duration::from_millis(5));
         let mut tick = tokio::time::interval(tick_every);
@@ -346,7 +347,7 @@ impl Connection {
                 },
                 _ = tick.tick() => {
                     if self.resync {
-                        self.resync(&hub).await;
+                        self.resync(&hub, &store).await;
                     }
                     if !self.pending.is_empty() {
                         self.flush();

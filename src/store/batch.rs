@@ -1,6 +1,7 @@
-//! What the DB actor asks the store to commit, what it gets back, and the
-//! backend-neutral part of a commit: applying a batch of updates, in order,
-//! to message states read inside the transaction.
+//! What the DB actor asks the store to commit ([`Batch`]), what it gets back
+//! ([`BatchOutcome`]), and the backend-neutral part of a commit: applying a
+//! batch of updates, in order, to message states read inside the
+//! transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,37 +14,46 @@ use crate::domain::{
 
 use super::MessageRef;
 
-/// One unit of work for the DB actor. Every write statushub makes is one of
-/// these, so a single actor owns the write connection and batches them.
-#[derive(Debug)]
-pub enum WriteOp {
-    /// Creates the tenant and the campaign (with zeroed counters) if needed.
-    EnsureCampaign {
-        tenant_id: String,
-        campaign_id: String,
-    },
-    /// Registers messages in a campaign and applies their buffered statuses.
-    Register {
-        campaign_pk: i64,
-        messages: Vec<NewMessage>,
-    },
-    /// Applies updates to known messages of one campaign.
-    Apply {
-        campaign_pk: i64,
-        updates: Vec<(i64, StatusUpdate)>,
-    },
-    /// Buffers updates for message ids nobody registered (yet).
-    Buffer { updates: Vec<StatusUpdate> },
-    /// Keeps a signed payload that could not be interpreted.
-    DeadLetter(DeadLetter),
-    /// Deletes at most `limit` of the oldest rows of `target` received
-    /// before `older_than_ms`: retention, in batches small enough never to
-    /// hold the write path.
-    Prune {
-        target: PruneTarget,
-        older_than_ms: i64,
-        limit: u32,
-    },
+/// Creates the tenant and the campaign (with zeroed counters) if needed;
+/// commits to the campaign's key.
+#[derive(Clone, Debug)]
+pub struct EnsureCampaign {
+    pub tenant_id: String,
+    pub campaign_id: String,
+}
+
+/// Registers messages in a campaign and applies their buffered statuses;
+/// commits to [`Registered`].
+#[derive(Clone, Debug)]
+pub struct Register {
+    pub campaign_pk: i64,
+    pub messages: Vec<NewMessage>,
+}
+
+/// Applies updates to known messages of one campaign; commits to
+/// [`Applied`].
+#[derive(Clone, Debug)]
+pub struct Apply {
+    pub campaign_pk: i64,
+    /// `(message_pk, update)` pairs.
+    pub updates: Vec<(i64, StatusUpdate)>,
+}
+
+/// Buffers updates for message ids nobody registered (yet); commits to one
+/// [`UpdateOutcome`] per update.
+#[derive(Clone, Debug)]
+pub struct Buffer {
+    pub updates: Vec<StatusUpdate>,
+}
+
+/// Deletes at most `limit` of the oldest rows of `target` received before
+/// `older_than_ms`: retention, in batches small enough never to hold the
+/// write path. Commits to the number of rows deleted.
+#[derive(Clone, Copy, Debug)]
+pub struct Prune {
+    pub target: PruneTarget,
+    pub older_than_ms: i64,
+    pub limit: u32,
 }
 
 /// What retention prunes.
@@ -69,16 +79,101 @@ impl PruneTarget {
     }
 }
 
-impl WriteOp {
-    /// Returns how many rows this operation writes, roughly: what the queue
-    /// bound and the batch bound count.
-    pub fn weight(&self) -> usize {
-        match self {
-            WriteOp::Register { messages, .. } => messages.len().max(1),
-            WriteOp::Apply { updates, .. } => updates.len().max(1),
-            WriteOp::Buffer { updates } => updates.len().max(1),
-            WriteOp::EnsureCampaign { .. } | WriteOp::DeadLetter(_) | WriteOp::Prune { .. } => 1,
-        }
+/// Everything one commit writes, by kind. Every write statushub makes is one
+/// of these, so a single actor owns the write connection and batches them.
+///
+/// [`super::Store::commit`] answers with a [`BatchOutcome`] holding, kind by
+/// kind and in the same order, one outcome per write: each kind has its own
+/// outcome type, so a write cannot be answered with another's.
+///
+/// Within a commit, kinds are applied in this order: campaigns,
+/// registrations (with the buffered statuses they release), buffers, dead
+/// letters, pruning, then the updates of `applies`.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub campaigns: Vec<EnsureCampaign>,
+    pub registrations: Vec<Register>,
+    pub applies: Vec<Apply>,
+    pub buffers: Vec<Buffer>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub prunes: Vec<Prune>,
+}
+
+/// The outcomes of a [`Batch`], kind by kind, in the batch's order.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// The key of each campaign.
+    pub campaigns: Vec<i64>,
+    pub registrations: Vec<Registered>,
+    pub applies: Vec<Applied>,
+    /// One outcome per buffered update.
+    pub buffers: Vec<Vec<UpdateOutcome>>,
+    /// How many dead letters were stored.
+    pub dead_letters: usize,
+    /// Rows deleted by each prune.
+    pub prunes: Vec<u64>,
+}
+
+/// What a registration committed.
+#[derive(Clone, Debug)]
+pub struct Registered {
+    pub receipt: RegisterReceipt,
+    /// The campaign's counters after the commit.
+    pub counters: Arc<CampaignCounters>,
+    /// Changes made by the buffered statuses the registration released.
+    pub changes: Vec<StatusChange>,
+}
+
+/// What applying updates committed.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    /// One outcome per update, in order.
+    pub outcomes: Vec<UpdateOutcome>,
+    /// The campaign's counters after the commit.
+    pub counters: Arc<CampaignCounters>,
+    /// The changes the updates made, in event-id order.
+    pub changes: Vec<StatusChange>,
+}
+
+/// How many rows a write is worth, roughly: what the DB actor's queue bound
+/// and batch bound count.
+pub trait Weight {
+    fn weight(&self) -> usize;
+}
+
+impl Weight for EnsureCampaign {
+    fn weight(&self) -> usize {
+        1
+    }
+}
+
+impl Weight for Register {
+    fn weight(&self) -> usize {
+        self.messages.len().max(1)
+    }
+}
+
+impl Weight for Apply {
+    fn weight(&self) -> usize {
+        self.updates.len().max(1)
+    }
+}
+
+impl Weight for Buffer {
+    fn weight(&self) -> usize {
+        self.updates.len().max(1)
+    }
+}
+
+impl Weight for DeadLetter {
+    fn weight(&self) -> usize {
+        1
+    }
+}
+
+impl Weight for Prune {
+    fn weight(&self) -> usize {
+        1
     }
 }
 
@@ -147,6 +242,17 @@ pub struct RegisterReceipt {
     pub applied_buffered: usize,
 }
 
+impl std::ops::AddAssign for RegisterReceipt {
+    /// Adds another part's receipt: registrations are split by campaign and
+    /// into batches, and answered as one.
+    fn add_assign(&mut self, other: RegisterReceipt) {
+        self.registered += other.registered;
+        self.existing += other.existing;
+        self.applied_buffered += other.applied_buffered;
+        self.conflicts.extend(other.conflicts);
+    }
+}
+
 /// A committed change of one message's status set: what live dashboards are
 /// sent as `event: status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -165,31 +271,6 @@ pub struct StatusChange {
     pub status: CurrentStatus,
     /// Provider timestamp, Unix milliseconds.
     pub provider_ts_ms: i64,
-}
-
-/// The outcome of one [`WriteOp`], in the same order as the ops.
-#[derive(Clone, Debug)]
-pub enum OpOutcome {
-    Campaign {
-        campaign_pk: i64,
-    },
-    Registered {
-        receipt: RegisterReceipt,
-        counters: Option<Arc<CampaignCounters>>,
-        changes: Vec<StatusChange>,
-    },
-    Applied {
-        outcomes: Vec<UpdateOutcome>,
-        counters: Option<Arc<CampaignCounters>>,
-        changes: Vec<StatusChange>,
-    },
-    Buffered {
-        outcomes: Vec<UpdateOutcome>,
-    },
-    DeadLettered,
-    Pruned {
-        removed: u64,
-    },
 }
 
 /// A message's state as read inside the transaction, and changed there.
@@ -218,7 +299,7 @@ pub(crate) struct EventRow<'a> {
 /// What applying a batch of updates produced: the rows to write and the
 /// counter deltas per campaign.
 #[derive(Debug, Default)]
-pub(crate) struct Applied<'a> {
+pub(crate) struct AppliedUpdates<'a> {
     /// Per input update: `None` for a duplicate, else whether it changed the message.
     pub results: Vec<Option<bool>>,
     pub events: Vec<EventRow<'a>>,
@@ -239,8 +320,8 @@ pub(crate) fn apply_updates<'a>(
     states: &mut HashMap<i64, LoadedMessage>,
     updates: &[(i64, &'a StatusUpdate)],
     existing_keys: &HashSet<String>,
-) -> Applied<'a> {
-    let mut applied = Applied::default();
+) -> AppliedUpdates<'a> {
+    let mut applied = AppliedUpdates::default();
     let mut batch_keys: HashSet<&str> = HashSet::with_capacity(updates.len());
     for &(message_pk, update) in updates {
         let key = update.idempotency_key.as_str();

@@ -15,8 +15,8 @@ mod sqlite;
 use serde::Serialize;
 
 pub use batch::{
-    DeadLetter, NewMessage, OpOutcome, PruneTarget, RegisterReceipt, StatusChange, UpdateOutcome,
-    WriteOp,
+    Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, NewMessage, Prune,
+    PruneTarget, Register, RegisterReceipt, Registered, StatusChange, UpdateOutcome, Weight,
 };
 pub use sqlite::SqliteStore;
 
@@ -155,15 +155,11 @@ impl Store {
         }
     }
 
-    /// Commits a batch of write operations in one transaction and returns one
-    /// outcome per operation, in order.
-    pub async fn commit(
-        &self,
-        ops: &[&WriteOp],
-        now_ms: i64,
-    ) -> Result<Vec<OpOutcome>, StoreError> {
+    /// Commits a batch of writes in one transaction and returns their
+    /// outcomes, kind by kind, in the batch's order.
+    pub async fn commit(&self, batch: &Batch, now_ms: i64) -> Result<BatchOutcome, StoreError> {
         match self {
-            Store::Sqlite(store) => store.commit(ops, now_ms).await,
+            Store::Sqlite(store) => store.commit(batch, now_ms).await,
         }
     }
 

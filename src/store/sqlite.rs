@@ -13,8 +13,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::batch::{
-    CounterRow, EventRow, LoadedMessage, OpOutcome, PruneTarget, RegisterReceipt, StatusChange,
-    UpdateOutcome, WriteOp, apply_updates,
+    Applied, Batch, BatchOutcome, CounterRow, EventRow, LoadedMessage, PruneTarget,
+    RegisterReceipt, Registered, StatusChange, UpdateOutcome, apply_updates,
 };
 use super::{
     CampaignInfo, DeadLetterView, MessageRef, MessageView, RecentEvent, SeenStatus, StoreError,
@@ -81,15 +81,11 @@ impl SqliteStore {
     }
 
     /// Commits `ops` in one transaction; see [`super::Store::commit`].
-    pub async fn commit(
-        &self,
-        ops: &[&WriteOp],
-        now_ms: i64,
-    ) -> Result<Vec<OpOutcome>, StoreError> {
+    pub async fn commit(&self, batch: &Batch, now_ms: i64) -> Result<BatchOutcome, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let outcomes = commit_in(&mut tx, ops, now_ms).await?;
+        let outcome = commit_in(&mut tx, batch, now_ms).await?;
         tx.commit().await?;
-        Ok(outcomes)
+        Ok(outcome)
     }
 
     /// Finds registered messages by provider id.
@@ -618,22 +614,37 @@ fn old_prefix_end(rows: &[SqliteRow], older_than_ms: i64) -> Result<Option<i64>,
     Ok(through)
 }
 
-/// One pending application of an update to a known message, with the index
-/// of the op (and of the update in it) whose outcome it decides.
+/// Whose outcome one pending update decides.
+#[derive(Clone, Copy)]
+enum Target {
+    /// Update `update` of apply `apply`.
+    Apply { apply: usize, update: usize },
+    /// A buffered status released by registration `registration`.
+    Registration { registration: usize },
+}
+
+/// One pending application of an update to a known message.
 struct Pending<'a> {
-    op_index: usize,
-    update_index: Option<usize>,
+    target: Target,
     message_pk: i64,
     update: &'a StatusUpdate,
+}
+
+/// A registration or apply outcome while the commit builds it; the
+/// counters are known only at the end.
+struct Building<T> {
+    campaign_pk: i64,
+    result: T,
+    changes: Vec<StatusChange>,
 }
 
 /// The body of a commit, inside the transaction.
 async fn commit_in(
     conn: &mut SqliteConnection,
-    ops: &[&WriteOp],
+    batch: &Batch,
     now_ms: i64,
-) -> Result<Vec<OpOutcome>, StoreError> {
-    let mut outcomes: Vec<Option<OpOutcome>> = vec![None; ops.len()];
+) -> Result<BatchOutcome, StoreError> {
+    let mut outcome = BatchOutcome::default();
     let mut deltas: HashMap<i64, (Tally, i64)> = HashMap::new();
     let mut touched: HashSet<i64> = HashSet::new();
     let mut pending: Vec<Pending<'_>> = Vec::new();
@@ -641,93 +652,82 @@ async fn commit_in(
     // Each campaign's version as this commit moves it: every registration
     // and every changing event takes the next number, which the event row
     // keeps as the SSE cursor.
-    let mut versions = campaign_versions(conn, ops).await?;
+    let mut versions = campaign_versions(conn, batch).await?;
 
-    // 1. Campaigns, registrations, buffers, dead letters, expiry, in op order.
-    for (op_index, op) in ops.iter().enumerate() {
-        match op {
-            WriteOp::EnsureCampaign {
-                tenant_id,
-                campaign_id,
-            } => {
-                let campaign_pk = ensure_campaign(conn, tenant_id, campaign_id, now_ms).await?;
-                outcomes[op_index] = Some(OpOutcome::Campaign { campaign_pk });
-            }
-            WriteOp::Register {
-                campaign_pk,
-                messages,
-            } => {
-                let (receipt, registered) = register(conn, *campaign_pk, messages, now_ms).await?;
-                if receipt.registered > 0 {
-                    let delta = Tally::transition(None, &StatusSet::EMPTY);
-                    let entry = deltas.entry(*campaign_pk).or_default();
-                    for _ in 0..receipt.registered {
-                        entry.0 = entry.0.plus(&delta);
-                    }
-                    entry.1 += 1;
-                    *versions.entry(*campaign_pk).or_default() += 1;
-                }
-                touched.insert(*campaign_pk);
-                for (message_pk, update) in take_unmatched(conn, &registered).await? {
-                    drained.push((op_index, message_pk, update));
-                }
-                outcomes[op_index] = Some(OpOutcome::Registered {
-                    receipt,
-                    counters: None,
-                    changes: Vec::new(),
-                });
-            }
-            WriteOp::Buffer { updates } => {
-                let results = buffer(conn, updates, now_ms).await?;
-                outcomes[op_index] = Some(OpOutcome::Buffered { outcomes: results });
-            }
-            WriteOp::DeadLetter(letter) => {
-                sqlx::query(
-                    "INSERT INTO dead_letters (channel, reason, content_type, body, received_at)
-                     VALUES (?, ?, ?, ?, ?)",
-                )
-                .bind(letter.channel.as_str())
-                .bind(&letter.reason)
-                .bind(&letter.content_type)
-                .bind(&letter.body)
-                .bind(now_ms)
-                .execute(&mut *conn)
-                .await?;
-                outcomes[op_index] = Some(OpOutcome::DeadLettered);
-            }
-            WriteOp::Prune {
-                target,
-                older_than_ms,
-                limit,
-            } => {
-                let removed = prune(conn, *target, *older_than_ms, *limit).await?;
-                outcomes[op_index] = Some(OpOutcome::Pruned { removed });
-            }
-            WriteOp::Apply {
-                campaign_pk,
-                updates,
-            } => {
-                touched.insert(*campaign_pk);
-                for (update_index, (message_pk, update)) in updates.iter().enumerate() {
-                    pending.push(Pending {
-                        op_index,
-                        update_index: Some(update_index),
-                        message_pk: *message_pk,
-                        update,
-                    });
-                }
-                outcomes[op_index] = Some(OpOutcome::Applied {
-                    outcomes: vec![UpdateOutcome::Duplicate; updates.len()],
-                    counters: None,
-                    changes: Vec::new(),
-                });
-            }
-        }
+    // 1. Campaigns, registrations, buffers, dead letters, pruning.
+    for campaign in &batch.campaigns {
+        let campaign_pk =
+            ensure_campaign(conn, &campaign.tenant_id, &campaign.campaign_id, now_ms).await?;
+        outcome.campaigns.push(campaign_pk);
     }
-    for (op_index, message_pk, update) in &drained {
+    let mut registrations: Vec<Building<RegisterReceipt>> = Vec::new();
+    for (index, registration) in batch.registrations.iter().enumerate() {
+        let campaign_pk = registration.campaign_pk;
+        let (receipt, registered) =
+            register(conn, campaign_pk, &registration.messages, now_ms).await?;
+        if receipt.registered > 0 {
+            let delta = Tally::transition(None, &StatusSet::EMPTY);
+            let entry = deltas.entry(campaign_pk).or_default();
+            for _ in 0..receipt.registered {
+                entry.0 = entry.0.plus(&delta);
+            }
+            entry.1 += 1;
+            *versions.entry(campaign_pk).or_default() += 1;
+        }
+        touched.insert(campaign_pk);
+        for (message_pk, update) in take_unmatched(conn, &registered).await? {
+            drained.push((index, message_pk, update));
+        }
+        registrations.push(Building {
+            campaign_pk,
+            result: receipt,
+            changes: Vec::new(),
+        });
+    }
+    for buffered in &batch.buffers {
+        outcome
+            .buffers
+            .push(buffer(conn, &buffered.updates, now_ms).await?);
+    }
+    for letter in &batch.dead_letters {
+        sqlx::query(
+            "INSERT INTO dead_letters (channel, reason, content_type, body, received_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(letter.channel.as_str())
+        .bind(&letter.reason)
+        .bind(&letter.content_type)
+        .bind(&letter.body)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+        outcome.dead_letters += 1;
+    }
+    for each in &batch.prunes {
+        let removed = prune(conn, each.target, each.older_than_ms, each.limit).await?;
+        outcome.prunes.push(removed);
+    }
+    let mut applies: Vec<Building<Vec<UpdateOutcome>>> = Vec::new();
+    for (apply, write) in batch.applies.iter().enumerate() {
+        touched.insert(write.campaign_pk);
+        for (update, (message_pk, each)) in write.updates.iter().enumerate() {
+            pending.push(Pending {
+                target: Target::Apply { apply, update },
+                message_pk: *message_pk,
+                update: each,
+            });
+        }
+        applies.push(Building {
+            campaign_pk: write.campaign_pk,
+            result: vec![UpdateOutcome::Duplicate; write.updates.len()],
+            changes: Vec::new(),
+        });
+    }
+    for (registration, message_pk, update) in &drained {
         pending.push(Pending {
-            op_index: *op_index,
-            update_index: None,
+            target: Target::Registration {
+                registration: *registration,
+            },
             message_pk: *message_pk,
             update,
         });
@@ -776,10 +776,13 @@ async fn commit_in(
                 status: event.current,
                 provider_ts_ms: event.update.timestamp_ms,
             };
-            if let Some(
-                OpOutcome::Applied { changes, .. } | OpOutcome::Registered { changes, .. },
-            ) = &mut outcomes[each.op_index]
-            {
+            let changes = match each.target {
+                Target::Apply { apply, .. } => applies.get_mut(apply).map(|b| &mut b.changes),
+                Target::Registration { registration } => {
+                    registrations.get_mut(registration).map(|b| &mut b.changes)
+                }
+            };
+            if let Some(changes) = changes {
                 changes.push(change);
             }
         }
@@ -794,16 +797,22 @@ async fn commit_in(
                 Some(changed) => UpdateOutcome::Applied { changed: *changed },
                 None => UpdateOutcome::Duplicate,
             };
-            match (&mut outcomes[each.op_index], each.update_index) {
-                (Some(OpOutcome::Applied { outcomes, .. }), Some(index)) => {
-                    outcomes[index] = outcome
-                }
-                (Some(OpOutcome::Registered { receipt, .. }), None) => {
-                    if matches!(outcome, UpdateOutcome::Applied { .. }) {
-                        receipt.applied_buffered += 1;
+            match each.target {
+                Target::Apply { apply, update } => {
+                    if let Some(slot) = applies
+                        .get_mut(apply)
+                        .and_then(|building| building.result.get_mut(update))
+                    {
+                        *slot = outcome;
                     }
                 }
-                _ => {}
+                Target::Registration { registration } => {
+                    if let (Some(building), UpdateOutcome::Applied { .. }) =
+                        (registrations.get_mut(registration), outcome)
+                    {
+                        building.result.applied_buffered += 1;
+                    }
+                }
             }
         }
     }
@@ -847,27 +856,26 @@ async fn commit_in(
         counters.insert(campaign_pk, counter_row(&row)?);
     }
     let counters = with_names(conn, counters).await?;
-    for (op, outcome) in ops.iter().zip(outcomes.iter_mut()) {
-        match (op, outcome) {
-            (
-                WriteOp::Register { campaign_pk, .. },
-                Some(OpOutcome::Registered { counters: slot, .. }),
-            )
-            | (
-                WriteOp::Apply { campaign_pk, .. },
-                Some(OpOutcome::Applied { counters: slot, .. }),
-            ) => {
-                *slot = counters.get(campaign_pk).cloned();
-            }
-            _ => {}
-        }
-    }
-    outcomes
-        .into_iter()
-        .map(|outcome| {
-            outcome.ok_or_else(|| StoreError::Corrupt("operation without outcome".to_owned()))
+    let counters_of = |campaign_pk: i64| {
+        counters.get(&campaign_pk).cloned().ok_or_else(|| {
+            StoreError::Corrupt(format!("campaign {campaign_pk} has no counters row"))
         })
-        .collect()
+    };
+    for building in registrations {
+        outcome.registrations.push(Registered {
+            counters: counters_of(building.campaign_pk)?,
+            receipt: building.result,
+            changes: building.changes,
+        });
+    }
+    for building in applies {
+        outcome.applies.push(Applied {
+            counters: counters_of(building.campaign_pk)?,
+            outcomes: building.result,
+            changes: building.changes,
+        });
+    }
+    Ok(outcome)
 }
 
 /// Returns the counters as dashboards see them, with the campaigns' names.
@@ -905,16 +913,13 @@ async fn with_names(
 /// Reads the counters version of every campaign `ops` write to.
 async fn campaign_versions(
     conn: &mut SqliteConnection,
-    ops: &[&WriteOp],
+    batch: &Batch,
 ) -> Result<HashMap<i64, i64>, StoreError> {
-    let campaigns: HashSet<i64> = ops
+    let campaigns: HashSet<i64> = batch
+        .registrations
         .iter()
-        .filter_map(|op| match op {
-            WriteOp::Register { campaign_pk, .. } | WriteOp::Apply { campaign_pk, .. } => {
-                Some(*campaign_pk)
-            }
-            _ => None,
-        })
+        .map(|registration| registration.campaign_pk)
+        .chain(batch.applies.iter().map(|apply| apply.campaign_pk))
         .collect();
     let mut versions = HashMap::with_capacity(campaigns.len());
     if campaigns.is_empty() {

@@ -41,7 +41,7 @@ pub use sns_verify::SnsVerifier;
 use crate::domain::{Channel, Parsed};
 use crate::error::ApiError;
 use crate::hub::WebhookReceipt;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The header SNS sets to the message type.
 const MESSAGE_TYPE_HEADER: &str = "x-amz-sns-message-type";
@@ -52,6 +52,8 @@ pub async fn receive(
     req: HttpRequest,
     body: web::Bytes,
     state: web::Data<AppState>,
+    verifier: web::Data<SnsVerifier>,
+    subscriptions: web::Data<SnsSubscriptions>,
 ) -> Result<HttpResponse, ApiError> {
     let secret = state.settings.ses_webhook_secret.as_ref();
     if secret.is_some_and(|secret| !shared_secret_matches(&req, secret.expose_secret().as_bytes()))
@@ -89,19 +91,15 @@ pub async fn receive(
     }
 
     let verified = if state.settings.enable_webhook_verification {
-        state
-            .sns_verifier
-            .verify(&envelope)
-            .await
-            .map_err(|error| {
-                if let SnsError::CertificateUnavailable(_) = error {
-                    tracing::warn!(error = %error, "cannot verify sns message now");
-                    ApiError::Unavailable
-                } else {
-                    tracing::debug!(error = %error, "refused sns message");
-                    ApiError::Unauthorized("invalid signature")
-                }
-            })?;
+        verifier.verify(&envelope).await.map_err(|error| {
+            if let SnsError::CertificateUnavailable(_) = error {
+                tracing::warn!(error = %error, "cannot verify sns message now");
+                ApiError::Unavailable
+            } else {
+                tracing::debug!(error = %error, "refused sns message");
+                ApiError::Unauthorized("invalid signature")
+            }
+        })?;
         true
     } else {
         false
@@ -112,10 +110,10 @@ pub async fn receive(
             notification(&req, &body, &state, &envelope, verified).await
         }
         SnsMessageType::SubscriptionConfirmation => {
-            subscription_confirmation(&state, &envelope).await
+            subscription_confirmation(&state, &subscriptions, &envelope).await
         }
         SnsMessageType::UnsubscribeConfirmation => {
-            state.sns_subscriptions.unsubscribed(&envelope);
+            subscriptions.unsubscribed(&envelope);
             Ok(HttpResponse::Ok().json(serde_json::json!({
                 "acknowledged": "UnsubscribeConfirmation",
             })))
@@ -132,27 +130,19 @@ async fn notification(
     verified: bool,
 ) -> Result<HttpResponse, ApiError> {
     let parsed = match parse_ses_message(&envelope.message, &envelope.message_id) {
-        Ok(update) => Parsed {
+        Ok(update) => Ok(Parsed {
             updates: vec![update],
             problems: Vec::new(),
-        },
+        }),
         Err(error) => {
             if let Some(notice) = ses_setup_notice(&envelope.message) {
                 tracing::info!(topic_arn = %envelope.topic_arn, notice, "ses set-up notice acknowledged");
                 return Ok(HttpResponse::Ok().json(WebhookReceipt::default()));
             }
-            // Unsigned junk is the caller's mistake; signed junk is AWS's new
-            // shape, kept so nothing is lost.
-            if !verified {
-                return Err(ApiError::BadRequest(error.to_string()));
-            }
-            Parsed {
-                updates: Vec::new(),
-                problems: vec![error.to_string()],
-            }
+            Err(error.to_string())
         }
     };
-    super::apply_and_reply(&state.hub, req, Channel::Email, body, parsed).await
+    super::apply_and_reply(&state.hub, req, Channel::Email, body, parsed, verified).await
 }
 
 /// Confirms a subscription to a topic listed in `SNS_TOPIC_ARNS`: 200 once
@@ -162,6 +152,7 @@ async fn notification(
 /// (200, nothing fetched).
 async fn subscription_confirmation(
     state: &AppState,
+    subscriptions: &SnsSubscriptions,
     envelope: &SnsEnvelope,
 ) -> Result<HttpResponse, ApiError> {
     let subscribe_url = envelope
@@ -174,17 +165,14 @@ async fn subscription_confirmation(
     })?;
     if state.settings.sns_topic_arns.is_empty() {
         // No topic is trusted by configuration: the admin decides.
-        let held = state.sns_subscriptions.hold(envelope, subscribe_url);
+        let held = subscriptions.hold(envelope, subscribe_url);
         return Ok(HttpResponse::Ok().json(serde_json::json!({
             "held": true,
             "pending_id": held.id,
             "reason": "SNS_TOPIC_ARNS is empty: the admin must confirm this subscription",
         })));
     }
-    let outcome = state
-        .sns_subscriptions
-        .confirm(envelope, subscribe_url)
-        .await;
+    let outcome = subscriptions.confirm(envelope, subscribe_url).await;
     let mut response = if outcome.error.is_none() {
         HttpResponse::Ok()
     } else {
@@ -197,13 +185,12 @@ async fn subscription_confirmation(
 /// subscription. 200 with the outcome once SNS accepted it, 502 when the
 /// confirmation failed (it stays held), 404 for no such held confirmation.
 pub async fn confirm_held(
-    state: web::Data<AppState>,
+    subscriptions: web::Data<SnsSubscriptions>,
     caller: crate::auth::Caller,
     path: web::Path<u64>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let outcome = state
-        .sns_subscriptions
+    let outcome = subscriptions
         .confirm_held(path.into_inner())
         .await
         .ok_or(ApiError::NotFound("no such held confirmation"))?;

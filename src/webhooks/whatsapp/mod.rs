@@ -14,7 +14,7 @@ pub use payload::{envelope, parse};
 
 use crate::domain::Channel;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Query of Meta's verification request.
 #[derive(Deserialize)]
@@ -96,15 +96,13 @@ pub async fn receive(
     } else {
         false
     };
-    let parsed = match parse(&body) {
-        Ok(parsed) => parsed,
-        // Unsigned junk is the caller's mistake; signed junk is Meta's new
-        // shape, kept so nothing is lost.
-        Err(problem) if !verified => return Err(ApiError::BadRequest(problem)),
-        Err(problem) => crate::domain::Parsed {
-            updates: Vec::new(),
-            problems: vec![problem],
-        },
-    };
-    super::apply_and_reply(&state.hub, &req, Channel::Whatsapp, &body, parsed).await
+    super::apply_and_reply(
+        &state.hub,
+        &req,
+        Channel::Whatsapp,
+        &body,
+        parse(&body),
+        verified,
+    )
+    .await
 }
