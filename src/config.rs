@@ -159,13 +159,22 @@ pub struct ServeArgs {
 /// The validated settings the application is built from.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Where the HTTP server listens.
     pub bind: SocketAddr,
+    /// Which database: `sqlite://…` (or, later, `postgres://…`).
     pub database_url: String,
+    /// SQLite durability: `Full` survives power loss, `Normal` a crash.
     pub sqlite_synchronous: SqliteSynchronous,
+    /// Where generated secrets are kept.
     pub data_dir: PathBuf,
+    /// The four secrets every hub has, checked for strength at start.
     pub secrets: Secrets,
+    /// Optional shared secret the email endpoint also requires.
     pub ses_webhook_secret: Option<SecretString>,
+    /// SNS topics whose messages are accepted and whose subscriptions are
+    /// confirmed automatically; empty accepts any topic and confirms none.
     pub sns_topic_arns: Vec<String>,
+    /// Pre-provisioned SNS signing certificates, read before any download.
     pub sns_cert_dir: Option<PathBuf>,
     /// Test-only: sends the `GET` that confirms an SNS subscription to this
     /// base (scheme, host and port) instead of the `SubscribeURL`'s SNS host,
@@ -177,17 +186,27 @@ pub struct Settings {
     /// (the integration tests, pointing it at a local stand-in) can enable
     /// it, and start-up logs a warning when it is set.
     pub sns_subscribe_override: Option<reqwest::Url>,
+    /// `false` turns provider signature checks off (local experiments only).
     pub enable_webhook_verification: bool,
+    /// Largest webhook body, bytes (413 beyond).
     pub body_limit: usize,
+    /// Largest registration body, bytes (413 beyond).
     pub api_body_limit: usize,
+    /// Most rows in one group commit.
     pub max_batch: usize,
+    /// Most rows waiting for a commit before writes get 503.
     pub max_queue: usize,
+    /// Idle time after which a campaign actor stops.
     pub campaign_idle: Duration,
+    /// HTTP worker threads (`None`: one per core).
     pub workers: Option<usize>,
+    /// Least time between two `metrics` events of a campaign on a stream.
     pub sse_coalesce: Duration,
+    /// Heartbeat comment interval (at most 15 s).
     pub sse_heartbeat: Duration,
+    /// Most status events replayed to a resuming stream.
     pub sse_replay_limit: u32,
-    /// Time a whole request may take to arrive (see [`crate::limits`]).
+    /// Time a whole request, body included, may take to arrive.
     pub request_timeout: Duration,
     /// Most open client connections, before the descriptor-limit clamp.
     pub max_connections: usize,
@@ -211,7 +230,7 @@ pub struct StreamLimits {
 }
 
 /// How long stored history is kept. Pruning runs in small batches through
-/// the DB actor (see [`crate::hub::Hub::prune`]).
+/// the DB actor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
     /// Timeline events (`status_events`); `None` keeps them forever.

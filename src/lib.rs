@@ -3,33 +3,42 @@
 //! # Layout
 //!
 //! ```text
-//! provider ──HTTP──▶ webhooks (verify, parse) ──▶ hub: CampaignActor (one per campaign)
-//!                        ▲                              │ owns counters, serializes the campaign
-//!                        │ 200 only after commit        ▼
-//!                        └─────────────────────── hub: DbActor ──group commit──▶ store (SQLite)
-//!                                                          │ after each commit, once
-//!                                                          ▼
-//!                                          sse::Broadcaster ──▶ SSE streams, debug page
+//! provider ──HTTP──▶ webhooks (verify, parse) ──▶ hub: Router ──▶ CampaignActor (one per campaign)
+//!                        ▲                                          │ owns counters, serializes the campaign
+//!                        │ 200 only after commit                    ▼
+//!                        └──────────────────────────────── hub: DbActor ──group commit──▶ store (SQLite)
+//!   unknown message ids: hub ──Buffer──▶ DbActor (applied when registered)  │ after each commit, once
+//!                                                                          ▼
+//!                                              hub::broadcast ──▶ sse (streams, debug page)
 //! ```
 //!
+//! Layers, each importing only those below it (the one circle is the
+//! router and the campaign actors, which start each other's lifecycle):
+//!
+//! - HTTP: [`startup`] (composition root), [`webhooks`] (provider
+//!   endpoints), [`api`] (`/api/v1`), [`sse`] (live streams: coalescing,
+//!   resume, caps), [`ops`] (health, readiness, Prometheus, the debug
+//!   page), sharing [`state`] (the hub, settings, metrics), [`access`]
+//!   (what a caller may read), [`auth`] (tokens), [`error`] (the one HTTP
+//!   error type) and [`limits`] (request deadline, no compressed bodies,
+//!   connections below the descriptor limit).
+//! - [`hub`]: the cloneable [`hub::Hub`] handle over the actors: the
+//!   router, one campaign actor per active campaign, the DB actor (group
+//!   commit, one group in flight), and the broadcast point each commit is
+//!   published to once.
+//! - [`store`]: the database: migrations, the batched commit of typed
+//!   writes, reads.
 //! - [`domain`]: the status algebra (seen sets, current status, counter
 //!   deltas) and the provider-neutral [`domain::StatusUpdate`]; pure.
-//! - [`webhooks`]: provider endpoints: signature checks and payload parsers.
-//! - [`hub`]: the actors (router, campaign actors, DB actor) behind the
-//!   cloneable [`hub::Hub`] handle.
-//! - [`store`]: the database: migrations, the batched commit, reads.
-//! - [`api`]: `/api/v1` for senders and dashboards; [`auth`]: tokens.
-//! - [`sse`]: live streams: the broadcast point, coalescing, resume.
-//! - [`ops`]: health, readiness, Prometheus metrics, the debug page.
-//! - [`limits`]: what one client may hold: request deadline, no compressed
-//!   bodies, connections below the descriptor limit.
-//! - [`simulate`]: `statushub simulate`, a demo feed of signed webhooks.
-//! - [`config`], [`secrets`], [`startup`], [`telemetry`], [`cli`]: wiring.
+//! - [`metrics`] (Prometheus registry), [`clock`] (Unix milliseconds),
+//!   [`config`] and [`secrets`] (settings), [`telemetry`] (logs).
+//! - Commands: [`cli`], and [`simulate`] (a demo feed of signed webhooks).
 
 pub mod access;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -17,16 +17,40 @@ use actix::prelude::*;
 use futures_util::future::{BoxFuture, join_all};
 use tokio::sync::oneshot;
 
-use super::HubError;
+use super::db_actor::Persist;
 use super::db_actor::{DbActor, Reply};
+use super::error::HubError;
 use super::group::OneInFlight;
-use super::messages::{ApplyUpdates, GetCounters, Persist, RegisterMessages, Stopped};
 use super::router::Router;
-use crate::domain::CampaignCounters;
-use crate::store::{Applied, Apply, Register, RegisterReceipt, Registered, Store, UpdateOutcome};
+use super::router::Stopped;
+use crate::domain::{CampaignCounters, StatusUpdate};
+use crate::store::{
+    Applied, Apply, NewMessage, Register, RegisterReceipt, Registered, Store, UpdateOutcome,
+};
 
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Asks a campaign actor to apply updates to messages of its campaign;
+/// replies after they are committed.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Vec<UpdateOutcome>, HubError>")]
+pub struct ApplyUpdates {
+    /// `(message_pk, update)` pairs, all of this actor's campaign.
+    pub updates: Vec<(i64, StatusUpdate)>,
+}
+
+/// Asks a campaign actor to register messages; replies after commit.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<RegisterReceipt, HubError>")]
+pub struct RegisterMessages {
+    pub messages: Vec<NewMessage>,
+}
+
+/// Asks a campaign actor for its current counters.
+#[derive(Message, Debug)]
+#[rtype(result = "Option<CampaignCounters>")]
+pub struct GetCounters;
 
 /// A write of this campaign waiting for the next group, with its reply.
 #[derive(Debug)]

@@ -13,10 +13,9 @@ use std::time::Instant;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::HubError;
 use super::broadcast::{Broadcaster, CommitUpdate};
+use super::error::HubError;
 use super::group::OneInFlight;
-use super::messages::{Persist, QueueDepth};
 use crate::metrics::Metrics;
 use crate::store::{
     Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, Prune, Register,
@@ -67,6 +66,22 @@ write_kind!(Apply, Applied, Apply);
 write_kind!(Buffer, Vec<UpdateOutcome>, Buffer);
 write_kind!(DeadLetter, (), DeadLetter);
 write_kind!(Prune, u64, Prune);
+
+// ---- messages ----
+
+/// Asks the DB actor to commit a write with the next batch; replies with
+/// the write's own outcome type once the transaction holding it committed.
+#[derive(Debug)]
+pub struct Persist<W: Write>(pub W);
+
+impl<W: Write> Message for Persist<W> {
+    type Result = Result<W::Outcome, HubError>;
+}
+
+/// Asks the DB actor how many statuses wait for a commit.
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct QueueDepth;
 
 /// The replies of a batch, kind by kind, in the batch's order.
 #[derive(Debug, Default)]

@@ -15,8 +15,8 @@
 pub mod broadcast;
 mod campaign_actor;
 mod db_actor;
+mod error;
 mod group;
-mod messages;
 mod router;
 
 use std::collections::HashMap;
@@ -29,6 +29,7 @@ use serde::Serialize;
 pub use broadcast::{Broadcaster, CommitUpdate, IncomingEvent, PublishedCampaign, PublishedChange};
 pub use campaign_actor::CampaignActor;
 pub use db_actor::{DbActor, Write};
+pub use error::HubError;
 pub use router::Router;
 
 use crate::domain::{CampaignCounters, Channel, StatusUpdate};
@@ -37,9 +38,9 @@ use crate::store::{
     Buffer, DeadLetter, EnsureCampaign, MessageRef, NewMessage, Prune, PruneTarget,
     RegisterReceipt, Store, UpdateOutcome,
 };
-use messages::{
-    ApplyUpdates, CountActive, GetCounters, Locate, Persist, QueueDepth, RegisterMessages,
-};
+use campaign_actor::{ApplyUpdates, GetCounters, RegisterMessages};
+use db_actor::{Persist, QueueDepth};
+use router::{CountActive, Locate};
 
 /// How many times an update is routed again when its message turned out to
 /// be registered meanwhile, or its campaign actor stopped under it.
@@ -47,16 +48,6 @@ const MAX_REROUTES: usize = 3;
 
 /// Rows one retention write deletes at most.
 pub const PRUNE_BATCH: u32 = 1_000;
-
-/// Why the hub could not do what was asked. Every variant means "not
-/// stored": callers answer 503 and providers retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HubError {
-    #[error("the write queue is full")]
-    Overloaded,
-    #[error("the store is unavailable")]
-    Unavailable,
-}
 
 /// The reply to a webhook: what happened to the statuses it carried.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -8,9 +8,29 @@ use actix::prelude::*;
 
 use super::campaign_actor::CampaignActor;
 use super::db_actor::DbActor;
-use super::messages::{CountActive, Locate, Stopped};
 use crate::metrics::Metrics;
 use crate::store::Store;
+
+/// Asks the router for the address of a campaign's actor, starting it if
+/// needed.
+#[derive(Message, Debug)]
+#[rtype(result = "Addr<super::campaign_actor::CampaignActor>")]
+pub struct Locate {
+    pub campaign_pk: i64,
+}
+
+/// Tells the router a campaign actor stopped, so it can forget the address.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Stopped {
+    pub campaign_pk: i64,
+    pub generation: u64,
+}
+
+/// Asks the router how many campaign actors are running.
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct CountActive;
 
 /// The router actor. It is the only place campaign actors are started, so
 /// there is never more than one actor per campaign in this process.

@@ -41,7 +41,7 @@ use crate::error::ApiError;
 use crate::hub::CommitUpdate;
 use crate::state::AppState;
 use crate::store::Store;
-use stream::{Connection, IdMode, Scope};
+use stream::{Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope};
 
 /// Events buffered per connection between its task and the socket. A client
 /// that lets this fill is slow: it skips to the latest metrics, or is
@@ -50,9 +50,6 @@ const CONNECTION_BUFFER: usize = 256;
 
 /// The `retry:` hint sent on connect.
 const RETRY_HINT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Most campaigns a tenant stream snapshots on connect.
-const MAX_SNAPSHOT_CAMPAIGNS: u32 = 1000;
 
 /// Registers the stream routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {

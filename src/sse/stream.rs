@@ -11,10 +11,13 @@ use bytestring::ByteString;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::encode::{metrics_data, status_data, status_json};
+use super::encode::{counters_json, metrics_data, status_data, status_json};
 use crate::domain::CampaignCounters;
 use crate::hub::{CommitUpdate, Hub};
 use crate::store::{StatusChange, Store};
+
+/// Most campaigns a tenant stream snapshots on connect (and on a resync).
+pub(super) const MAX_SNAPSHOT_CAMPAIGNS: u32 = 1000;
 
 /// Which changes a connection may see.
 #[derive(Clone, Debug)]
@@ -288,7 +291,7 @@ impl Connection {
             },
             Scope::Tenant { tenant_id, .. } => {
                 match store
-                    .tenant_snapshot(tenant_id.as_deref(), super::MAX_SNAPSHOT_CAMPAIGNS)
+                    .tenant_snapshot(tenant_id.as_deref(), MAX_SNAPSHOT_CAMPAIGNS)
                     .await
                 {
                     Ok((_, all)) => all,
@@ -302,7 +305,7 @@ impl Connection {
             }
             let known = self.sent_versions.get(&campaign_pk).copied().unwrap_or(-1);
             if counters.version > known {
-                let json = super::encode::counters_json(&counters);
+                let json = counters_json(&counters);
                 self.pending.insert(campaign_pk, (counters.version, json));
             }
         }

@@ -12,7 +12,7 @@ use crate::domain::{
     CampaignCounters, Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally,
 };
 
-use super::MessageRef;
+use super::types::MessageRef;
 
 /// Creates the tenant and the campaign (with zeroed counters) if needed;
 /// commits to the campaign's key.
@@ -82,7 +82,7 @@ impl PruneTarget {
 /// Everything one commit writes, by kind. Every write statushub makes is one
 /// of these, so a single actor owns the write connection and batches them.
 ///
-/// [`super::Store::commit`] answers with a [`BatchOutcome`] holding, kind by
+/// `Store::commit` answers with a [`BatchOutcome`] holding, kind by
 /// kind and in the same order, one outcome per write: each kind has its own
 /// outcome type, so a write cannot be answered with another's.
 ///
@@ -224,7 +224,7 @@ impl CounterRow {
             campaign_id,
             self.version,
             &self.tally,
-            super::format_ms(self.updated_at_ms),
+            crate::clock::format_ms(self.updated_at_ms),
         )
     }
 }

@@ -11,125 +11,22 @@
 
 mod batch;
 mod sqlite;
-
-use serde::Serialize;
+mod types;
 
 pub use batch::{
     Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, NewMessage, Prune,
     PruneTarget, Register, RegisterReceipt, Registered, StatusChange, UpdateOutcome, Weight,
 };
 pub use sqlite::SqliteStore;
+pub use types::{
+    CampaignInfo, DeadLetterView, MessageRef, MessageView, RecentEvent, SeenStatus, StoreError,
+    StoreStats, TimelineEvent,
+};
+
+pub use crate::clock::{format_ms, now_ms};
 
 use crate::config::SqliteSynchronous;
 use crate::domain::{CampaignCounters, Channel};
-
-/// Errors of the storage layer. Callers map them to 503 (the store is down or
-/// busy: providers retry) and log the cause; clients never see SQL.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error")]
-    Database(#[from] sqlx::Error),
-    #[error("migration failed")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database url: {0}")]
-    UnsupportedUrl(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-}
-
-/// Where a known message lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct MessageRef {
-    pub message_pk: i64,
-    pub campaign_pk: i64,
-}
-
-/// A campaign's identity.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CampaignInfo {
-    pub campaign_pk: i64,
-    pub tenant_id: String,
-    pub campaign_id: String,
-}
-
-/// A message and its timeline, for `GET /api/v1/messages/{channel}/{id}`.
-#[derive(Clone, Debug, Serialize)]
-pub struct MessageView {
-    pub tenant_id: String,
-    pub campaign_id: String,
-    pub channel: String,
-    pub provider_message_id: String,
-    pub recipient: Option<String>,
-    pub status: String,
-    pub seen: Vec<SeenStatus>,
-    pub error: Option<crate::domain::Failure>,
-    pub timeline: Vec<TimelineEvent>,
-}
-
-/// One status of a message's seen set, with its first provider timestamp
-/// (absent for a status that was only implied).
-#[derive(Clone, Debug, Serialize)]
-pub struct SeenStatus {
-    pub status: String,
-    pub first_at: Option<String>,
-}
-
-/// One provider notification in a message's timeline.
-#[derive(Clone, Debug, Serialize)]
-pub struct TimelineEvent {
-    pub id: i64,
-    pub event: String,
-    pub status: Option<String>,
-    /// Whether this event changed the message's status set.
-    pub changed: bool,
-    pub provider_at: String,
-    pub received_at: String,
-    pub details: serde_json::Value,
-}
-
-/// One stored event for the debug log (`GET /webhooks/events`).
-#[derive(Clone, Debug, Serialize)]
-pub struct RecentEvent {
-    pub id: i64,
-    pub kind: &'static str,
-    pub channel: String,
-    pub provider_message_id: String,
-    pub tenant_id: Option<String>,
-    pub campaign_id: Option<String>,
-    pub event: String,
-    pub status: Option<String>,
-    pub changed: bool,
-    pub provider_at: String,
-    pub received_at: String,
-}
-
-/// Row counts for `/webhooks/health`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct StoreStats {
-    pub campaigns: i64,
-    pub messages: i64,
-    pub events_stored: i64,
-    pub unmatched_buffered: i64,
-    pub dead_letters: i64,
-}
-
-/// A stored dead letter, for the debug page.
-#[derive(Clone, Debug, Serialize)]
-pub struct DeadLetterView {
-    pub id: i64,
-    pub channel: String,
-    pub reason: String,
-    pub content_type: Option<String>,
-    /// The body as text (lossy where it is not UTF-8); in listings, only
-    /// its first bytes.
-    pub body: String,
-    /// The stored body's whole length.
-    pub body_bytes: i64,
-    /// Whether `body` is cut (listings; `GET /webhooks/dead-letters/{id}`
-    /// gives the whole body).
-    pub body_truncated: bool,
-    pub received_at: String,
-}
 
 /// The store, over whichever backend `DATABASE_URL` selects.
 #[derive(Clone, Debug)]
@@ -314,39 +211,5 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.close().await,
         }
-    }
-}
-
-/// Formats Unix milliseconds as RFC 3339 UTC with exactly three fractional
-/// digits (`2026-11-28T12:00:00.000Z`): fixed width, so these strings sort
-/// in time order.
-pub fn format_ms(ms: i64) -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|at| at.format(FORMAT).ok())
-        .unwrap_or_else(|| ms.to_string())
-}
-
-/// Returns the current time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::format_ms;
-
-    #[test]
-    fn timestamps_have_fixed_width_and_sort_in_time_order() {
-        assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_ms(1_700_000_000_500), "2023-11-14T22:13:20.500Z");
-        let mut texts = [format_ms(1_000), format_ms(999), format_ms(1_500)];
-        texts.sort();
-        assert_eq!(texts, [format_ms(999), format_ms(1_000), format_ms(1_500)]);
     }
 }

@@ -17,7 +17,7 @@
 //!    only); a `SubscriptionConfirmation` for a topic in `SNS_TOPIC_ARNS` is
 //!    confirmed by a `GET` of its host-validated `SubscribeURL` (200 once
 //!    confirmed, 502 when that failed, so SNS retries), and with the list
-//!    empty it is held for the admin to confirm (see [`confirm`]); an
+//!    empty it is held for the admin to confirm (see `confirm.rs`); an
 //!    `UnsubscribeConfirmation` is logged.
 
 mod confirm;
@@ -142,7 +142,7 @@ async fn notification(
             Err(error.to_string())
         }
     };
-    super::apply_and_reply(&state.hub, req, Channel::Email, body, parsed, verified).await
+    super::reply::apply_and_reply(&state.hub, req, Channel::Email, body, parsed, verified).await
 }
 
 /// Confirms a subscription to a topic listed in `SNS_TOPIC_ARNS`: 200 once

@@ -96,7 +96,7 @@ pub async fn receive(
     } else {
         false
     };
-    super::apply_and_reply(
+    super::reply::apply_and_reply(
         &state.hub,
         &req,
         Channel::Whatsapp,

@@ -1,0 +1,483 @@
+//! The SQLite backend: WAL, `synchronous=FULL` by default, one writer
+//! connection (the DB actor's) and a small pool of readers.
+
+//!
+//! - `mod.rs`: the pools and the reads;
+//! - [`commit`]: one group commit, in one transaction;
+//! - [`writes`]: the statements a commit is made of;
+//! - [`rows`]: mapping rows to types, and statement sizing.
+
+mod commit;
+mod rows;
+mod writes;
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row as _, Sqlite};
+
+use crate::clock::format_ms;
+use crate::config::SqliteSynchronous as Synchronous;
+use crate::domain::{CampaignCounters, Channel, Status};
+use crate::store::batch::{Batch, BatchOutcome, StatusChange};
+use crate::store::types::{
+    CampaignInfo, DeadLetterView, MessageRef, MessageView, RecentEvent, SeenStatus, StoreError,
+    StoreStats, TimelineEvent,
+};
+
+use commit::commit_in;
+use rows::{
+    ROWS_PER_STATEMENT, buffered_update, counter_row, dead_letter_view, failure, status_change,
+    status_set,
+};
+
+/// Connections that serve reads (webhook routing, API, debug page). WAL lets
+/// them read while the writer commits.
+const READ_CONNECTIONS: u32 = 4;
+
+/// How long a statement waits for a lock before failing with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The SQLite store. Cloning is cheap (pools are reference-counted).
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    /// One connection, used only by [`SqliteStore::commit`]: SQLite has one
+    /// writer at a time anyway, and a single connection means the DB actor
+    /// never waits on a lock held by another connection of ours.
+    writer: SqlitePool,
+    /// Readers; never used for writes.
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file and runs the migrations.
+    pub async fn connect(url: &str, synchronous: Synchronous) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Closes both pools.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// Commits `ops` in one transaction; see [`super::Store::commit`].
+    pub async fn commit(&self, batch: &Batch, now_ms: i64) -> Result<BatchOutcome, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let outcome = commit_in(&mut tx, batch, now_ms).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Finds registered messages by provider id.
+    pub async fn resolve(
+        &self,
+        channel: Channel,
+        provider_message_ids: &[&str],
+    ) -> Result<Vec<(String, MessageRef)>, StoreError> {
+        let mut found = Vec::with_capacity(provider_message_ids.len());
+        for chunk in provider_message_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT id, campaign_pk, provider_message_id FROM messages WHERE channel = ",
+            );
+            query.push_bind(channel.as_str());
+            query.push(" AND provider_message_id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&self.reader).await? {
+                found.push((
+                    row.try_get("provider_message_id")?,
+                    MessageRef {
+                        message_pk: row.try_get("id")?,
+                        campaign_pk: row.try_get("campaign_pk")?,
+                    },
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Returns a campaign's committed counters.
+    pub async fn campaign_counters(
+        &self,
+        campaign_pk: i64,
+    ) -> Result<Option<CampaignCounters>, StoreError> {
+        let row = sqlx::query(
+            "SELECT c.tenant_id, c.campaign_id, k.* FROM campaigns c
+             JOIN campaign_counters k ON k.campaign_pk = c.id WHERE c.id = ?",
+        )
+        .bind(campaign_pk)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let counters = counter_row(&row)?;
+        Ok(Some(counters.named(
+            row.try_get("tenant_id")?,
+            row.try_get("campaign_id")?,
+        )))
+    }
+
+    /// Finds campaigns by name, optionally within one tenant.
+    pub async fn find_campaigns(
+        &self,
+        tenant_id: Option<&str>,
+        campaign_id: &str,
+    ) -> Result<Vec<CampaignInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, campaign_id FROM campaigns
+             WHERE campaign_id = ? AND (? IS NULL OR tenant_id = ?) ORDER BY id LIMIT 10",
+        )
+        .bind(campaign_id)
+        .bind(tenant_id)
+        .bind(tenant_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(CampaignInfo {
+                    campaign_pk: row.try_get("id")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    campaign_id: row.try_get("campaign_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Returns a message and its timeline (oldest provider timestamp first).
+    pub async fn message(
+        &self,
+        channel: Channel,
+        provider_message_id: &str,
+    ) -> Result<Option<MessageView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.*, c.tenant_id, c.campaign_id FROM messages m
+             JOIN campaigns c ON c.id = m.campaign_pk
+             WHERE m.channel = ? AND m.provider_message_id = ?",
+        )
+        .bind(channel.as_str())
+        .bind(provider_message_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let message_pk: i64 = row.try_get("id")?;
+        let set = status_set(&row)?;
+        let seen = Status::ALL
+            .iter()
+            .filter(|status| set.contains(**status))
+            .map(|status| SeenStatus {
+                status: status.as_str().to_owned(),
+                first_at: set.first_seen(*status).map(format_ms),
+            })
+            .collect();
+        let events = sqlx::query(
+            "SELECT id, event, status, changed, provider_ts, received_at, details
+             FROM status_events WHERE message_pk = ? ORDER BY provider_ts, id LIMIT 1000",
+        )
+        .bind(message_pk)
+        .fetch_all(&self.reader)
+        .await?;
+        let timeline = events
+            .iter()
+            .map(|event| {
+                let details: Option<String> = event.try_get("details")?;
+                Ok(TimelineEvent {
+                    id: event.try_get("id")?,
+                    event: event.try_get("event")?,
+                    status: event.try_get("status")?,
+                    changed: event.try_get("changed")?,
+                    provider_at: format_ms(event.try_get("provider_ts")?),
+                    received_at: format_ms(event.try_get("received_at")?),
+                    details: details
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                        .unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(MessageView {
+            tenant_id: row.try_get("tenant_id")?,
+            campaign_id: row.try_get("campaign_id")?,
+            channel: row.try_get("channel")?,
+            provider_message_id: row.try_get("provider_message_id")?,
+            recipient: row.try_get("recipient")?,
+            status: row.try_get("status")?,
+            seen,
+            error: failure(&row)?,
+            timeline,
+        }))
+    }
+
+    /// Returns the newest events, applied and unmatched, newest first.
+    pub async fn recent_events(&self, limit: u32) -> Result<Vec<RecentEvent>, StoreError> {
+        let applied = sqlx::query(
+            "SELECT e.id, m.channel, m.provider_message_id, c.tenant_id, c.campaign_id,
+                    e.event, e.status, e.changed, e.provider_ts, e.received_at
+             FROM status_events e
+             JOIN messages m ON m.id = e.message_pk
+             JOIN campaigns c ON c.id = e.campaign_pk
+             ORDER BY e.id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        let unmatched = sqlx::query(
+            "SELECT id, channel, provider_message_id, status_update, received_at
+             FROM unmatched_statuses ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut events = Vec::with_capacity(applied.len() + unmatched.len());
+        for row in &applied {
+            events.push(RecentEvent {
+                id: row.try_get("id")?,
+                kind: "applied",
+                channel: row.try_get("channel")?,
+                provider_message_id: row.try_get("provider_message_id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                campaign_id: row.try_get("campaign_id")?,
+                event: row.try_get("event")?,
+                status: row.try_get("status")?,
+                changed: row.try_get("changed")?,
+                provider_at: format_ms(row.try_get("provider_ts")?),
+                received_at: format_ms(row.try_get("received_at")?),
+            });
+        }
+        for row in &unmatched {
+            let update = buffered_update(row)?;
+            events.push(RecentEvent {
+                id: row.try_get("id")?,
+                kind: "unmatched",
+                channel: row.try_get("channel")?,
+                provider_message_id: row.try_get("provider_message_id")?,
+                tenant_id: None,
+                campaign_id: None,
+                event: update.event,
+                status: update.status.map(|status| status.as_str().to_owned()),
+                changed: false,
+                provider_at: format_ms(update.timestamp_ms),
+                received_at: format_ms(row.try_get("received_at")?),
+            });
+        }
+        // Newest first across both tables, by arrival time.
+        events.sort_by(|a, b| b.received_at.cmp(&a.received_at).then(b.id.cmp(&a.id)));
+        events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(events)
+    }
+
+    /// Returns the newest dead letters with ids below `before` (all when
+    /// `None`), newest first, each body cut to `body_limit` bytes in SQL so
+    /// that a page never loads whole bodies.
+    pub async fn dead_letters(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+        body_limit: u32,
+    ) -> Result<Vec<DeadLetterView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, channel, reason, content_type, substr(body, 1, ?) AS body,
+                    length(body) AS body_bytes, received_at
+             FROM dead_letters WHERE id < ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(body_limit)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(dead_letter_view).collect()
+    }
+
+    /// Returns one dead letter with its whole body.
+    pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, channel, reason, content_type, body, length(body) AS body_bytes,
+                    received_at
+             FROM dead_letters WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(dead_letter_view).transpose()
+    }
+
+    /// Returns the highest campaign version among a campaign's pruned
+    /// timeline events (0 when none was pruned).
+    pub async fn campaign_pruned_version(&self, campaign_pk: i64) -> Result<i64, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT pruned_version FROM campaign_counters WHERE campaign_pk = ?",
+        )
+        .bind(campaign_pk)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    /// Returns the highest pruned `status_events.id` (0 when none was pruned).
+    pub async fn events_pruned_through(&self) -> Result<i64, StoreError> {
+        let through: Option<i64> = sqlx::query_scalar(
+            "SELECT value FROM store_marks WHERE name = 'events_pruned_through'",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(through.unwrap_or(0))
+    }
+
+    /// Returns row counts.
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM campaigns) AS campaigns,
+                    (SELECT COUNT(*) FROM messages) AS messages,
+                    (SELECT COUNT(*) FROM status_events) AS events,
+                    (SELECT COUNT(*) FROM unmatched_statuses) AS unmatched,
+                    (SELECT COUNT(*) FROM dead_letters) AS dead",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(StoreStats {
+            campaigns: row.try_get("campaigns")?,
+            messages: row.try_get("messages")?,
+            events_stored: row.try_get("events")?,
+            unmatched_buffered: row.try_get("unmatched")?,
+            dead_letters: row.try_get("dead")?,
+        })
+    }
+
+    /// Runs a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    /// Returns the changes of a campaign after `after_version`, oldest first.
+    pub async fn replay_campaign(
+        &self,
+        campaign_pk: i64,
+        after_version: i64,
+        limit: u32,
+    ) -> Result<Vec<StatusChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.campaign_pk, e.campaign_version, m.channel, m.provider_message_id,
+                    e.event, e.message_status, e.provider_ts
+             FROM status_events e JOIN messages m ON m.id = e.message_pk
+             WHERE e.campaign_pk = ? AND e.campaign_version > ?
+             ORDER BY e.campaign_version LIMIT ?",
+        )
+        .bind(campaign_pk)
+        .bind(after_version)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(status_change).collect()
+    }
+
+    /// Returns the changes after event `after_id` in `tenant_id`'s campaigns
+    /// (every tenant's when `None`), oldest first, with the campaign of each.
+    pub async fn replay_tenant(
+        &self,
+        tenant_id: Option<&str>,
+        campaigns: Option<&[String]>,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<(CampaignInfo, StatusChange)>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT e.id, e.campaign_pk, e.campaign_version, m.channel, m.provider_message_id,
+                    e.event, e.message_status, e.provider_ts, c.tenant_id, c.campaign_id
+             FROM status_events e
+             JOIN messages m ON m.id = e.message_pk
+             JOIN campaigns c ON c.id = e.campaign_pk
+             WHERE e.campaign_version IS NOT NULL AND e.id > ",
+        );
+        query.push_bind(after_id);
+        if let Some(tenant_id) = tenant_id {
+            query.push(" AND c.tenant_id = ").push_bind(tenant_id);
+        }
+        // Filter before LIMIT, so a restricted token's bound counts only
+        // what it may see.
+        if let Some(campaigns) = campaigns {
+            query.push(" AND c.campaign_id IN (");
+            let mut list = query.separated(", ");
+            list.push_bind("");
+            for campaign in campaigns {
+                list.push_bind(campaign.as_str());
+            }
+            query.push(")");
+        }
+        query.push(" ORDER BY e.id LIMIT ").push_bind(limit);
+        let rows = query.build().fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|row| {
+                let change = status_change(row)?;
+                let campaign = CampaignInfo {
+                    campaign_pk: change.campaign_pk,
+                    tenant_id: row.try_get("tenant_id")?,
+                    campaign_id: row.try_get("campaign_id")?,
+                };
+                Ok((campaign, change))
+            })
+            .collect()
+    }
+
+    /// Returns the id of the newest event, then the committed counters of
+    /// `tenant_id`'s campaigns (every tenant's when `None`), at most `limit`.
+    /// The id is read first, so every change after it is in a later event.
+    pub async fn tenant_snapshot(
+        &self,
+        tenant_id: Option<&str>,
+        limit: u32,
+    ) -> Result<(i64, Vec<(i64, CampaignCounters)>), StoreError> {
+        // Pruning may have emptied the table: the cursor never goes back.
+        let last_event_id: i64 = sqlx::query_scalar(
+            "SELECT MAX(COALESCE((SELECT MAX(id) FROM status_events), 0),
+                        COALESCE((SELECT value FROM store_marks
+                                  WHERE name = 'events_pruned_through'), 0))",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT c.tenant_id, c.campaign_id, k.* FROM campaigns c
+             JOIN campaign_counters k ON k.campaign_pk = c.id
+             WHERE (? IS NULL OR c.tenant_id = ?) ORDER BY c.id LIMIT ?",
+        )
+        .bind(tenant_id)
+        .bind(tenant_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        let campaigns = rows
+            .iter()
+            .map(|row| {
+                let counters = counter_row(row)?;
+                Ok((
+                    counters.campaign_pk,
+                    counters.named(row.try_get("tenant_id")?, row.try_get("campaign_id")?),
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((last_event_id, campaigns))
+    }
+}
