@@ -11,6 +11,24 @@ use crate::store::StoreError;
 /// Seconds a provider is asked to wait before retrying after a 503.
 pub const RETRY_AFTER_SECS: u32 = 5;
 
+/// Longest text derived from untrusted input that an answer, a log line or
+/// a dead letter's reason carries: parser errors quote what they choke on,
+/// and a 1 MiB body can hold a 1 MiB string.
+pub const MAX_ERROR_TEXT: usize = 512;
+
+/// Returns `text` cut to [`MAX_ERROR_TEXT`] bytes (on a character
+/// boundary), marked with `…` when cut.
+pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_ERROR_TEXT {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &text[..end]))
+}
+
 /// Errors an endpoint can answer with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -68,6 +86,20 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unavailable | ApiError::TooManyStreams(_)) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
         }
-        response.json(serde_json::json!({ "error": self.to_string() }))
+        response.json(serde_json::json!({ "error": clip(&self.to_string()) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_bounds_text_on_a_character_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(MAX_ERROR_TEXT);
+        let clipped = clip(&long);
+        assert!(clipped.len() <= MAX_ERROR_TEXT + "…".len());
+        assert!(clipped.ends_with('…'));
     }
 }

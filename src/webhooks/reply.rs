@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse};
 
 use crate::clock::{format_ms, now_ms};
 use crate::domain::{Channel, Parsed};
-use crate::error::ApiError;
+use crate::error::{ApiError, clip};
 use crate::hub::{Hub, IncomingEvent, WebhookReceipt};
 use crate::store::DeadLetter;
 
@@ -31,7 +31,7 @@ pub(crate) async fn apply_and_reply(
 ) -> Result<HttpResponse, ApiError> {
     let Parsed { updates, problems } = match parsed {
         Ok(parsed) => parsed,
-        Err(problem) if !verified => return Err(ApiError::BadRequest(problem)),
+        Err(problem) if !verified => return Err(ApiError::BadRequest(clip(&problem).into_owned())),
         Err(problem) => Parsed {
             updates: Vec::new(),
             problems: vec![problem],
@@ -61,7 +61,9 @@ pub(crate) async fn apply_and_reply(
     let dead_lettered = if problems.is_empty() {
         0
     } else {
-        let reason = problems.join("; ");
+        // Parser errors quote the input: keep the reason short, the body
+        // is kept whole anyway.
+        let reason = clip(&problems.join("; ")).into_owned();
         tracing::warn!(channel = %channel, reason = %reason, "keeping uninterpretable payload as a dead letter");
         hub.dead_letter(DeadLetter {
             channel,

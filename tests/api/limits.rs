@@ -436,3 +436,35 @@ async fn an_empty_presented_token_is_nobody() {
         .unwrap();
     assert_eq!(response.status(), 403);
 }
+
+/// Parser errors quote what they choke on; a 100 KB string where a list
+/// belongs must not become a 100 KB dead-letter reason, log line or answer.
+#[actix_web::test]
+async fn errors_about_huge_input_stay_short() {
+    let huge = "x".repeat(100_000);
+    let body = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"changes":[{{"field":"messages","value":{{"statuses":"{huge}"}}}}]}}]}}"#
+    );
+    let app = spawn_app().await;
+    let response = app.post_whatsapp_bytes(body.clone().into_bytes()).await;
+    assert_eq!(response.status(), 200);
+    let letters: Vec<serde_json::Value> = app
+        .get("/webhooks/dead-letters", ADMIN_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let reason = letters[0]["reason"].as_str().unwrap();
+    assert!(reason.len() <= 600, "{} bytes of reason", reason.len());
+    assert_eq!(
+        letters[0]["body_bytes"],
+        body.len(),
+        "the body is kept whole"
+    );
+
+    let unsigned = spawn_app_with(|settings| settings.enable_webhook_verification = false).await;
+    let response = unsigned.post_whatsapp_raw(body.into_bytes(), None).await;
+    assert_eq!(response.status(), 400);
+    let answer = response.text().await.unwrap();
+    assert!(answer.len() <= 700, "{} bytes of answer", answer.len());
+}
