@@ -34,7 +34,9 @@ pub struct Claims {
 /// Verifies and mints tokens.
 #[derive(Clone)]
 pub struct Authenticator {
+    /// Signs tenant tokens (`statushub token`, tests).
     encoding: EncodingKey,
+    /// Verifies tenant tokens, HS256 only.
     decoding: DecodingKey,
     /// SHA-256 of the admin token: comparing digests in constant time hides
     /// the token's length too.

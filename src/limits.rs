@@ -101,7 +101,9 @@ pub async fn guard(
 
 /// A request body that fails with a timeout once its deadline passes.
 struct DeadlinePayload {
+    /// The body as the connection delivers it.
     inner: Payload,
+    /// Fires when the request's deadline passes.
     sleep: Pin<Box<tokio::time::Sleep>>,
     /// Set when the deadline cut the body, so [`guard`] answers 408.
     expired: Rc<Cell<bool>>,

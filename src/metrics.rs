@@ -8,6 +8,7 @@ use prometheus::{
 /// Every metric statushub exports. Cheap to clone (the metrics are shared).
 #[derive(Clone, Debug)]
 pub struct Metrics {
+    /// Every metric below, registered once, rendered by `/metrics`.
     registry: Registry,
     /// HTTP requests by route pattern and status code.
     pub http_requests: IntCounterVec,

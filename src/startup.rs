@@ -25,8 +25,11 @@ use crate::webhooks::ses::{SnsSubscriptions, SnsVerifier};
 
 /// A built, bound, not yet running statushub.
 pub struct Application {
+    /// The bound port (tests bind port 0 and read it here).
     port: u16,
+    /// The running server; awaiting it serves until a signal stops it.
     server: Server,
+    /// Closed once the server has stopped, so the last commit is flushed.
     store: Store,
 }
 

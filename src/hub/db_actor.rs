@@ -164,6 +164,7 @@ impl Replies {
 /// The DB actor. See the module docs.
 #[derive(Debug)]
 pub struct DbActor {
+    /// The only writer of the store.
     store: Store,
     /// Writes waiting for the next commit, one commit in flight at a time
     /// (SQLite has one writer, and commits must follow arrival). Bounded by

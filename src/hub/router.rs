@@ -42,9 +42,13 @@ pub struct Router {
     /// Number given to the next actor started, so a late `Stopped` from an
     /// old actor never removes its successor.
     next_generation: u64,
+    /// Given to each campaign actor, which reads its counters once.
     store: Store,
+    /// Given to each campaign actor, which commits through it.
     db: Addr<DbActor>,
+    /// Idle time after which a campaign actor stops.
     idle_timeout: Duration,
+    /// The running campaign actors gauge.
     metrics: Metrics,
 }
 

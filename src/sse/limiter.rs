@@ -12,7 +12,10 @@ use crate::error::ApiError;
 /// Counts open streams against [`StreamLimits`]. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct StreamLimiter {
+    /// The caps, from the settings.
     limits: StreamLimits,
+    /// Streams open now, shared with every permit (which gives its slot back
+    /// on drop).
     open: Arc<Mutex<OpenStreams>>,
 }
 
@@ -20,14 +23,18 @@ pub struct StreamLimiter {
 /// at most as many entries as there are open streams.
 #[derive(Debug, Default)]
 struct OpenStreams {
+    /// Every open stream.
     total: usize,
+    /// Open streams by tenant.
     per_tenant: HashMap<String, usize>,
+    /// Open streams by token (its claims).
     per_token: HashMap<String, usize>,
 }
 
 /// One open stream's slot; released on drop.
 #[derive(Debug)]
 pub struct StreamPermit {
+    /// The limiter's counts, decremented on drop.
     open: Arc<Mutex<OpenStreams>>,
     /// `(tenant, token key)` for a tenant token; `None` for the admin.
     holder: Option<(String, String)>,

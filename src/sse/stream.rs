@@ -72,9 +72,13 @@ impl IdMode {
 /// One connection's state; [`Connection::run`] drives it.
 #[derive(Debug)]
 pub(super) struct Connection {
+    /// The bounded buffer to the client's socket; only ever `try_send`.
     tx: mpsc::Sender<sse::Event>,
+    /// Which campaigns this caller may see.
     scope: Scope,
+    /// Whether the client asked for `event: status`.
     include_statuses: bool,
+    /// What the `id:` of events is on this stream.
     id_mode: IdMode,
     /// Minimum time between two `metrics` events of one campaign.
     window: Duration,

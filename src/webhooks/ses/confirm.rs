@@ -72,6 +72,7 @@ pub struct SnsSubscriptions {
     /// Test-only base the confirmation `GET` goes to instead of the SNS host;
     /// see [`crate::config::Settings::sns_subscribe_override`].
     subscribe_override: Option<Url>,
+    /// The last outcomes, newest first, for `/webhooks/health`.
     recent: Mutex<VecDeque<SubscriptionOutcome>>,
     /// Confirmations held for the admin, oldest first.
     pending: Mutex<Pending>,
@@ -80,7 +81,9 @@ pub struct SnsSubscriptions {
 /// Held confirmations and the next id to give.
 #[derive(Debug, Default)]
 struct Pending {
+    /// The id the next held confirmation gets.
     next_id: u64,
+    /// Held confirmations, oldest first, one per topic.
     held: VecDeque<PendingConfirmation>,
 }
 
