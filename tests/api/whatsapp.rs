@@ -298,9 +298,7 @@ async fn unknown_message_statuses_are_buffered_then_applied_on_registration() {
 
 #[actix_web::test]
 async fn captured_meta_payloads_parse_and_apply() {
-    let Some(dir) = vectors_dir("whatsapp") else {
-        return;
-    };
+    let dir = vectors_dir("whatsapp");
     let app = spawn_app().await;
     app.register_whatsapp("t1", "vectors", &["wamid.xyzxyz", "<WHATSAPP_MESSAGE_ID>"])
         .await;
