@@ -82,6 +82,58 @@ fn ids(count: usize) -> Vec<String> {
     (0..count).map(|i| format!("wamid.s{i}")).collect()
 }
 
+/// Events of a stream read on a thread of its own, so that the test's work
+/// never delays them, each with the instant it arrived.
+struct Recorder {
+    events: tokio::sync::mpsc::UnboundedReceiver<(Instant, Event)>,
+}
+
+impl Recorder {
+    /// Opens `path` with `token` and records its events until the stream
+    /// ends or the recorder is dropped.
+    fn start(app: &TestApp, path: &str, token: &str) -> Recorder {
+        let url = app.url(path);
+        let token = token.to_owned();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let response = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let mut events = response.bytes_stream().eventsource();
+                loop {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        event = events.next() => match event {
+                            Some(event) => {
+                                let _ = tx.send((Instant::now(), event.unwrap()));
+                            }
+                            None => return,
+                        },
+                    }
+                }
+            });
+        });
+        Recorder { events: rx }
+    }
+
+    /// Returns the next event and when it arrived, failing after `within`.
+    async fn next(&mut self, within: Duration) -> (Instant, Event) {
+        tokio::time::timeout(within, self.events.recv())
+            .await
+            .expect("no event in time")
+            .expect("stream ended")
+    }
+}
+
 #[actix_web::test]
 async fn the_stream_starts_with_a_snapshot_whose_id_is_the_version() {
     let app = spawn_app().await;
@@ -103,50 +155,85 @@ async fn the_stream_starts_with_a_snapshot_whose_id_is_the_version() {
     );
 }
 
+/// One status per call makes one commit per call, and the hub publishes every
+/// commit: the subscriber must still get at most one `metrics` event per
+/// coalescing window, ending on the final counters.
 #[actix_web::test]
-async fn a_burst_is_coalesced_and_ends_on_the_final_counters() {
-    let app = spawn_app().await;
-    let ids = ids(1000);
+async fn metrics_are_coalesced_to_one_per_window_and_end_on_the_final_counters() {
+    const WINDOW: Duration = Duration::from_millis(400);
+    // Arrival times can bunch by a scheduling delay of the reading thread.
+    const TOLERANCE: Duration = Duration::from_millis(100);
+    let app = spawn_app_with(|settings| settings.sse_coalesce = WINDOW).await;
+    let ids = ids(200);
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     app.register_whatsapp("t1", "burst", &refs).await;
-    let mut events = open(&app, "/api/v1/campaigns/burst/stream", ADMIN_TOKEN, None).await;
-    assert_eq!(
-        next(&mut events, Duration::from_secs(5)).await.event,
-        "snapshot"
-    );
+    let mut recorder = Recorder::start(&app, "/api/v1/campaigns/burst/stream", ADMIN_TOKEN);
+    let (_, snapshot) = recorder.next(Duration::from_secs(5)).await;
+    assert_eq!(snapshot.event, "snapshot");
+    let first_version: i64 = snapshot.id.parse().unwrap();
 
-    // 1,000 changes in 40 calls, 8 in flight.
-    let statuses: Vec<WaStatus<'_>> = refs
+    // Act: single-status calls, one after the other, for at least five
+    // windows, so that every window holds several commits.
+    let changes: Vec<WaStatus<'_>> = ["sent", "delivered", "read", "failed"]
         .iter()
-        .map(|id| (*id, "delivered", 1_700_000_000))
+        .flat_map(|status| refs.iter().map(move |id| (*id, *status, 1_700_000_000)))
         .collect();
-    let calls: Vec<&[WaStatus<'_>]> = statuses.chunks(25).collect();
-    for group in calls.chunks(8) {
-        futures_util::future::join_all(group.iter().map(|batch| app.send_statuses(batch))).await;
+    let started = Instant::now();
+    let mut commits = 0;
+    while commits < 40 || started.elapsed() < WINDOW * 5 {
+        assert!(
+            commits < changes.len(),
+            "ran out of changes after {commits} commits"
+        );
+        let receipt = app.send_statuses(&changes[commits..=commits]).await;
+        assert_eq!(receipt["applied"], 1);
+        commits += 1;
     }
     let final_counters = app.metrics("burst").await;
     let final_version = final_counters["version"].as_i64().unwrap();
+    assert_eq!(final_version - first_version, commits as i64);
 
-    let metrics = collect_until(&mut events, Duration::from_secs(10), |event| {
-        event.event == "metrics" && data(event)["version"].as_i64().unwrap() == final_version
-    })
-    .await;
-
-    assert!(metrics.iter().all(|event| event.event == "metrics"));
-    assert!(
-        metrics.len() < 100,
-        "1,000 changes produced {} metrics events",
-        metrics.len()
-    );
-    assert_eq!(data(metrics.last().unwrap()), final_counters);
-    assert_eq!(final_counters["delivered"], 1000);
+    // Assert: the stream ends on the final counters...
+    let mut metrics: Vec<(Instant, Value)> = Vec::new();
+    while metrics
+        .last()
+        .is_none_or(|(_, counters)| counters["version"] != final_version)
+    {
+        let (at, event) = recorder.next(Duration::from_secs(10)).await;
+        assert_eq!(event.event, "metrics", "{event:?}");
+        metrics.push((at, data(&event)));
+    }
+    assert_eq!(metrics.last().unwrap().1, final_counters);
     let versions: Vec<i64> = metrics
         .iter()
-        .map(|event| data(event)["version"].as_i64().unwrap())
+        .map(|(_, counters)| counters["version"].as_i64().unwrap())
         .collect();
     assert!(
         versions.windows(2).all(|pair| pair[0] < pair[1]),
         "versions only rise: {versions:?}"
+    );
+    // ...with fewer events than commits, one per window at most: every
+    // event was sent at least a window after the one before (arrival times
+    // may bunch a little), and the last arrived no earlier than that allows.
+    assert!(
+        metrics.len() < commits,
+        "{commits} commits gave {} metrics events",
+        metrics.len()
+    );
+    let gaps: Vec<Duration> = metrics
+        .windows(2)
+        .map(|pair| pair[1].0.duration_since(pair[0].0))
+        .collect();
+    assert!(
+        gaps.iter().all(|gap| *gap + TOLERANCE >= WINDOW),
+        "metrics events closer than the {WINDOW:?} window: {gaps:?}"
+    );
+    let span = metrics.last().unwrap().0.duration_since(started);
+    let windows = u32::try_from(metrics.len() - 1).unwrap();
+    assert!(
+        span >= WINDOW * windows,
+        "{} metrics events within {span:?}",
+        metrics.len()
     );
 }
 
