@@ -921,6 +921,107 @@ async fn a_stalled_reader_delays_neither_webhooks_nor_other_subscribers() {
     assert!(stalled_changes < changes.len());
 }
 
+/// While a metrics-only subscriber does not read, its queue fills and the
+/// hub keeps only the latest counters per campaign for it: once it reads
+/// again it ends on the final counters of every campaign, and it is never
+/// cut off.
+#[actix_web::test]
+async fn a_slow_metrics_subscriber_skips_to_the_latest_counters_and_stays_connected() {
+    const CAMPAIGNS: usize = 200;
+    const STATUSES: [&str; 4] = ["sent", "delivered", "read", "failed"];
+    // Arrange: many campaigns, each commit changing all of them, coalescing
+    // short, so the stream carries many metrics events.
+    let app = spawn_app_with(|settings| {
+        settings.sse_coalesce = Duration::from_millis(1);
+        // Durability is not what this test checks: no fsync per commit.
+        settings.sqlite_synchronous = statushub::config::SqliteSynchronous::Normal;
+    })
+    .await;
+    let campaigns: Vec<String> = (0..CAMPAIGNS).map(|c| format!("c{c}")).collect();
+    app.register_whatsapp("t1", &campaigns[0], &["wamid.c0.probe"])
+        .await;
+    let event_len = serde_json::to_string(&app.metrics("c0").await)
+        .unwrap()
+        .len()
+        + "event: metrics\nid: 000000\ndata: \n\n".len();
+    // Enough rounds (one change per campaign each) to stream one and a half
+    // times what the kernel and the hub can hold for a stalled connection.
+    let stalled = RawStream::open(&app, "/api/v1/stream?tenant_id=t1").await;
+    wait_for_open_streams(&app, 1).await;
+    let rounds = (3 * stalled.can_hold(event_len) / 2).div_ceil(CAMPAIGNS * event_len);
+    let per_campaign = rounds.div_ceil(STATUSES.len());
+    let registrations: Vec<Value> = campaigns
+        .iter()
+        .flat_map(|campaign| {
+            (0..per_campaign).map(move |m| {
+                serde_json::json!({"tenant_id": "t1", "campaign_id": campaign, "channel": "whatsapp",
+                                   "provider_message_id": format!("wamid.{campaign}.{m}")})
+            })
+        })
+        .collect();
+    app.register(&Value::Array(registrations)).await;
+
+    // Act: the rounds, while the subscriber does not read.
+    for round in 0..rounds {
+        let ids: Vec<String> = campaigns
+            .iter()
+            .map(|campaign| format!("wamid.{campaign}.{}", round / STATUSES.len()))
+            .collect();
+        let changes: Vec<WaStatus<'_>> = ids
+            .iter()
+            .map(|id| (id.as_str(), STATUSES[round % STATUSES.len()], 1_700_000_000))
+            .collect();
+        assert_eq!(app.send_statuses(&changes).await["applied"], CAMPAIGNS);
+    }
+    let mut finals = std::collections::HashMap::new();
+    for campaign in &campaigns {
+        finals.insert(campaign.clone(), app.metrics(campaign).await);
+    }
+
+    // Assert: reading again, it gets to the final counters of every
+    // campaign, and nothing tells it to reset or that it lagged...
+    let mut events = stalled.events();
+    let mut latest: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+    let mut count = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while latest != finals {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, events.next())
+            .await
+            .unwrap_or_else(|_| {
+                let behind = finals
+                    .iter()
+                    .filter(|(c, f)| latest.get(*c) != Some(f))
+                    .count();
+                panic!("after {count} events, {behind} campaigns are not at their final counters")
+            })
+            .expect("the slow subscriber was disconnected");
+        count += 1;
+        assert!(
+            ["snapshot", "metrics"].contains(&event.event.as_str()),
+            "{event:?} after {count} events"
+        );
+        let counters = data(&event);
+        latest.insert(
+            counters["campaign_id"].as_str().unwrap().to_owned(),
+            counters,
+        );
+    }
+    // ...having skipped some: it got fewer events than the commits made
+    // (a metrics event per campaign each round, and the registration).
+    assert!(
+        count < rounds * CAMPAIGNS,
+        "{count} events: the hub buffered every update for a client that did not read"
+    );
+
+    // ...and it is still connected: the next change reaches it.
+    app.send_statuses(&[("wamid.c0.probe", "read", 1_700_000_000)])
+        .await;
+    let event = next(&mut events, Duration::from_secs(10)).await;
+    assert_eq!(event.event, "metrics");
+    assert_eq!(data(&event), app.metrics("c0").await);
+}
+
 /// A stream opened shortly before its token expires ends at the expiry, after
 /// `event: expired`, and carries nothing committed later.
 #[actix_web::test]
