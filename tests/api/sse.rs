@@ -456,6 +456,89 @@ async fn heartbeats_keep_an_idle_stream_alive() {
     assert!(text.contains("\n: keep-alive\n"), "{text}");
 }
 
+/// `--sse-heartbeat-secs` is clamped to 1..=15 s: a heartbeat at least every
+/// 15 s, whatever is configured.
+#[test]
+fn the_heartbeat_setting_is_capped_at_15_seconds() {
+    use clap::Parser as _;
+    let dir = tempfile::tempdir().unwrap();
+    let heartbeat = |secs: &str| {
+        let cli = statushub::cli::Cli::try_parse_from([
+            "statushub",
+            "serve",
+            "--sse-heartbeat-secs",
+            secs,
+        ])
+        .unwrap();
+        let Some(statushub::cli::Command::Serve(args)) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
+        let secrets = test_settings(dir.path()).secrets;
+        statushub::config::Settings::from_parts(*args, secrets)
+            .unwrap()
+            .sse_heartbeat
+    };
+
+    assert_eq!(heartbeat("3600"), Duration::from_secs(15));
+    assert_eq!(heartbeat("16"), Duration::from_secs(15));
+    assert_eq!(heartbeat("15"), Duration::from_secs(15));
+    assert_eq!(heartbeat("5"), Duration::from_secs(5));
+    assert_eq!(heartbeat("0"), Duration::from_secs(1));
+}
+
+/// An idle stream gets a `:` comment every heartbeat interval. Read from the
+/// raw bytes: SSE parsers hide comments.
+#[actix_web::test]
+async fn an_idle_stream_gets_a_heartbeat_comment_every_interval() {
+    const HEARTBEAT: Duration = Duration::from_millis(500);
+    // Arrival times can bunch by a scheduling delay of the reader.
+    const TOLERANCE: Duration = Duration::from_millis(150);
+    let app = spawn_app_with(|settings| settings.sse_heartbeat = HEARTBEAT).await;
+    app.register_whatsapp("t1", "c1", &["wamid.1"]).await;
+    let response = app
+        .client
+        .get(app.url("/api/v1/campaigns/c1/stream"))
+        .bearer_auth(ADMIN_TOKEN)
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+
+    let mut text = String::new();
+    let mut beats: Vec<Instant> = Vec::new();
+    while beats.len() < 7 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no heartbeat in 10 s after {}: {text}", beats.len()))
+            .expect("stream ended")
+            .unwrap();
+        let at = Instant::now();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        let total = text.matches(": keep-alive\n\n").count();
+        beats.resize(total, at);
+    }
+
+    // The first comment comes at once, after the snapshot; then one per
+    // interval: never sooner, and on average not much later.
+    assert!(text.starts_with("retry: 3000\n\n"), "{text}");
+    assert_eq!(text.matches("event:").count(), 1, "an idle stream: {text}");
+    assert!(text.contains("event: snapshot\n"), "{text}");
+    let gaps: Vec<Duration> = beats
+        .windows(2)
+        .map(|pair| pair[1].duration_since(pair[0]))
+        .collect();
+    assert!(
+        gaps.iter().all(|gap| *gap + TOLERANCE >= HEARTBEAT),
+        "heartbeats sooner than every {HEARTBEAT:?}: {gaps:?}"
+    );
+    let mean = gaps.iter().sum::<Duration>() / u32::try_from(gaps.len()).unwrap();
+    assert!(
+        mean < HEARTBEAT * 2,
+        "heartbeats every {mean:?} on average, not every {HEARTBEAT:?}: {gaps:?}"
+    );
+}
+
 #[actix_web::test]
 async fn last_event_id_replays_exactly_the_missed_statuses() {
     // Arrange: a client saw the stream up to some version, then dropped.
