@@ -539,6 +539,112 @@ async fn an_idle_stream_gets_a_heartbeat_comment_every_interval() {
     );
 }
 
+/// A client that resumes at the current version already has everything: no
+/// snapshot is resent, and the next thing it gets is the next change.
+#[actix_web::test]
+async fn resuming_at_the_current_version_sends_nothing_until_the_next_change() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "c1", &["wamid.1", "wamid.2"])
+        .await;
+    app.send_statuses(&[("wamid.1", "sent", 1_700_000_000)])
+        .await;
+    let current = app.metrics("c1").await["version"].as_i64().unwrap();
+    let mut resumed = open(
+        &app,
+        "/api/v1/campaigns/c1/stream?include=statuses",
+        ADMIN_TOKEN,
+        Some(&current.to_string()),
+    )
+    .await;
+
+    app.send_statuses(&[("wamid.2", "delivered", 1_700_000_001)])
+        .await;
+
+    let seen = take(&mut resumed, 2).await;
+    assert_eq!(kinds(&seen), ["status", "metrics"], "{seen:?}");
+    assert_eq!(data(&seen[0])["provider_message_id"], "wamid.2");
+    assert_eq!(seen[0].id, (current + 1).to_string());
+    assert_eq!(data(&seen[1]), app.metrics("c1").await);
+}
+
+/// `?last_event_id=` resumes like `Last-Event-ID`, for clients that cannot
+/// set the header: a fresh snapshot, then exactly the missed changes.
+#[actix_web::test]
+async fn the_last_event_id_query_parameter_resumes_like_the_header() {
+    let app = spawn_app().await;
+    let ids = ids(4);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.register_whatsapp("t1", "c1", &refs).await;
+    let seen_version = app.metrics("c1").await["version"].as_i64().unwrap();
+    app.send_statuses(&[
+        (refs[0], "sent", 1_700_000_000),
+        (refs[1], "read", 1_700_000_001),
+    ])
+    .await;
+
+    let mut resumed = open(
+        &app,
+        &format!("/api/v1/campaigns/c1/stream?include=statuses&last_event_id={seen_version}"),
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    app.send_statuses(&[(refs[2], "failed", 1_700_000_002)])
+        .await;
+
+    let seen = take(&mut resumed, 4).await;
+    assert_eq!(
+        kinds(&seen),
+        ["snapshot", "status", "status", "status"],
+        "{seen:?}"
+    );
+    assert_eq!(data(&seen[0])["version"], seen_version + 2);
+    let changes: Vec<(String, Value)> = seen[1..]
+        .iter()
+        .map(|event| (event.id.clone(), data(event)["provider_message_id"].clone()))
+        .collect();
+    let expected: Vec<(String, Value)> = (1..=3)
+        .map(|n| {
+            (
+                (seen_version + n).to_string(),
+                Value::from(refs[n as usize - 1]),
+            )
+        })
+        .collect();
+    assert_eq!(changes, expected);
+}
+
+/// A resume without `include=statuses` gets a fresh snapshot and no
+/// replayed statuses.
+#[actix_web::test]
+async fn resuming_without_statuses_gets_a_fresh_snapshot_and_no_statuses() {
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "c1", &["wamid.1", "wamid.2", "wamid.3"])
+        .await;
+    let seen_version = app.metrics("c1").await["version"].as_i64().unwrap();
+    app.send_statuses(&[
+        ("wamid.1", "sent", 1_700_000_000),
+        ("wamid.2", "read", 1_700_000_001),
+    ])
+    .await;
+    let now = app.metrics("c1").await;
+
+    let mut resumed = open(
+        &app,
+        "/api/v1/campaigns/c1/stream",
+        ADMIN_TOKEN,
+        Some(&seen_version.to_string()),
+    )
+    .await;
+    app.send_statuses(&[("wamid.3", "delivered", 1_700_000_002)])
+        .await;
+
+    let seen = take(&mut resumed, 2).await;
+    assert_eq!(kinds(&seen), ["snapshot", "metrics"], "{seen:?}");
+    assert_eq!(data(&seen[0]), now);
+    assert_eq!(data(&seen[1]), app.metrics("c1").await);
+}
+
 #[actix_web::test]
 async fn last_event_id_replays_exactly_the_missed_statuses() {
     // Arrange: a client saw the stream up to some version, then dropped.
