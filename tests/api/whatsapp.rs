@@ -390,3 +390,39 @@ async fn message_views_show_the_first_provider_time_of_each_status() {
         json!({"sent": null, "delivered": null, "read": "2023-11-14T22:13:40.000Z"})
     );
 }
+
+/// A status buffered for an unknown message id expires after the unmatched
+/// retention: its row goes, and registering the id later applies nothing.
+#[actix_web::test]
+async fn buffered_statuses_for_unknown_messages_expire() {
+    let app = spawn_app_with(|settings| {
+        settings.retention.unmatched = std::time::Duration::from_secs(1);
+        settings.retention.interval = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let receipt = app
+        .send_statuses(&[("wamid.ghost", "delivered", 1_700_000_000)])
+        .await;
+    assert_eq!(receipt["unmatched"], 1);
+
+    // Hang guard only: the retention pass runs every 200 ms.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.count_rows("unmatched_statuses").await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the buffered status never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let registered = app.register_whatsapp("t1", "c1", &["wamid.ghost"]).await;
+
+    assert_eq!(registered["registered"], 1);
+    assert_eq!(registered["applied_buffered"], 0);
+    let message = app.message("whatsapp", "wamid.ghost").await;
+    assert_eq!(message["status"], "pending");
+    assert_eq!(message["timeline"], json!([]));
+    let metrics = app.metrics("c1").await;
+    assert_eq!(metrics["by_status"]["pending"], 1);
+    assert_eq!(metrics["delivered"], 0);
+    assert_eq!(counts_only(&metrics), app.sql_counts("c1").await);
+}
