@@ -314,15 +314,21 @@ pub fn counts_only(metrics: &Value) -> Value {
     counts
 }
 
-/// Reads the shared provider vectors directory, or says why a test skips.
-pub fn vectors_dir(sub: &str) -> Option<PathBuf> {
+/// Returns the shared provider vectors folder `sub` (`../shared/vectors/sub`
+/// beside the checkout).
+///
+/// # Panics
+///
+/// When it is absent: a test that reads vectors fails without them rather
+/// than passing without checking anything.
+pub fn vectors_dir(sub: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/vectors")
         .join(sub);
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("skipping: shared vectors not found at {}", dir.display());
-        None
-    }
+    assert!(
+        dir.is_dir(),
+        "the shared provider vectors are missing: no folder {}",
+        dir.display()
+    );
+    dir
 }

@@ -74,3 +74,23 @@ async fn the_same_campaign_name_in_two_tenants_needs_a_tenant_for_the_admin() {
     assert_eq!(t2["total"], 2);
     assert_eq!(t2["tenant_id"], "t2");
 }
+
+#[actix_web::test]
+async fn one_json_object_registers_one_message() {
+    let app = spawn_app().await;
+
+    let receipt = app
+        .register(
+            &json!({"tenant_id": "t1", "campaign_id": "c1", "channel": "email",
+                          "provider_message_id": "ses-solo", "recipient": "a@example.com"}),
+        )
+        .await;
+
+    assert_eq!(receipt["registered"], 1);
+    assert_eq!(receipt["existing"], 0);
+    let message = app.message("email", "ses-solo").await;
+    assert_eq!(message["campaign_id"], "c1");
+    assert_eq!(message["recipient"], "a@example.com");
+    assert_eq!(message["status"], "pending");
+    assert_eq!(app.metrics("c1").await["total"], 1);
+}

@@ -213,3 +213,85 @@ async fn ops_endpoints_answer() {
         assert_eq!(tenant.status(), 403, "{path}");
     }
 }
+
+/// `/webhooks/events` lists applied and unmatched events together, newest
+/// first: 100 by default, `limit` at most 1000.
+#[actix_web::test]
+async fn the_event_log_is_newest_first_100_by_default_and_at_most_1000() {
+    let app = spawn_app().await;
+    let ids: Vec<String> = (0..1100).map(|i| format!("wamid.log{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.register_whatsapp("t1", "c1", &refs).await;
+    let statuses: Vec<WaStatus<'_>> = refs.iter().map(|id| (*id, "sent", 1_700_000_000)).collect();
+    for call in statuses.chunks(550) {
+        app.send_statuses(call).await;
+    }
+    // Three more, each arriving in a later millisecond than the one before.
+    for status in [
+        ("wamid.ghost1", "sent", 1_700_000_001),
+        (refs[0], "delivered", 1_700_000_002),
+        ("wamid.ghost2", "read", 1_700_000_003),
+    ] {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        app.send_statuses(&[status]).await;
+    }
+    let list = |query: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .get(&format!("/webhooks/events{query}"), ADMIN_TOKEN)
+                .await;
+            assert_eq!(response.status(), 200, "{query}");
+            response.json::<Vec<serde_json::Value>>().await.unwrap()
+        }
+    };
+
+    let default = list("").await;
+    let capped = list("?limit=5000").await;
+
+    assert_eq!(default.len(), 100);
+    assert_eq!(capped.len(), 1000);
+    assert_eq!(list("?limit=1000").await.len(), 1000);
+    assert_eq!(list("?limit=3").await, default[..3]);
+    let newest: Vec<(&str, &str, &str)> = default[..3]
+        .iter()
+        .map(|event| {
+            (
+                event["kind"].as_str().unwrap(),
+                event["provider_message_id"].as_str().unwrap(),
+                event["event"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        newest,
+        [
+            ("unmatched", "wamid.ghost2", "read"),
+            ("applied", "wamid.log0", "delivered"),
+            ("unmatched", "wamid.ghost1", "sent"),
+        ]
+    );
+    assert_eq!(capped[..100], default[..]);
+    let arrivals: Vec<&str> = capped
+        .iter()
+        .map(|event| event["received_at"].as_str().unwrap())
+        .collect();
+    assert!(
+        arrivals.windows(2).all(|pair| pair[0] >= pair[1]),
+        "newest first"
+    );
+    // The 1,000 listed are the newest: of the 1,103 events, the oldest go.
+    let pool = open_db(&app.db_path).await;
+    let newest_applied: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM status_events ORDER BY id DESC LIMIT 998")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    let listed_applied: Vec<i64> = capped
+        .iter()
+        .filter(|event| event["kind"] == "applied")
+        .map(|event| event["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed_applied, newest_applied);
+}

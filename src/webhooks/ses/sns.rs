@@ -229,23 +229,31 @@ impl SnsEnvelope {
 }
 
 /// Returns the shared provider vectors directory (`../shared/vectors` from the
-/// crate root, else `STATUSHUB_VECTORS_DIR`) joined with `sub`, or prints a
-/// skip notice and returns `None` when it is absent.
+/// crate root, else `STATUSHUB_VECTORS_DIR`) joined with `sub`.
+///
+/// # Panics
+///
+/// When that folder is absent: a test that reads vectors fails without them
+/// rather than passing without checking anything.
 #[cfg(test)]
-pub(crate) fn shared_vectors(sub: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn shared_vectors(sub: &str) -> std::path::PathBuf {
     let beside = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors");
-    let dir = if beside.is_dir() {
+    let root = if beside.is_dir() {
         beside
     } else {
         match std::env::var_os("STATUSHUB_VECTORS_DIR") {
-            Some(dir) if std::path::Path::new(&dir).is_dir() => dir.into(),
-            _ => {
-                println!("skipping: shared vectors not found at {}", beside.display());
-                return None;
-            }
+            Some(dir) => dir.into(),
+            None => beside,
         }
     };
-    Some(dir.join(sub))
+    let dir = root.join(sub);
+    assert!(
+        dir.is_dir(),
+        "the shared provider vectors are missing: no folder {} (they live in \
+         ../shared/vectors beside the checkout, or where STATUSHUB_VECTORS_DIR points)",
+        dir.display()
+    );
+    dir
 }
 
 #[cfg(test)]
@@ -557,9 +565,7 @@ mod tests {
 
     #[test]
     fn aws_vectors_parse() {
-        let Some(dir) = shared_vectors("sns") else {
-            return;
-        };
+        let dir = shared_vectors("sns");
         for name in [
             "php2022-notification-v1-subject.json",
             "php2022-notification-v2-subject.json",

@@ -499,11 +499,11 @@ mod tests {
         }
     }
 
-    fn aws_vector(name: &str) -> Option<(SnsEnvelope, PathBuf)> {
-        let dir = shared_vectors("sns")?;
+    fn aws_vector(name: &str) -> (SnsEnvelope, PathBuf) {
+        let dir = shared_vectors("sns");
         let envelope = SnsEnvelope::parse(&std::fs::read(dir.join(name)).unwrap()).unwrap();
         assert_eq!(envelope.signing_cert_url, AWS_CERT_URL);
-        Some((envelope, dir))
+        (envelope, dir)
     }
 
     fn flip_last_char(text: &mut String) {
@@ -520,9 +520,7 @@ mod tests {
             "php2022-notification-v1-subject.json",
             "php2022-notification-v2-subject.json",
         ] {
-            let Some((genuine, dir)) = aws_vector(name) else {
-                return;
-            };
+            let (genuine, dir) = aws_vector(name);
             let verifier = SnsVerifier::new(Some(dir));
             verifier.verify(&genuine).await.unwrap();
             verifier.verify(&genuine).await.unwrap();
@@ -565,9 +563,7 @@ mod tests {
             "php2022-notification-v1-subject.json",
             "php2022-notification-v2-subject.json",
         ] {
-            let Some((genuine, dir)) = aws_vector(name) else {
-                return;
-            };
+            let (genuine, dir) = aws_vector(name);
             let verifier = SnsVerifier::new(Some(dir));
             let subject = genuine.subject.clone().unwrap();
             let shifted = SnsEnvelope {
@@ -587,9 +583,7 @@ mod tests {
     /// writes them (`SigningCertUrl`, `UnsubscribeUrl`) still verify.
     #[tokio::test]
     async fn aws_vectors_in_the_lambda_spelling_verify() {
-        let Some(dir) = shared_vectors("sns") else {
-            return;
-        };
+        let dir = shared_vectors("sns");
         let verifier = SnsVerifier::new(Some(dir.clone()));
         for name in [
             "php2022-notification-v1-subject.json",
@@ -613,9 +607,7 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_signature_fields_are_refused_before_any_fetch() {
-        let Some((genuine, dir)) = aws_vector("php2022-notification-v2-subject.json") else {
-            return;
-        };
+        let (genuine, dir) = aws_vector("php2022-notification-v2-subject.json");
         let verifier = SnsVerifier::new(Some(dir));
         type Tamper = fn(&mut SnsEnvelope);
         type Expected = fn(&SnsError) -> bool;
@@ -783,9 +775,7 @@ mod tests {
     /// the failure is not cached: fixing the file makes the next call succeed.
     #[tokio::test]
     async fn cert_dir_failures_are_not_cached() {
-        let Some((genuine, vectors)) = aws_vector("php2022-notification-v2-subject.json") else {
-            return;
-        };
+        let (genuine, vectors) = aws_vector("php2022-notification-v2-subject.json");
         let dir = tempfile::tempdir().unwrap();
         let cert_file = dir
             .path()
@@ -815,9 +805,7 @@ mod tests {
     /// entry, keyed by the normalized URL.
     #[tokio::test]
     async fn spellings_of_one_cert_url_share_one_cache_entry() {
-        let Some((genuine, dir)) = aws_vector("php2022-notification-v2-subject.json") else {
-            return;
-        };
+        let (genuine, dir) = aws_vector("php2022-notification-v2-subject.json");
         let verifier = SnsVerifier::new(Some(dir));
         let name = "SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem";
         let spellings = [
@@ -854,9 +842,7 @@ mod tests {
     /// unoptimised; loading a key is what the cache is about).
     #[tokio::test]
     async fn distinct_cert_urls_stay_within_the_cache_capacity() {
-        let Some((genuine, dir)) = aws_vector("php2022-notification-v1-subject.json") else {
-            return;
-        };
+        let (genuine, dir) = aws_vector("php2022-notification-v1-subject.json");
         let verifier = SnsVerifier::new(Some(dir));
         let name = "SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem";
         let flood = |i: usize| format!("https://sns.us-east-2.amazonaws.com/p{i}/{name}");
@@ -908,9 +894,7 @@ mod tests {
     /// Concurrent first uses share one cache entry and all succeed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_share_one_entry() {
-        let Some((genuine, dir)) = aws_vector("php2022-notification-v1-subject.json") else {
-            return;
-        };
+        let (genuine, dir) = aws_vector("php2022-notification-v1-subject.json");
         let verifier = Arc::new(SnsVerifier::new(Some(dir)));
         let tasks: Vec<_> = (0..8)
             .map(|_| {
@@ -926,9 +910,7 @@ mod tests {
 
     #[test]
     fn aws_certificate_parses_with_surrounding_whitespace() {
-        let Some(dir) = shared_vectors("sns") else {
-            return;
-        };
+        let dir = shared_vectors("sns");
         let pem = std::fs::read_to_string(
             dir.join("SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem"),
         )

@@ -212,24 +212,15 @@ fn truncate(text: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
 
-    fn vectors() -> Option<PathBuf> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/whatsapp");
-        if dir.is_dir() {
-            Some(dir)
-        } else {
-            println!("skipping: shared vectors not found at {}", dir.display());
-            None
-        }
-    }
-
-    fn vector(name: &str) -> Option<Parsed> {
-        let dir = vectors()?;
+    /// Parses a pywa capture from the shared vectors; a missing folder or
+    /// file fails the test.
+    fn vector(name: &str) -> Parsed {
+        let dir = crate::webhooks::ses::sns::shared_vectors("whatsapp");
         let body = std::fs::read(dir.join(format!("pywa-status-{name}.json"))).unwrap();
-        Some(parse(&body).unwrap())
+        parse(&body).unwrap()
     }
 
     #[test]
@@ -244,7 +235,7 @@ mod tests {
             ("with-tracker", Some(Status::Sent)),
         ];
         for (name, expected) in cases {
-            let Some(parsed) = vector(name) else { return };
+            let parsed = vector(name);
             assert!(parsed.problems.is_empty(), "{name}: {:?}", parsed.problems);
             assert_eq!(parsed.updates.len(), 1, "{name}");
             assert_eq!(parsed.updates[0].status, expected, "{name}");
@@ -254,9 +245,7 @@ mod tests {
 
     #[test]
     fn failed_keeps_error_code_and_title() {
-        let Some(parsed) = vector("failed") else {
-            return;
-        };
+        let parsed = vector("failed");
         let failure = parsed.updates[0].failure.clone().unwrap();
         assert_eq!(failure.code, "130472");
         assert_eq!(failure.title, "User's number is part of an experiment");
@@ -264,9 +253,7 @@ mod tests {
 
     #[test]
     fn played_is_read_but_keeps_its_name() {
-        let Some(parsed) = vector("played") else {
-            return;
-        };
+        let parsed = vector("played");
         assert_eq!(parsed.updates[0].event, "played");
         assert_eq!(parsed.updates[0].idempotency_key, "wa:wamid.xyzxyz:played");
     }
