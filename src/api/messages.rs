@@ -36,6 +36,11 @@ fn parse_body(body: &[u8]) -> Result<Vec<Registration>, ApiError> {
         return serde_json::from_str(trimmed)
             .map_err(|error| ApiError::BadRequest(format!("invalid JSON array: {error}")));
     }
+    // One object, however it is laid out (pretty-printed over several
+    // lines); otherwise NDJSON, one object a line.
+    if let Ok(one) = serde_json::from_str::<Registration>(trimmed) {
+        return Ok(vec![one]);
+    }
     let mut registrations = Vec::new();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

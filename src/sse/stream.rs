@@ -16,6 +16,10 @@ use crate::domain::CampaignCounters;
 use crate::hub::{CommitUpdate, Hub};
 use crate::store::{StatusChange, Store};
 
+/// How long a status stream may take nothing from its buffer before it is
+/// closed as too slow (`event: lagged`).
+const SLOW_CLIENT_GRACE: Duration = Duration::from_secs(5);
+
 /// Most campaigns a tenant stream snapshots on connect (and on a resync).
 pub(super) const MAX_SNAPSHOT_CAMPAIGNS: u32 = 1000;
 
@@ -191,6 +195,36 @@ impl Connection {
         )
     }
 
+    /// Queues `event: status` of a live change, waiting for room in the
+    /// connection's buffer (one slot is kept for `event: lagged`), so that a
+    /// commit with more changes than the buffer holds reaches a client that
+    /// reads. Waiting holds up only this connection: the publisher never
+    /// waits, and while this one waits, the broadcast channel keeps the
+    /// commits for it (bounded; beyond, it lags and is closed). A client
+    /// that takes nothing for [`SLOW_CLIENT_GRACE`] is too slow: it gets
+    /// `event: lagged` and is closed. `false` ends the connection.
+    async fn status_waiting(&mut self, json: ByteString, id: i64) -> bool {
+        let event = sse::Data::new(json)
+            .event("status")
+            .id(id.to_string())
+            .into();
+        let sent = match tokio::time::timeout(SLOW_CLIENT_GRACE, self.tx.reserve_many(2)).await {
+            Ok(Ok(mut permits)) => {
+                if let Some(permit) = permits.next() {
+                    permit.send(event);
+                }
+                // The other slot is released with `permits`.
+                Some(true)
+            }
+            Ok(Err(_closed)) => Some(false),
+            Err(_elapsed) => None,
+        };
+        sent.unwrap_or_else(|| {
+            self.lagged("client too slow");
+            false
+        })
+    }
+
     /// Sends `event: lagged` (using the slot kept free for it).
     fn lagged(&mut self, reason: &str) {
         let data = serde_json::json!({ "reason": reason }).to_string();
@@ -200,7 +234,7 @@ impl Connection {
     }
 
     /// Takes one published commit; `false` ends the connection.
-    fn take(&mut self, update: &CommitUpdate) -> bool {
+    async fn take(&mut self, update: &CommitUpdate) -> bool {
         let admitted: Vec<i64> = update
             .campaigns
             .iter()
@@ -220,12 +254,8 @@ impl Connection {
             if key <= self.floor {
                 continue;
             }
-            if self.include_statuses {
-                // Keep one slot for `event: lagged`.
-                if self.tx.capacity() < 2 || !self.status(status_data(published), key) {
-                    self.lagged("client too slow");
-                    return false;
-                }
+            if self.include_statuses && !self.status_waiting(status_data(published), key).await {
+                return false;
             }
             self.cursor = self.cursor.max(change.event_id);
         }
@@ -341,7 +371,7 @@ impl Connection {
                 }
                 received = updates.recv() => match received {
                     Ok(update) => {
-                        if !self.take(&update) {
+                        if !self.take(&update).await {
                             return;
                         }
                     }

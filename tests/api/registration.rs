@@ -94,3 +94,29 @@ async fn one_json_object_registers_one_message() {
     assert_eq!(message["status"], "pending");
     assert_eq!(app.metrics("c1").await["total"], 1);
 }
+
+/// A single object may be pretty-printed over several lines: it is one
+/// object, not broken NDJSON.
+#[actix_web::test]
+async fn one_pretty_printed_json_object_registers_one_message() {
+    let app = spawn_app().await;
+    let body = serde_json::to_string_pretty(&json!({"tenant_id": "t1", "campaign_id": "c1",
+        "channel": "whatsapp", "provider_message_id": "wamid.pretty"}))
+    .unwrap();
+    assert!(body.lines().count() > 1);
+
+    let response = app
+        .client
+        .post(app.url("/api/v1/messages"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_eq!(
+        app.message("whatsapp", "wamid.pretty").await["status"],
+        "pending"
+    );
+}

@@ -1317,3 +1317,46 @@ async fn open_streams_are_capped_per_token_per_tenant_and_in_total() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A commit with more changes than a connection's buffer holds (one call
+/// of 600 statuses) reaches a status subscriber that reads: it waits for
+/// room instead of calling the client slow.
+#[actix_web::test]
+async fn a_commit_larger_than_the_connection_buffer_reaches_a_reading_subscriber() {
+    let app = spawn_app().await;
+    let ids: Vec<String> = (0..600).map(|i| format!("wamid.big{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.register_whatsapp("t1", "c1", &refs).await;
+    let mut events = open(
+        &app,
+        "/api/v1/campaigns/c1/stream?include=statuses",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(
+        next(&mut events, Duration::from_secs(5)).await.event,
+        "snapshot"
+    );
+
+    let statuses: Vec<WaStatus<'_>> = refs
+        .iter()
+        .map(|id| (*id, "delivered", 1_700_000_000))
+        .collect();
+    let receipt = app.send_statuses(&statuses).await;
+    assert_eq!(receipt["applied"], 600);
+
+    let mut seen = 0;
+    let received = collect_until(&mut events, Duration::from_secs(30), |event| {
+        assert_ne!(
+            event.event, "lagged",
+            "a reading subscriber was called slow"
+        );
+        if event.event == "status" {
+            seen += 1;
+        }
+        seen == 600
+    })
+    .await;
+    assert!(received.iter().all(|event| event.event != "lagged"));
+}
