@@ -11,11 +11,10 @@ use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 
-use super::Track;
 use super::payloads::{ses_event, sns_message_id, whatsapp_payload};
 use super::plan::{Feed, Play};
 use super::sns_signer::SnsSigner;
-use crate::cli::SimulateArgs;
+use super::{SimulateArgs, Track};
 use crate::store::format_ms;
 use crate::webhooks::whatsapp::signature;
 

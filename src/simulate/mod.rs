@@ -25,6 +25,7 @@
 //! counts it as a duplicate). The run is bounded (a fixed plan of statuses)
 //! and stops by itself, printing each campaign's counters.
 
+mod args;
 mod client;
 mod payloads;
 mod plan;
@@ -39,9 +40,9 @@ use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use serde_json::Value;
 
+pub use args::{SimulateArgs, SimulateChannel};
 pub use sns_signer::{SNS_CERT_NAME, SNS_KEY_NAME};
 
-use crate::cli::{SimulateArgs, SimulateChannel};
 use crate::store::now_ms;
 use client::Sender;
 use plan::{Feed, Plan, Play, calls, interleave, plan, stretch};
