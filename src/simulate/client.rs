@@ -11,7 +11,7 @@ use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 
-use super::payloads::{ses_event, sns_message_id, whatsapp_payload};
+use super::payloads::{ses_event, sns_message_id, sns_notification, whatsapp_payload};
 use super::plan::{Feed, Play};
 use super::sns_signer::SnsSigner;
 use super::{SimulateArgs, Track};
@@ -220,7 +220,7 @@ impl Sender {
         // calls in flight sign in parallel.
         let (topic_arn, id) = (self.topic_arn.clone(), message_id.clone());
         let body = tokio::task::spawn_blocking(move || {
-            signer.notification(&topic_arn, &id, message, timestamp)
+            sns_notification(&signer, &topic_arn, &id, message, timestamp)
         })
         .await
         .context("the sns signing task failed")??;

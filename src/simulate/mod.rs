@@ -26,10 +26,11 @@
 //! and stops by itself, printing each campaign's counters.
 
 mod args;
+mod cert_dir;
 mod client;
 mod payloads;
 mod plan;
-mod sns_signer;
+pub mod sns_signer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,12 +42,13 @@ use rand::rngs::StdRng;
 use serde_json::Value;
 
 pub use args::{SimulateArgs, SimulateChannel};
-pub use sns_signer::{SNS_CERT_NAME, SNS_KEY_NAME};
+pub use cert_dir::{SNS_CERT_NAME, SNS_KEY_NAME};
 
 use crate::store::now_ms;
+use cert_dir::CertOrigin;
 use client::Sender;
 use plan::{Feed, Plan, Play, calls, interleave, plan, stretch};
-use sns_signer::{CertOrigin, SnsSigner};
+use sns_signer::SnsSigner;
 
 /// The SNS topic simulated SES events come from, unless `--sns-topic-arn`
 /// names another.
@@ -146,7 +148,7 @@ fn sns_signer(args: &SimulateArgs, feeds: &[Feed]) -> anyhow::Result<Option<Arc<
              and pass the same directory to simulate as --sns-cert-dir (or SNS_CERT_DIR)"
         );
     };
-    let (signer, origin) = SnsSigner::load_or_create(dir)?;
+    let (signer, origin) = cert_dir::load_or_create(dir)?;
     let path = dir.join(SNS_CERT_NAME);
     match origin {
         CertOrigin::Reused => println!("signing sns messages with {}", path.display()),

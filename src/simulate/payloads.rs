@@ -8,8 +8,11 @@ use sha2::{Digest as _, Sha256};
 
 use super::Track;
 use super::plan::{Feed, Play};
+use super::sns_signer::{SignatureVersion, SnsSigner};
 use crate::store::format_ms;
 
+/// The `Subject` SES gives its event notifications.
+const SES_SUBJECT: &str = "Amazon SES Email Event Notification";
 /// The AWS account of the simulated SES identity and SNS topic.
 const AWS_ACCOUNT: &str = "123456789012";
 /// The SMTP server that reports simulated deliveries and bounces.
@@ -227,11 +230,38 @@ fn ses_mail(play: &Play, track: &Track, sent_ms: i64) -> Value {
     })
 }
 
+/// Returns the body of an SNS `Notification` carrying the SES event
+/// `message`, as SNS posts it, signed by `signer` with SignatureVersion 2.
+pub(super) fn sns_notification(
+    signer: &SnsSigner,
+    topic_arn: &str,
+    message_id: &str,
+    message: String,
+    timestamp: String,
+) -> anyhow::Result<Vec<u8>> {
+    let mut envelope = json!({
+        "Type": "Notification",
+        "MessageId": message_id,
+        "TopicArn": topic_arn,
+        "Subject": SES_SUBJECT,
+        "Message": message,
+        "Timestamp": timestamp,
+        "UnsubscribeURL": format!(
+            "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={topic_arn}:statushub-simulate"
+        ),
+    });
+    signer.sign(&mut envelope, SignatureVersion::V2)?;
+    Ok(serde_json::to_vec(&envelope)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::Status;
-    use crate::webhooks::ses::parse_ses_message;
+    use crate::simulate::SNS_TOPIC_ARN;
+    use crate::simulate::cert_dir::{SNS_CERT_NAME, SNS_CERT_URL};
+    use crate::simulate::sns_signer::test_signer;
+    use crate::webhooks::ses::{SnsEnvelope, SnsError, SnsVerifier, parse_ses_message};
 
     const START_MS: i64 = 1_700_000_000_000;
 
@@ -316,5 +346,56 @@ mod tests {
             provider_message_id(Feed::WhatsApp, "t", "c", 7),
             "wamid.c.000007"
         );
+    }
+
+    /// The notifications simulate posts carry SES's subject and verify with
+    /// the hub's own verifier reading the cert dir; any change to a signed
+    /// field makes them fail.
+    #[tokio::test]
+    async fn signed_ses_notifications_verify_with_the_hubs_verifier() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = test_signer().with_cert_url(SNS_CERT_URL);
+        std::fs::write(
+            dir.path().join(SNS_CERT_NAME),
+            signer.certificate_pem().unwrap(),
+        )
+        .unwrap();
+        let track = email_track();
+        let message =
+            serde_json::to_string(&ses_event(&email_play("Open", START_MS + 5), &track).unwrap())
+                .unwrap();
+        let body = sns_notification(
+            &signer,
+            SNS_TOPIC_ARN,
+            "m-1",
+            message,
+            format_ms(START_MS + 155),
+        )
+        .unwrap();
+        let envelope = SnsEnvelope::parse(&body).unwrap();
+        assert_eq!(envelope.signature_version, "2");
+        assert_eq!(envelope.signing_cert_url, SNS_CERT_URL);
+        assert_eq!(envelope.timestamp, "2023-11-14T22:13:20.155Z");
+        assert_eq!(envelope.subject.as_deref(), Some(SES_SUBJECT));
+        let verifier = SnsVerifier::new(Some(dir.path().to_owned()));
+        verifier.verify(&envelope).await.unwrap();
+        let update = parse_ses_message(&envelope.message, &envelope.message_id).unwrap();
+        assert_eq!(update.status, Some(Status::Read));
+        assert_eq!(update.idempotency_key, "sns:m-1");
+
+        let tampered: [fn(&mut SnsEnvelope); 4] = [
+            |e| e.message.push(' '),
+            |e| e.message_id.push('x'),
+            |e| e.timestamp = "2023-11-14T22:13:21.155Z".to_owned(),
+            |e| e.subject = None,
+        ];
+        for tamper in tampered {
+            let mut changed = envelope.clone();
+            tamper(&mut changed);
+            assert!(matches!(
+                verifier.verify(&changed).await,
+                Err(SnsError::SignatureMismatch)
+            ));
+        }
     }
 }

@@ -1,20 +1,34 @@
-//! Simulate's SNS signing key: an RSA-2048 key and a self-signed certificate
-//! kept in the hub's `SNS_CERT_DIR`, and the signed SNS notifications made
-//! with them.
+//! Signs SNS messages the way AWS does, for `statushub simulate` and for the
+//! tests of the hub's verifier: RSASSA-PKCS1-v1_5 (SHA1 for
+//! SignatureVersion 1, SHA256 for 2) over AWS's canonical string, under an
+//! RSA key whose self-signed certificate the hub finds in its
+//! `SNS_CERT_DIR`.
+//!
+//! The canonical string is built here, from AWS's documentation ("Verifying
+//! the signatures of Amazon SNS messages"), and not by the verifier's
+//! [`crate::webhooks::ses::SnsEnvelope::string_to_sign`]: messages signed
+//! here are then an independent check of the verifier, and the verifier
+//! does not depend on this module. A test proves this string is AWS's: for
+//! AWS's own signed notifications it is what AWS's signature signs.
+//!
+//! `statushub simulate` keeps its key and certificate in the hub's cert dir
+//! (made once, then reused); tests make a key with [`SnsSigner::generate`]
+//! (slow in debug builds unless the bignum crates are optimised, as
+//! Cargo.toml does; still, make one per test binary).
 
-use std::io::Write as _;
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rsa::pkcs1v15::{Signature, SigningKey};
+use rsa::pkcs8::der::zeroize::Zeroizing;
 use rsa::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _};
-use rsa::signature::{Keypair as _, SignatureEncoding as _, Signer as _};
-use rsa::{RsaPrivateKey, RsaPublicKey};
-use serde_json::json;
-use sha2::Sha256;
+use rsa::signature::Keypair as _;
+use rsa::{Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
+use serde_json::Value;
+use sha1::Sha1;
+use sha2::{Digest as _, Sha256};
 use x509_cert::Certificate;
 use x509_cert::builder::{Builder as _, CertificateBuilder, Profile};
 use x509_cert::der::pem::LineEnding;
@@ -24,165 +38,214 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use x509_cert::time::Validity;
 
-use crate::webhooks::ses::SnsEnvelope;
-
-/// File name of simulate's self-signed SNS signing certificate in the cert
-/// dir: the last path segment of its `SigningCertURL`, which is where the
-/// hub looks for it.
-pub const SNS_CERT_NAME: &str = "SimpleNotificationService-statushub-simulate.pem";
-/// File name of simulate's private key beside the certificate (PKCS#8 PEM,
-/// mode 0600). Not a `.pem`, so no `SigningCertURL` can name it.
-pub const SNS_KEY_NAME: &str = "statushub-simulate.key";
-/// `SigningCertURL` of every simulated notification: a URL the hub accepts
-/// (https, `sns.<region>.amazonaws.com`, `.pem`) and whose last segment is
-/// [`SNS_CERT_NAME`], so the hub finds the certificate in its cert dir and
-/// never downloads it.
-const SNS_CERT_URL: &str =
-    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-statushub-simulate.pem";
 /// Size of the generated RSA key.
 const RSA_BITS: usize = 2048;
 /// Lifetime of the generated certificate (the hub does not check it).
 const CERT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// Subject (and issuer) of the generated certificate.
 const CERT_SUBJECT: &str = "CN=statushub simulate,O=statushub";
-/// The `Subject` SES gives its event notifications.
-const SES_SUBJECT: &str = "Amazon SES Email Event Notification";
 
-/// What [`SnsSigner::load_or_create`] found in the cert dir.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum CertOrigin {
-    /// The certificate matched the key and was kept.
-    Reused,
-    /// There was no certificate; one was made.
-    Created,
-    /// The certificate did not match the key (or was unreadable) and was
-    /// replaced; a hub that already loaded it must be restarted.
-    Replaced,
+/// The keys AWS signs of a `Notification`, in the signed (byte) order;
+/// `Subject` only when the message has one.
+const NOTIFICATION_KEYS: [&str; 6] = [
+    "Message",
+    "MessageId",
+    "Subject",
+    "Timestamp",
+    "TopicArn",
+    "Type",
+];
+/// The keys AWS signs of a `SubscriptionConfirmation` or an
+/// `UnsubscribeConfirmation`, in the signed (byte) order.
+const CONFIRMATION_KEYS: [&str; 7] = [
+    "Message",
+    "MessageId",
+    "SubscribeURL",
+    "Timestamp",
+    "Token",
+    "TopicArn",
+    "Type",
+];
+
+/// An SNS `SignatureVersion`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SignatureVersion {
+    /// `1`: SHA1withRSA.
+    V1,
+    /// `2`: SHA256withRSA.
+    V2,
 }
 
-/// Signs SNS notifications with simulate's RSA key, whose self-signed
-/// certificate lies in the hub's `SNS_CERT_DIR`.
-pub(super) struct SnsSigner {
-    key: SigningKey<Sha256>,
+impl SignatureVersion {
+    /// Parses the wire value, `1` or `2`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "1" => Some(SignatureVersion::V1),
+            "2" => Some(SignatureVersion::V2),
+            _ => None,
+        }
+    }
+
+    /// Returns the wire value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SignatureVersion::V1 => "1",
+            SignatureVersion::V2 => "2",
+        }
+    }
+}
+
+/// Returns the keys AWS signs of `envelope` (an SNS message as JSON), in the
+/// signed order: for a `Notification`, `Message`, `MessageId`, `Subject`
+/// (only when present and not null), `Timestamp`, `TopicArn`, `Type`; for
+/// the two confirmations, `Message`, `MessageId`, `SubscribeURL`,
+/// `Timestamp`, `Token`, `TopicArn`, `Type`.
+///
+/// Fails when `Type` is none of the three, or a key the type signs (but
+/// `Subject`) is absent.
+pub fn signed_keys(envelope: &Value) -> anyhow::Result<Vec<&'static str>> {
+    let keys: &[&'static str] = match envelope.get("Type").and_then(Value::as_str) {
+        Some("Notification") => &NOTIFICATION_KEYS,
+        Some("SubscriptionConfirmation" | "UnsubscribeConfirmation") => &CONFIRMATION_KEYS,
+        other => bail!("no sns message type {other:?}"),
+    };
+    let present = |key: &str| envelope.get(key).is_some_and(|value| !value.is_null());
+    let mut signed = Vec::with_capacity(keys.len());
+    for &key in keys {
+        if present(key) {
+            signed.push(key);
+        } else if key != "Subject" {
+            bail!("the sns message has no {key}");
+        }
+    }
+    Ok(signed)
+}
+
+/// Returns the string AWS signs for `envelope`: each of its
+/// [`signed_keys`] as `Key\nValue\n`, with the JSON-decoded value.
+///
+/// Line breaks are written as they are: this builds forgeries too (a
+/// `MessageId` holding `\nSubject\n…`), for the verifier to refuse.
+pub fn string_to_sign(envelope: &Value) -> anyhow::Result<String> {
+    let mut canonical = String::new();
+    for key in signed_keys(envelope)? {
+        let value = envelope[key]
+            .as_str()
+            .with_context(|| format!("the sns message's {key} is not a string"))?;
+        canonical.push_str(key);
+        canonical.push('\n');
+        canonical.push_str(value);
+        canonical.push('\n');
+    }
+    Ok(canonical)
+}
+
+/// An RSA key that signs SNS messages naming `cert_url` as their
+/// `SigningCertURL`; the hub verifies them when that URL's last segment
+/// names the key's certificate ([`SnsSigner::certificate_pem`]) in its
+/// `SNS_CERT_DIR`.
+#[derive(Clone)]
+pub struct SnsSigner {
+    key: RsaPrivateKey,
+    cert_url: String,
+}
+
+impl std::fmt::Debug for SnsSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnsSigner")
+            .field("cert_url", &self.cert_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SnsSigner {
-    /// Loads the key and certificate from `dir` (created if needed), making
-    /// what is missing: an RSA-2048 key, written once with mode 0600, and a
-    /// self-signed certificate for it, rewritten when it does not match the
-    /// key.
-    pub(super) fn load_or_create(dir: &Path) -> anyhow::Result<(Self, CertOrigin)> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("failed to create the sns cert dir {}", dir.display()))?;
-        let private = load_or_create_key(&dir.join(SNS_KEY_NAME))?;
-        let public = RsaPublicKey::from(&private);
-        let key = SigningKey::<Sha256>::new(private);
-        let cert_path = dir.join(SNS_CERT_NAME);
-        let origin = match std::fs::read(&cert_path) {
-            Ok(pem) if certificate_key(&pem).as_ref() == Some(&public) => {
-                return Ok((SnsSigner { key }, CertOrigin::Reused));
-            }
-            Ok(_) => CertOrigin::Replaced,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => CertOrigin::Created,
-            Err(error) => {
-                return Err(error)
-                    .with_context(|| format!("failed to read {}", cert_path.display()));
-            }
-        };
-        let pem = self_signed_certificate(&key)?;
-        write_replacing(&cert_path, pem.as_bytes())?;
-        Ok((SnsSigner { key }, origin))
+    /// Returns a signer with a new RSA-2048 key. Slow in an unoptimised
+    /// build of the bignum crates.
+    pub fn generate(cert_url: impl Into<String>) -> anyhow::Result<Self> {
+        let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, RSA_BITS)
+            .map_err(|error| anyhow!("failed to generate an rsa key: {error}"))?;
+        Ok(SnsSigner {
+            key,
+            cert_url: cert_url.into(),
+        })
     }
 
-    /// Returns the body of a signed SNS `Notification` (SignatureVersion 2)
-    /// carrying `message`, as SNS posts it.
-    pub(super) fn notification(
-        &self,
-        topic_arn: &str,
-        message_id: &str,
-        message: String,
-        timestamp: String,
-    ) -> anyhow::Result<Vec<u8>> {
-        let mut envelope = SnsEnvelope {
-            r#type: "Notification".to_owned(),
-            message_id: message_id.to_owned(),
-            topic_arn: topic_arn.to_owned(),
-            subject: Some(SES_SUBJECT.to_owned()),
-            message,
-            timestamp,
-            signature_version: "2".to_owned(),
-            signature: String::new(),
-            signing_cert_url: SNS_CERT_URL.to_owned(),
-            subscribe_url: None,
-            token: None,
-            unsubscribe_url: Some(format!(
-                "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={topic_arn}:statushub-simulate"
-            )),
-        };
-        // AWS's canonical string, as the hub rebuilds it to verify.
-        let signed = envelope.string_to_sign()?;
-        let signature: Signature = self
-            .key
-            .try_sign(signed.as_bytes())
-            .map_err(|error| anyhow!("failed to sign an sns message: {error}"))?;
-        envelope.signature = STANDARD.encode(signature.to_bytes());
-        let body = json!({
-            "Type": envelope.r#type,
-            "MessageId": envelope.message_id,
-            "TopicArn": envelope.topic_arn,
-            "Subject": envelope.subject,
-            "Message": envelope.message,
-            "Timestamp": envelope.timestamp,
-            "SignatureVersion": envelope.signature_version,
-            "Signature": envelope.signature,
-            "SigningCertURL": envelope.signing_cert_url,
-            "UnsubscribeURL": envelope.unsubscribe_url,
-        });
-        Ok(serde_json::to_vec(&body)?)
+    /// Returns a signer with the RSA key of a PKCS#8 PEM (`BEGIN PRIVATE
+    /// KEY`, as `openssl req -nodes` writes it).
+    pub fn from_pkcs8_pem(pem: &str, cert_url: impl Into<String>) -> anyhow::Result<Self> {
+        let key = RsaPrivateKey::from_pkcs8_pem(pem)
+            .map_err(|error| anyhow!("not a pkcs#8 rsa key: {error}"))?;
+        Ok(SnsSigner {
+            key,
+            cert_url: cert_url.into(),
+        })
     }
-}
 
-/// Reads the PKCS#8 PEM key at `path`, or generates an RSA-2048 key and
-/// writes it there (mode 0600, never overwriting a file).
-fn load_or_create_key(path: &Path) -> anyhow::Result<RsaPrivateKey> {
-    match std::fs::read_to_string(path) {
-        Ok(pem) => {
-            return RsaPrivateKey::from_pkcs8_pem(&pem).map_err(|error| {
-                anyhow!(
-                    "cannot read the sns signing key {}: {error} (delete it, and the \
-                     certificate beside it, to make new ones)",
-                    path.display()
-                )
-            });
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => {
-            return Err(error).with_context(|| format!("failed to read {}", path.display()));
+    /// Returns this signer with another `SigningCertURL`.
+    pub fn with_cert_url(&self, cert_url: impl Into<String>) -> Self {
+        SnsSigner {
+            key: self.key.clone(),
+            cert_url: cert_url.into(),
         }
     }
-    println!(
-        "generating an rsa-{RSA_BITS} sns signing key at {} (once)",
-        path.display()
-    );
-    let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, RSA_BITS)
-        .map_err(|error| anyhow!("failed to generate an rsa key: {error}"))?;
-    let pem = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|error| anyhow!("failed to encode the rsa key: {error}"))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+
+    /// Returns the `SigningCertURL` the signed messages name.
+    pub fn cert_url(&self) -> &str {
+        &self.cert_url
     }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("failed to create {}", path.display()))?;
-    file.write_all(pem.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("failed to write {}", path.display()))?;
-    Ok(key)
+
+    /// Returns the key's public half.
+    pub fn public_key(&self) -> RsaPublicKey {
+        RsaPublicKey::from(&self.key)
+    }
+
+    /// Tells whether the PEM certificate `pem` holds this signer's public key.
+    pub fn matches_certificate(&self, pem: &[u8]) -> bool {
+        certificate_key(pem).is_some_and(|key| key == self.public_key())
+    }
+
+    /// Returns the key as PKCS#8 PEM, for simulate to keep.
+    pub(super) fn private_key_pem(&self) -> anyhow::Result<Zeroizing<String>> {
+        self.key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|error| anyhow!("failed to encode the rsa key: {error}"))
+    }
+
+    /// Returns a new PEM self-signed X.509 certificate for the key
+    /// (SHA256withRSA, random serial number).
+    pub fn certificate_pem(&self) -> anyhow::Result<String> {
+        self_signed_certificate(&SigningKey::<Sha256>::new(self.key.clone()))
+    }
+
+    /// Returns the base64 RSASSA-PKCS1-v1_5 signature of `text`, with SHA1
+    /// for version 1 and SHA256 for version 2.
+    pub fn signature(&self, version: SignatureVersion, text: &str) -> anyhow::Result<String> {
+        let signed = match version {
+            SignatureVersion::V1 => self
+                .key
+                .sign(Pkcs1v15Sign::new::<Sha1>(), &Sha1::digest(text)),
+            SignatureVersion::V2 => self
+                .key
+                .sign(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(text)),
+        };
+        let signature =
+            signed.map_err(|error| anyhow!("failed to sign an sns message: {error}"))?;
+        Ok(STANDARD.encode(signature))
+    }
+
+    /// Signs `envelope` (an SNS message as JSON) as SNS does: sets
+    /// `SignatureVersion`, `SigningCertURL` (this signer's) and `Signature`
+    /// over [`string_to_sign`].
+    pub fn sign(&self, envelope: &mut Value, version: SignatureVersion) -> anyhow::Result<()> {
+        let signature = self.signature(version, &string_to_sign(envelope)?)?;
+        let object = envelope
+            .as_object_mut()
+            .context("an sns message is a json object")?;
+        object.insert("SignatureVersion".to_owned(), version.as_str().into());
+        object.insert("SigningCertURL".to_owned(), self.cert_url.clone().into());
+        object.insert("Signature".to_owned(), signature.into());
+        Ok(())
+    }
 }
 
 /// Returns a PEM self-signed X.509 certificate for `key`'s public key,
@@ -218,144 +281,209 @@ fn certificate_key(pem: &[u8]) -> Option<RsaPublicKey> {
     RsaPublicKey::from_public_key_der(&spki).ok()
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a hub
-/// reading the directory never sees half a file.
-fn write_replacing(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .and_then(|name| name.to_str())
-        .context("certificate path has no file name")?;
-    let temporary = path.with_file_name(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&temporary)
-        .with_context(|| format!("failed to create {}", temporary.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("failed to write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("failed to write {}", path.display()))
+/// `SigningCertURL` of [`test_signer`]'s messages.
+#[cfg(test)]
+pub(crate) const TEST_CERT_URL: &str =
+    "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-statushub-test.pem";
+
+/// The signer the crate's unit tests share, naming [`TEST_CERT_URL`]: one
+/// RSA key per test binary, since making one is the slow part.
+#[cfg(test)]
+pub(crate) fn test_signer() -> &'static SnsSigner {
+    static SIGNER: std::sync::LazyLock<SnsSigner> = std::sync::LazyLock::new(|| {
+        SnsSigner::generate(TEST_CERT_URL).expect("failed to generate the test signing key")
+    });
+    &SIGNER
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
 
-    use super::super::plan::{Feed, Play};
-    use super::super::{SNS_TOPIC_ARN, Track, payloads};
+    use serde_json::json;
+
     use super::*;
-    use crate::domain::Status;
-    use crate::store::format_ms;
-    use crate::webhooks::ses::{SnsError, SnsVerifier, parse_ses_message, sns_verify};
+    use crate::webhooks::ses::sns::shared_vectors;
 
-    const START_MS: i64 = 1_700_000_000_000;
+    /// AWS's certificate beside the shared SNS vectors.
+    const AWS_CERT_NAME: &str = "SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem";
 
-    fn email_track() -> Track {
-        Track {
-            feed: Feed::Email,
-            campaign: "c1".to_owned(),
-            ids: vec![payloads::provider_message_id(Feed::Email, "t", "c1", 0)],
-            sent_ms: vec![START_MS],
-        }
+    fn notification() -> Value {
+        json!({
+            "Type": "Notification",
+            "MessageId": "m-1",
+            "TopicArn": "arn:aws:sns:us-east-2:1:topic",
+            "Subject": "Hi",
+            "Message": "{\"a\":\"b\\nc\"}\nsecond line",
+            "Timestamp": "2022-07-28T22:53:49.654Z",
+            "SignatureVersion": "2",
+            "Signature": "c2ln",
+            "SigningCertURL": "https://sns.us-east-2.amazonaws.com/x.pem",
+            "UnsubscribeURL": "https://sns.us-east-2.amazonaws.com/?Action=Unsubscribe",
+            "MessageAttributes": {"k": {"Type": "String", "Value": "v"}}
+        })
     }
 
-    fn email_play(status: &'static str, timestamp_ms: i64) -> Play {
-        Play {
-            feed: Feed::Email,
-            message: 0,
-            status,
-            timestamp_ms,
-            redelivery: false,
-        }
+    fn confirmation(kind: &str) -> Value {
+        json!({
+            "Type": kind,
+            "MessageId": "165545c9-2a5c-472c-8df2-7ff2be2b3b1b",
+            "Token": "2336412f37f",
+            "TopicArn": "arn:aws:sns:us-west-2:123456789012:MyTopic",
+            "Message": "You have chosen to subscribe to the topic.",
+            "SubscribeURL": "https://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription&Token=2336412f37f",
+            "Timestamp": "2012-04-26T20:45:04.751Z",
+        })
     }
 
-    /// The key and certificate are made once and reused; the notifications
-    /// they sign verify with the hub's own verifier reading the cert dir,
-    /// and any change to a signed field makes them fail.
-    #[tokio::test]
-    async fn signed_notifications_verify_with_the_hubs_verifier() {
-        sns_verify::validate_cert_url(SNS_CERT_URL).unwrap();
-        assert!(SNS_CERT_URL.ends_with(&format!("/{SNS_CERT_NAME}")));
-
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("sns-certs");
-        let (signer, origin) = SnsSigner::load_or_create(&dir).unwrap();
-        assert_eq!(origin, CertOrigin::Created);
-        let key_path = dir.join(SNS_KEY_NAME);
-        let cert_path = dir.join(SNS_CERT_NAME);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    /// Tells whether `signature` is AWS's kind of signature of `text` under
+    /// `key`, checked with the `rsa` crate directly (not the hub's verifier).
+    fn signs(key: &RsaPublicKey, version: SignatureVersion, text: &str, signature: &[u8]) -> bool {
+        match version {
+            SignatureVersion::V1 => {
+                key.verify(Pkcs1v15Sign::new::<Sha1>(), &Sha1::digest(text), signature)
+            }
+            SignatureVersion::V2 => key.verify(
+                Pkcs1v15Sign::new::<Sha256>(),
+                &Sha256::digest(text),
+                signature,
+            ),
         }
-        let cert = std::fs::read(&cert_path).unwrap();
-        let names: HashSet<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-            .collect();
+        .is_ok()
+    }
+
+    /// AWS's documented rules: the type's keys in byte order, `Key\nValue\n`,
+    /// the subject only when present and not null, any other key ignored.
+    #[test]
+    fn canonical_strings_follow_aws_documented_rules() {
+        let mut message = notification();
         assert_eq!(
-            names,
-            HashSet::from([SNS_CERT_NAME.to_owned(), SNS_KEY_NAME.to_owned()])
+            string_to_sign(&message).unwrap(),
+            "Message\n{\"a\":\"b\\nc\"}\nsecond line\nMessageId\nm-1\nSubject\nHi\nTimestamp\n2022-07-28T22:53:49.654Z\n\
+             TopicArn\narn:aws:sns:us-east-2:1:topic\nType\nNotification\n"
         );
+        let without = "Message\n{\"a\":\"b\\nc\"}\nsecond line\nMessageId\nm-1\nTimestamp\n2022-07-28T22:53:49.654Z\n\
+             TopicArn\narn:aws:sns:us-east-2:1:topic\nType\nNotification\n";
+        message["Subject"] = Value::Null;
+        assert_eq!(string_to_sign(&message).unwrap(), without);
+        message.as_object_mut().unwrap().remove("Subject");
+        assert_eq!(string_to_sign(&message).unwrap(), without);
 
-        let track = email_track();
-        let message = serde_json::to_string(
-            &payloads::ses_event(&email_play("Open", START_MS + 5), &track).unwrap(),
-        )
-        .unwrap();
-        let body = signer
-            .notification(SNS_TOPIC_ARN, "m-1", message, format_ms(START_MS + 155))
-            .unwrap();
-        let envelope = SnsEnvelope::parse(&body).unwrap();
-        assert_eq!(envelope.signature_version, "2");
-        assert_eq!(envelope.timestamp, "2023-11-14T22:13:20.155Z");
-        assert_eq!(envelope.subject.as_deref(), Some(SES_SUBJECT));
-        let verifier = SnsVerifier::new(Some(dir.clone()));
-        verifier.verify(&envelope).await.unwrap();
-        let update = parse_ses_message(&envelope.message, &envelope.message_id).unwrap();
-        assert_eq!(update.status, Some(Status::Read));
-        assert_eq!(update.idempotency_key, "sns:m-1");
-
-        let tampered: [fn(&mut SnsEnvelope); 4] = [
-            |e| e.message.push(' '),
-            |e| e.message_id.push('x'),
-            |e| e.timestamp = "2023-11-14T22:13:21.155Z".to_owned(),
-            |e| e.subject = None,
-        ];
-        for tamper in tampered {
-            let mut changed = envelope.clone();
-            tamper(&mut changed);
-            assert!(matches!(
-                verifier.verify(&changed).await,
-                Err(SnsError::SignatureMismatch)
-            ));
+        for kind in ["SubscriptionConfirmation", "UnsubscribeConfirmation"] {
+            assert_eq!(
+                string_to_sign(&confirmation(kind)).unwrap(),
+                format!(
+                    "Message\nYou have chosen to subscribe to the topic.\n\
+                     MessageId\n165545c9-2a5c-472c-8df2-7ff2be2b3b1b\n\
+                     SubscribeURL\nhttps://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription&Token=2336412f37f\n\
+                     Timestamp\n2012-04-26T20:45:04.751Z\nToken\n2336412f37f\n\
+                     TopicArn\narn:aws:sns:us-west-2:123456789012:MyTopic\nType\n{kind}\n"
+                )
+            );
         }
 
-        // A second run reuses both files.
-        let (again, origin) = SnsSigner::load_or_create(&dir).unwrap();
-        assert_eq!(origin, CertOrigin::Reused);
-        assert_eq!(std::fs::read(&cert_path).unwrap(), cert);
-        let body = again
-            .notification(SNS_TOPIC_ARN, "m-2", "{}".to_owned(), format_ms(START_MS))
-            .unwrap();
-        verifier
-            .verify(&SnsEnvelope::parse(&body).unwrap())
-            .await
-            .unwrap();
+        let mut unknown = notification();
+        unknown["Type"] = "Other".into();
+        let mut no_token = confirmation("SubscriptionConfirmation");
+        no_token.as_object_mut().unwrap().remove("Token");
+        let mut numeric = notification();
+        numeric["MessageId"] = 7.into();
+        for broken in [unknown, no_token, numeric, json!("Notification")] {
+            assert!(string_to_sign(&broken).is_err(), "{broken}");
+        }
+    }
 
-        // A certificate that does not match the key is replaced.
-        std::fs::write(&cert_path, "not a certificate").unwrap();
-        let (replaced, origin) = SnsSigner::load_or_create(&dir).unwrap();
-        assert_eq!(origin, CertOrigin::Replaced);
-        let body = replaced
-            .notification(SNS_TOPIC_ARN, "m-3", "{}".to_owned(), format_ms(START_MS))
-            .unwrap();
-        SnsVerifier::new(Some(dir.clone()))
-            .verify(&SnsEnvelope::parse(&body).unwrap())
-            .await
-            .unwrap();
+    /// The proof that the canonical string is AWS's: for each genuine
+    /// AWS-signed notification (aws/aws-php-sns-message-validator fixtures,
+    /// SignatureVersion 1 and 2), AWS's signature verifies over the string
+    /// built here, under AWS's certificate; and over no other.
+    #[test]
+    fn canonical_strings_of_aws_signed_vectors_verify_under_aws_certificate() {
+        let Some(dir) = shared_vectors("sns") else {
+            return;
+        };
+        let pem = std::fs::read(dir.join(AWS_CERT_NAME)).unwrap();
+        let key = certificate_key(&pem).expect("AWS's certificate holds an RSA key");
+        let mut versions = HashSet::new();
+        for name in [
+            "php2022-notification-v1-subject.json",
+            "php2022-notification-v2-subject.json",
+        ] {
+            let vector: Value =
+                serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+            let version = SignatureVersion::parse(vector["SignatureVersion"].as_str().unwrap())
+                .expect("version 1 or 2");
+            versions.insert(version);
+            let signature = STANDARD
+                .decode(vector["Signature"].as_str().unwrap())
+                .unwrap();
+            let canonical = string_to_sign(&vector).unwrap();
+            assert!(
+                canonical.contains("\nSubject\nHello world\n"),
+                "{canonical}"
+            );
+            assert!(signs(&key, version, &canonical, &signature), "{name}");
 
-        // An unreadable key is an error, never silently replaced.
-        std::fs::write(&key_path, "garbage").unwrap();
-        let error = SnsSigner::load_or_create(&dir).err().unwrap().to_string();
-        assert!(error.contains("cannot read the sns signing key"), "{error}");
+            let other = if version == SignatureVersion::V1 {
+                SignatureVersion::V2
+            } else {
+                SignatureVersion::V1
+            };
+            let mut no_subject = vector.clone();
+            no_subject.as_object_mut().unwrap().remove("Subject");
+            for (what, version, text) in [
+                ("other digest", other, canonical.clone()),
+                ("no subject", version, string_to_sign(&no_subject).unwrap()),
+                (
+                    "no final newline",
+                    version,
+                    canonical[..canonical.len() - 1].to_owned(),
+                ),
+                (
+                    "changed message",
+                    version,
+                    canonical.replacen("Hello", "Hallo", 1),
+                ),
+            ] {
+                assert!(!signs(&key, version, &text, &signature), "{name}: {what}");
+            }
+        }
+        assert_eq!(versions.len(), 2, "both signature versions are covered");
+    }
+
+    /// `sign` sets the version, the certificate URL and a PKCS#1 v1.5
+    /// signature (SHA1 or SHA256) of the canonical string, deterministic
+    /// for one key and text.
+    #[test]
+    fn sign_sets_the_signature_fields() {
+        let signer = test_signer();
+        let key = signer.public_key();
+        for version in [SignatureVersion::V1, SignatureVersion::V2] {
+            let mut message = confirmation("SubscriptionConfirmation");
+            signer.sign(&mut message, version).unwrap();
+            assert_eq!(message["SignatureVersion"], version.as_str());
+            assert_eq!(message["SigningCertURL"], TEST_CERT_URL);
+            let signature = STANDARD
+                .decode(message["Signature"].as_str().unwrap())
+                .unwrap();
+            assert_eq!(signature.len(), RSA_BITS / 8);
+            let canonical = string_to_sign(&message).unwrap();
+            assert!(signs(&key, version, &canonical, &signature));
+            assert_eq!(
+                signer.signature(version, &canonical).unwrap(),
+                message["Signature"]
+            );
+        }
+        let moved = signer.with_cert_url("https://sns.us-east-1.amazonaws.com/other.pem");
+        assert_eq!(
+            moved.cert_url(),
+            "https://sns.us-east-1.amazonaws.com/other.pem"
+        );
+        assert_eq!(moved.public_key(), key);
+        assert_eq!(
+            certificate_key(signer.certificate_pem().unwrap().as_bytes()),
+            Some(key)
+        );
+        assert!(signer.sign(&mut json!([]), SignatureVersion::V2).is_err());
     }
 }

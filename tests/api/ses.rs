@@ -1,19 +1,18 @@
 //! AWS SES events through SNS, end to end over HTTP: real RSA signatures
-//! (a key and self-signed certificate made by the `openssl` CLI, served from
-//! a temporary `SNS_CERT_DIR`), AWS's genuine signed notifications and
+//! (by the crate's SNS signer, whose self-signed certificate is served from a
+//! temporary `SNS_CERT_DIR`), AWS's genuine signed notifications and
 //! documented SES examples from `../shared/vectors/`, topics, subscription
 //! confirmation against a local stand-in, and the shared secret.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use statushub::simulate::sns_signer::{self, SignatureVersion, SnsSigner};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::helpers::*;
@@ -33,8 +32,19 @@ fn cert_url() -> String {
     format!("https://{SNS_HOST}/{CERT_NAME}")
 }
 
-/// An RSA key and a self-signed certificate for it, made by the `openssl`
-/// CLI: the certificate in `certs/` (the `SNS_CERT_DIR`), the key beside it.
+/// The test signing key (the crate's SNS signer, naming [`cert_url`]) and
+/// its self-signed certificate: one per test binary, since making an RSA key
+/// is the slow part.
+static TEST_KEY: LazyLock<(SnsSigner, String)> = LazyLock::new(|| {
+    let signer = SnsSigner::generate(cert_url()).expect("failed to make the test signing key");
+    let pem = signer
+        .certificate_pem()
+        .expect("failed to make the test certificate");
+    (signer, pem)
+});
+
+/// Signs SNS messages with the test key, whose certificate lies in a
+/// temporary `certs/` (the `SNS_CERT_DIR`).
 struct Signer {
     dir: tempfile::TempDir,
 }
@@ -43,18 +53,7 @@ impl Signer {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("certs")).unwrap();
-        let output = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=sns.amazonaws.com"])
-            .arg("-keyout")
-            .arg(dir.path().join("key.pem"))
-            .arg("-out")
-            .arg(dir.path().join("certs").join(CERT_NAME))
-            .output()
-            .expect("these tests need the openssl cli to make a key and certificate");
-        assert!(output.status.success(), "{output:?}");
+        std::fs::write(dir.path().join("certs").join(CERT_NAME), &TEST_KEY.1).unwrap();
         Signer { dir }
     }
 
@@ -62,77 +61,25 @@ impl Signer {
         self.dir.path().join("certs")
     }
 
-    /// Returns the base64 RSASSA-PKCS1-v1_5 signature of `text`: SHA1 for
-    /// version `1`, SHA256 for `2`.
-    fn signature(&self, version: &str, text: &str) -> String {
-        let digest = if version == "1" { "-sha1" } else { "-sha256" };
-        let mut child = Command::new("openssl")
-            .args(["dgst", digest, "-sign"])
-            .arg(self.dir.path().join("key.pem"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{output:?}");
-        STANDARD.encode(output.stdout)
-    }
-
-    /// Signs `envelope` as SNS does, with `version`, naming the test
-    /// certificate.
+    /// Signs `envelope` as SNS does, with `version` (`1`: SHA1, `2`:
+    /// SHA256), naming the test certificate.
     fn sign(&self, mut envelope: Value, version: &str) -> Value {
-        envelope["SignatureVersion"] = version.into();
-        envelope["SigningCertURL"] = cert_url().into();
-        envelope["Signature"] = self.signature(version, &canonical(&envelope)).into();
+        let version = SignatureVersion::parse(version).unwrap();
+        TEST_KEY.0.sign(&mut envelope, version).unwrap();
         envelope
     }
 }
 
 /// Returns the keys AWS signs for the envelope's type that it holds, in
-/// the signed order, written here from AWS's documentation (independently of
-/// statushub's own code).
+/// the signed order (the crate signer's own reading of AWS's documentation,
+/// independent of the verifier's).
 fn signed_keys(envelope: &Value) -> Vec<&'static str> {
-    let keys: &[&'static str] = if envelope["Type"] == "Notification" {
-        &[
-            "Message",
-            "MessageId",
-            "Subject",
-            "Timestamp",
-            "TopicArn",
-            "Type",
-        ]
-    } else {
-        &[
-            "Message",
-            "MessageId",
-            "SubscribeURL",
-            "Timestamp",
-            "Token",
-            "TopicArn",
-            "Type",
-        ]
-    };
-    // A null Subject (as Lambda relays write it) is left out, as AWS's
-    // validators do.
-    keys.iter()
-        .copied()
-        .filter(|key| envelope.get(*key).is_some_and(|value| !value.is_null()))
-        .collect()
+    sns_signer::signed_keys(envelope).unwrap()
 }
 
 /// Returns the string AWS signs: each signed key as `Key\nValue\n`.
 fn canonical(envelope: &Value) -> String {
-    signed_keys(envelope)
-        .into_iter()
-        .map(|key| format!("{key}\n{}\n", envelope[key].as_str().unwrap()))
-        .collect()
+    sns_signer::string_to_sign(envelope).unwrap()
 }
 
 /// Returns `text` with its last character changed.
