@@ -126,7 +126,8 @@ impl Application {
             hub,
             metrics,
             started_at: Instant::now(),
-            sns_verifier: SnsVerifier::new(settings.sns_cert_dir.clone()),
+            sns_verifier: SnsVerifier::new(settings.sns_cert_dir.clone())
+                .with_download_override(settings.sns_cert_download_override.clone()),
             sns_subscriptions: SnsSubscriptions::new(settings.sns_subscribe_override.clone()),
             stream_limiter: StreamLimiter::new(settings.stream_limits),
             settings: Arc::new(settings),

@@ -871,3 +871,100 @@ async fn without_verification_unsigned_envelopes_are_accepted_but_junk_is_not_ke
     );
     assert_eq!(stored(&app).await, [1, 0, 0]);
 }
+
+/// A notification whose certificate is not in the cert dir is verified with
+/// the certificate downloaded from its (stand-in) SNS host, once: later
+/// messages, of either version and however the URL is spelled, use the
+/// cached key. The host check applies to the original `SigningCertURL`: a
+/// certificate named off the SNS hosts is never fetched, override or not.
+#[actix_web::test]
+async fn a_certificate_not_in_the_cert_dir_is_downloaded_once() {
+    let signer = Signer::new();
+    let stand_in = CertStandIn::start().await;
+    let base = stand_in.base.clone();
+    let app = spawn_ses_app(&signer, |settings| {
+        settings.sns_cert_download_override = Some(base);
+    })
+    .await;
+    register_email(&app, "c1", &["e-1", "e-2", "e-3"]).await;
+
+    let send = signer.sign(notification(&ses_event("eventType", "Send", "e-1")), "2");
+    for url in [
+        format!("https://evil.example/{DOWNLOAD_CERT_NAME}"),
+        format!("http://{SNS_HOST}/{DOWNLOAD_CERT_NAME}"),
+        format!("https://{SNS_HOST}.evil.example/{DOWNLOAD_CERT_NAME}"),
+        format!("https://{SNS_HOST}:8443/{DOWNLOAD_CERT_NAME}"),
+    ] {
+        let forged = naming_certificate(send.clone(), &url);
+        assert_eq!(post_sns(&app, &forged).await.status(), 401, "{url}");
+    }
+    assert!(stand_in.requests().is_empty(), "nothing fetched");
+    assert_eq!(stored(&app).await, [0, 0, 0]);
+
+    let first = naming_certificate(send, &download_cert_url());
+    assert_eq!(deliver(&app, &first).await, receipt_json(1, 0, 0, 0));
+    assert_eq!(
+        stand_in.requests(),
+        [format!("GET /{DOWNLOAD_CERT_NAME} HTTP/1.1")]
+    );
+
+    let upper = format!("https://{}/{DOWNLOAD_CERT_NAME}", SNS_HOST.to_uppercase());
+    for (id, version, url) in [("e-2", "1", download_cert_url()), ("e-3", "2", upper)] {
+        let envelope = signer.sign(
+            notification(&ses_event("eventType", "Delivery", id)),
+            version,
+        );
+        let envelope = naming_certificate(envelope, &url);
+        assert_eq!(deliver(&app, &envelope).await, receipt_json(1, 0, 0, 0));
+    }
+    assert_eq!(stand_in.requests().len(), 1, "downloaded once");
+    assert_eq!(app.message("email", "e-3").await["status"], "delivered");
+}
+
+/// A certificate host answering 500, or closing the connection: 503 with
+/// `Retry-After` (SNS retries), nothing stored. The failure is not cached:
+/// the retried message downloads again and, once the host serves the
+/// certificate, is applied.
+#[actix_web::test]
+async fn an_unavailable_certificate_gives_503_and_a_later_download_succeeds() {
+    let signer = Signer::new();
+    let stand_in = CertStandIn::start().await;
+    let base = stand_in.base.clone();
+    let app = spawn_ses_app(&signer, |settings| {
+        settings.sns_cert_download_override = Some(base);
+    })
+    .await;
+    register_email(&app, "c1", &["e-1"]).await;
+    let envelope = naming_certificate(
+        signer.sign(
+            notification(&ses_event("eventType", "Delivery", "e-1")),
+            "2",
+        ),
+        &download_cert_url(),
+    );
+
+    for (attempt, answer) in [CertAnswer::Fail, CertAnswer::Close, CertAnswer::Fail]
+        .into_iter()
+        .enumerate()
+    {
+        stand_in.answer(answer);
+        let response = post_sns(&app, &envelope).await;
+        assert_eq!(response.status(), 503, "{answer:?}");
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|value| value.to_str().unwrap().parse::<u64>().unwrap());
+        assert!(retry_after.is_some_and(|secs| secs > 0), "{answer:?}");
+        assert_eq!(stored(&app).await, [0, 0, 0], "{answer:?}");
+        assert_eq!(stand_in.requests().len(), attempt + 1, "not cached");
+    }
+    assert_eq!(app.message("email", "e-1").await["status"], "pending");
+
+    stand_in.answer(CertAnswer::Serve);
+    assert_eq!(deliver(&app, &envelope).await, receipt_json(1, 0, 0, 0));
+    assert_eq!(stand_in.requests().len(), 4);
+    assert_eq!(app.message("email", "e-1").await["status"], "delivered");
+    let metrics = app.metrics("c1").await;
+    assert_eq!(counts_only(&metrics), expected_counts(["Delivery"]));
+    assert_eq!(counts_only(&metrics), app.sql_counts("c1").await);
+}

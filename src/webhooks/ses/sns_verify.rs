@@ -203,6 +203,9 @@ pub struct SnsVerifier {
     cert_dir: Option<PathBuf>,
     /// `None` only if the TLS client could not be built; downloads then fail.
     client: Option<reqwest::Client>,
+    /// Test-only base certificates are downloaded from instead of their SNS
+    /// host; see [`crate::config::Settings::sns_cert_download_override`].
+    download_override: Option<Url>,
     /// Public keys by normalized certificate URL, whether read from the cert
     /// dir or downloaded. A cell is initialised at most once; concurrent
     /// misses wait on the same cell, and a failed load leaves it empty and is
@@ -215,20 +218,30 @@ impl SnsVerifier {
     /// named as the last path segment of `SigningCertURL`) before
     /// downloading them from the SNS host.
     pub fn new(cert_dir: Option<PathBuf>) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(true)
-            .build()
-            .inspect_err(|error| {
-                tracing::warn!(%error, "no http client: sns certificate downloads disabled");
-            })
-            .ok();
         SnsVerifier {
             cert_dir,
-            client,
+            client: download_client(true),
+            download_override: None,
             keys: Mutex::new(KeyCache::default()),
         }
+    }
+
+    /// Test-only: with `base` set, downloads certificates from `base`
+    /// (scheme, host and port, plain http allowed) instead of the
+    /// `SigningCertURL`'s SNS host, keeping the URL's path. The
+    /// `SigningCertURL` is still validated first, so only a genuine-looking
+    /// SNS URL is fetched, and keys are cached under it. See
+    /// [`crate::config::Settings::sns_cert_download_override`].
+    pub fn with_download_override(mut self, base: Option<Url>) -> Self {
+        if let Some(base) = &base {
+            tracing::warn!(
+                base = %base,
+                "sns certificates are downloaded from a test override instead of sns; never run like this in production"
+            );
+            self.client = download_client(false);
+        }
+        self.download_override = base;
+        self
     }
 
     /// Verifies the envelope's signature: builds the string to sign (which
@@ -342,9 +355,18 @@ impl SnsVerifier {
             .client
             .as_ref()
             .ok_or_else(|| unavailable("no http client".to_owned()))?;
-        tracing::debug!(url = %cert_url, "downloading sns certificate");
+        let target = match &self.download_override {
+            Some(base) => {
+                let mut target = base.clone();
+                target.set_path(cert_url.path());
+                target.set_query(None);
+                target
+            }
+            None => cert_url.clone(),
+        };
+        tracing::debug!(url = %target, "downloading sns certificate");
         let mut response = client
-            .get(cert_url.clone())
+            .get(target)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
@@ -362,6 +384,20 @@ impl SnsVerifier {
         }
         Ok(body)
     }
+}
+
+/// Returns the client certificates are downloaded with (no redirects), or
+/// `None` if it cannot be built.
+fn download_client(https_only: bool) -> Option<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(https_only)
+        .build()
+        .inspect_err(|error| {
+            tracing::warn!(%error, "no http client: sns certificate downloads disabled");
+        })
+        .ok()
 }
 
 /// Extracts the RSA public key of the first certificate in a PEM file.

@@ -1,7 +1,7 @@
 //! The harness of the SES/SNS tests: the signer and its certificate
 //! directory, SNS envelopes and SES events as AWS writes them, what each
-//! event should do to a campaign, posting as SNS does, and a local stand-in
-//! for SNS's `ConfirmSubscription` endpoint.
+//! event should do to a campaign, posting as SNS does, and local stand-ins
+//! for SNS's `ConfirmSubscription` endpoint and its certificate host.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -18,6 +18,8 @@ pub const SNS_HOST: &str = "sns.eu-west-1.amazonaws.com";
 /// The test certificate's file name in the cert dir, and the last segment of
 /// its `SigningCertURL`.
 pub const CERT_NAME: &str = "SimpleNotificationService-statushub-test.pem";
+/// A certificate file name no cert dir holds: the hub downloads it.
+pub const DOWNLOAD_CERT_NAME: &str = "SimpleNotificationService-statushub-download.pem";
 pub const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:ses-events";
 pub const OTHER_TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:someone-else";
 pub const SUBSCRIPTION_ARN: &str =
@@ -55,6 +57,11 @@ impl Signer {
 
     pub fn cert_dir(&self) -> PathBuf {
         self.dir.path().join("certs")
+    }
+
+    /// Returns the test key's certificate (PEM).
+    pub fn certificate_pem() -> &'static str {
+        &TEST_KEY.1
     }
 
     /// Signs `envelope` as SNS does, with `version` (`1`: SHA1, `2`:
@@ -275,6 +282,50 @@ pub async fn spawn_ses_app(
     .await
 }
 
+/// What a stand-in answers a request with: status, content type and body;
+/// `None` closes the connection unanswered.
+type Answer = Option<(u16, &'static str, String)>;
+
+/// Serves HTTP/1.1 on a local port until the test ends: records each request
+/// line, then answers with what `answer` returns. Returns the base URL and
+/// the recorded request lines.
+async fn serve(answer: impl Fn() -> Answer + 'static) -> (reqwest::Url, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&requests);
+    actix_web::rt::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => head.extend_from_slice(&buffer[..read]),
+                }
+            }
+            let line = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            seen.lock().unwrap().push(line);
+            let Some((code, content_type, body)) = answer() else {
+                continue; // the socket is dropped: closed, unanswered
+            };
+            let response = format!(
+                "HTTP/1.1 {code} Stand-in\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    (base, requests)
+}
+
 /// A local HTTP server standing in for SNS's `ConfirmSubscription` endpoint:
 /// records each request line and answers with `status`.
 pub struct StandIn {
@@ -285,53 +336,90 @@ pub struct StandIn {
 
 impl StandIn {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
-        let (seen, answer) = (Arc::clone(&requests), Arc::clone(&status));
-        actix_web::rt::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(read) => head.extend_from_slice(&buffer[..read]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&head)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                seen.lock().unwrap().push(line);
-                let code = answer.load(Ordering::SeqCst);
-                let body = if code == 200 {
-                    format!(
-                        "<ConfirmSubscriptionResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\">\
-                         <ConfirmSubscriptionResult><SubscriptionArn>{SUBSCRIPTION_ARN}</SubscriptionArn>\
-                         </ConfirmSubscriptionResult></ConfirmSubscriptionResponse>"
-                    )
-                } else {
-                    "<ErrorResponse><Error><Code>InternalFailure</Code></Error></ErrorResponse>"
-                        .to_owned()
-                };
-                let response = format!(
-                    "HTTP/1.1 {code} Stand-in\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            }
-        });
+        let answer = Arc::clone(&status);
+        let (base, requests) = serve(move || {
+            let code = answer.load(Ordering::SeqCst);
+            let body = if code == 200 {
+                format!(
+                    "<ConfirmSubscriptionResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\">\
+                     <ConfirmSubscriptionResult><SubscriptionArn>{SUBSCRIPTION_ARN}</SubscriptionArn>\
+                     </ConfirmSubscriptionResult></ConfirmSubscriptionResponse>"
+                )
+            } else {
+                "<ErrorResponse><Error><Code>InternalFailure</Code></Error></ErrorResponse>".to_owned()
+            };
+            Some((code, "text/xml", body))
+        })
+        .await;
         StandIn {
             base,
             requests,
             status,
         }
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// A `SigningCertURL` on an SNS host naming a certificate no cert dir holds,
+/// so the hub downloads it.
+pub fn download_cert_url() -> String {
+    format!("https://{SNS_HOST}/{DOWNLOAD_CERT_NAME}")
+}
+
+/// Returns `envelope` (signed) naming `url` as its certificate; the URL is
+/// not signed, so the signature still fits.
+pub fn naming_certificate(mut envelope: Value, url: &str) -> Value {
+    envelope["SigningCertURL"] = url.into();
+    envelope
+}
+
+/// How [`CertStandIn`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertAnswer {
+    /// 200 with the test certificate.
+    Serve,
+    /// 500.
+    Fail,
+    /// Closes the connection without answering.
+    Close,
+}
+
+/// A local HTTP server standing in for SNS's certificate host: answers every
+/// path as told ([`CertAnswer`]) and records each request line.
+pub struct CertStandIn {
+    pub base: reqwest::Url,
+    requests: Arc<Mutex<Vec<String>>>,
+    answer: Arc<Mutex<CertAnswer>>,
+}
+
+impl CertStandIn {
+    pub async fn start() -> Self {
+        let answer = Arc::new(Mutex::new(CertAnswer::Serve));
+        let current = Arc::clone(&answer);
+        let (base, requests) = serve(move || match *current.lock().unwrap() {
+            CertAnswer::Serve => Some((
+                200,
+                "application/x-pem-file",
+                Signer::certificate_pem().to_owned(),
+            )),
+            CertAnswer::Fail => Some((500, "text/plain", "stand-in failure".to_owned())),
+            CertAnswer::Close => None,
+        })
+        .await;
+        CertStandIn {
+            base,
+            requests,
+            answer,
+        }
+    }
+
+    /// Answers the next requests so.
+    pub fn answer(&self, answer: CertAnswer) {
+        *self.answer.lock().unwrap() = answer;
     }
 
     pub fn requests(&self) -> Vec<String> {
