@@ -186,6 +186,18 @@ pub struct Settings {
     /// (the integration tests, pointing it at a local stand-in) can enable
     /// it, and start-up logs a warning when it is set.
     pub sns_subscribe_override: Option<reqwest::Url>,
+    /// Test-only: downloads SNS signing certificates that are not in
+    /// `sns_cert_dir` from this base (scheme, host and port) instead of the
+    /// `SigningCertURL`'s SNS host, keeping the URL's path. The
+    /// `SigningCertURL` is still host-validated first, so only a
+    /// genuine-looking SNS URL is fetched.
+    ///
+    /// As for `sns_subscribe_override`, no flag or environment variable sets
+    /// it: [`Settings::from_args`] always leaves it `None`, so only code that
+    /// builds `Settings` itself (the integration tests, pointing it at a
+    /// local stand-in) can enable it, and start-up logs a warning when it is
+    /// set.
+    pub sns_cert_download_override: Option<reqwest::Url>,
     /// `false` turns provider signature checks off (local experiments only).
     pub enable_webhook_verification: bool,
     /// Largest webhook body, bytes (413 beyond).
@@ -286,6 +298,7 @@ impl Settings {
             sns_cert_dir: args.sns_cert_dir,
             // Deliberately not configurable from outside: see the field's doc.
             sns_subscribe_override: None,
+            sns_cert_download_override: None,
             enable_webhook_verification: args.enable_webhook_verification,
             body_limit: args.body_limit,
             api_body_limit: args.api_body_limit,

@@ -113,7 +113,10 @@ impl Application {
         );
         let deadline = web::Data::new(RequestDeadline(settings.request_timeout));
         let reads = web::Data::new(store.clone());
-        let verifier = web::Data::new(SnsVerifier::new(settings.sns_cert_dir.clone()));
+        let verifier = web::Data::new(
+            SnsVerifier::new(settings.sns_cert_dir.clone())
+                .with_download_override(settings.sns_cert_download_override.clone()),
+        );
         let subscriptions = web::Data::new(SnsSubscriptions::new(
             settings.sns_subscribe_override.clone(),
         ));

@@ -55,6 +55,7 @@ pub fn test_settings(dir: &Path) -> Settings {
         sns_topic_arns: Vec::new(),
         sns_cert_dir: None,
         sns_subscribe_override: None,
+        sns_cert_download_override: None,
         enable_webhook_verification: true,
         body_limit: 1024 * 1024,
         api_body_limit: 64 * 1024 * 1024,

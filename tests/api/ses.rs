@@ -1,400 +1,21 @@
 //! AWS SES events through SNS, end to end over HTTP: real RSA signatures
-//! (a key and self-signed certificate made by the `openssl` CLI, served from
-//! a temporary `SNS_CERT_DIR`), AWS's genuine signed notifications and
+//! (by the crate's SNS signer, whose self-signed certificate is served from a
+//! temporary `SNS_CERT_DIR`), AWS's genuine signed notifications and
 //! documented SES examples from `../shared/vectors/`, topics, subscription
 //! confirmation against a local stand-in, and the shared secret.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+mod harness;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::helpers::*;
-
-/// The region host every test message claims to come from.
-const SNS_HOST: &str = "sns.eu-west-1.amazonaws.com";
-/// The test certificate's file name in the cert dir, and the last segment of
-/// its `SigningCertURL`.
-const CERT_NAME: &str = "SimpleNotificationService-statushub-test.pem";
-const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:ses-events";
-const OTHER_TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:someone-else";
-const SUBSCRIPTION_ARN: &str =
-    "arn:aws:sns:eu-west-1:123456789012:ses-events:2bcfbf39-05c3-41de-beaa-fcfcc21c8f55";
-const TENANT: &str = "t1";
-
-fn cert_url() -> String {
-    format!("https://{SNS_HOST}/{CERT_NAME}")
-}
-
-/// An RSA key and a self-signed certificate for it, made by the `openssl`
-/// CLI: the certificate in `certs/` (the `SNS_CERT_DIR`), the key beside it.
-struct Signer {
-    dir: tempfile::TempDir,
-}
-
-impl Signer {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("certs")).unwrap();
-        let output = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=sns.amazonaws.com"])
-            .arg("-keyout")
-            .arg(dir.path().join("key.pem"))
-            .arg("-out")
-            .arg(dir.path().join("certs").join(CERT_NAME))
-            .output()
-            .expect("these tests need the openssl cli to make a key and certificate");
-        assert!(output.status.success(), "{output:?}");
-        Signer { dir }
-    }
-
-    fn cert_dir(&self) -> PathBuf {
-        self.dir.path().join("certs")
-    }
-
-    /// Returns the base64 RSASSA-PKCS1-v1_5 signature of `text`: SHA1 for
-    /// version `1`, SHA256 for `2`.
-    fn signature(&self, version: &str, text: &str) -> String {
-        let digest = if version == "1" { "-sha1" } else { "-sha256" };
-        let mut child = Command::new("openssl")
-            .args(["dgst", digest, "-sign"])
-            .arg(self.dir.path().join("key.pem"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{output:?}");
-        STANDARD.encode(output.stdout)
-    }
-
-    /// Signs `envelope` as SNS does, with `version`, naming the test
-    /// certificate.
-    fn sign(&self, mut envelope: Value, version: &str) -> Value {
-        envelope["SignatureVersion"] = version.into();
-        envelope["SigningCertURL"] = cert_url().into();
-        envelope["Signature"] = self.signature(version, &canonical(&envelope)).into();
-        envelope
-    }
-}
-
-/// Returns the keys AWS signs for the envelope's type that it holds, in
-/// the signed order, written here from AWS's documentation (independently of
-/// statushub's own code).
-fn signed_keys(envelope: &Value) -> Vec<&'static str> {
-    let keys: &[&'static str] = if envelope["Type"] == "Notification" {
-        &[
-            "Message",
-            "MessageId",
-            "Subject",
-            "Timestamp",
-            "TopicArn",
-            "Type",
-        ]
-    } else {
-        &[
-            "Message",
-            "MessageId",
-            "SubscribeURL",
-            "Timestamp",
-            "Token",
-            "TopicArn",
-            "Type",
-        ]
-    };
-    // A null Subject (as Lambda relays write it) is left out, as AWS's
-    // validators do.
-    keys.iter()
-        .copied()
-        .filter(|key| envelope.get(*key).is_some_and(|value| !value.is_null()))
-        .collect()
-}
-
-/// Returns the string AWS signs: each signed key as `Key\nValue\n`.
-fn canonical(envelope: &Value) -> String {
-    signed_keys(envelope)
-        .into_iter()
-        .map(|key| format!("{key}\n{}\n", envelope[key].as_str().unwrap()))
-        .collect()
-}
-
-/// Returns `text` with its last character changed.
-fn flip_last(text: &str) -> String {
-    let mut text = text.to_owned();
-    let last = text.pop().unwrap();
-    text.push(if last == 'x' { 'y' } else { 'x' });
-    text
-}
-
-fn sns_message_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// An unsigned SNS notification of `topic` carrying `message`.
-fn notification_of(topic: &str, message: &str) -> Value {
-    json!({
-        "Type": "Notification",
-        "MessageId": sns_message_id(),
-        "TopicArn": topic,
-        "Message": message,
-        "Timestamp": "2024-05-01T12:00:00.123Z",
-        "UnsubscribeURL": format!("https://{SNS_HOST}/?Action=Unsubscribe&SubscriptionArn={topic}:sub"),
-    })
-}
-
-fn notification(message: &str) -> Value {
-    notification_of(TOPIC, message)
-}
-
-/// An unsigned `SubscriptionConfirmation` or `UnsubscribeConfirmation`.
-fn confirmation(kind: &str, topic: &str, token: &str) -> Value {
-    json!({
-        "Type": kind,
-        "MessageId": sns_message_id(),
-        "Token": token,
-        "TopicArn": topic,
-        "Message": format!("You have chosen to subscribe to the topic {topic}.\nTo confirm the subscription, visit the SubscribeURL included in this message."),
-        "SubscribeURL": subscribe_url(topic, token),
-        "Timestamp": "2024-05-01T12:00:00.000Z",
-    })
-}
-
-fn subscribe_url(topic: &str, token: &str) -> String {
-    format!("https://{SNS_HOST}/?Action=ConfirmSubscription&TopicArn={topic}&Token={token}")
-}
-
-/// The minimal SES event of every type: name, key of its object, the object.
-#[rustfmt::skip]
-const SES_EVENTS: [(&str, &str, &str); 10] = [
-    ("Send", "send", "{}"),
-    ("Delivery", "delivery", r#"{"timestamp":"2024-05-01T12:00:02.000Z","recipients":["a@example.com"],"smtpResponse":"250 ok"}"#),
-    ("Open", "open", r#"{"timestamp":"2024-05-01T12:00:05.000Z","userAgent":"Mozilla/5.0","ipAddress":"192.0.2.1"}"#),
-    ("Click", "click", r#"{"timestamp":"2024-05-01T12:00:06.000Z","link":"https://example.com/","linkTags":{"a":["b"]}}"#),
-    ("Bounce", "bounce", r#"{"timestamp":"2024-05-01T12:00:02.000Z","bounceType":"Permanent","bounceSubType":"General",
-        "bouncedRecipients":[{"emailAddress":"a@example.com","diagnosticCode":"smtp; 550 5.1.1 user unknown"}]}"#),
-    ("Complaint", "complaint", r#"{"timestamp":"2024-05-01T12:00:09.000Z","complaintFeedbackType":"abuse",
-        "complainedRecipients":[{"emailAddress":"a@example.com"}]}"#),
-    ("Reject", "reject", r#"{"reason":"Bad content"}"#),
-    ("Rendering Failure", "failure", r#"{"templateName":"T","errorMessage":"Attribute 'x' is not present"}"#),
-    ("DeliveryDelay", "deliveryDelay", r#"{"timestamp":"2024-05-01T12:00:03.000Z","delayType":"MailboxFull"}"#),
-    ("Subscription", "subscription", r#"{"timestamp":"2024-05-01T12:00:04.000Z","contactList":"L"}"#),
-];
-
-/// Returns the SES event `name` about `mail_id` as SES publishes it, typed
-/// by `form`: `eventType` (configuration sets) or `notificationType`
-/// (identity notifications).
-fn ses_event(form: &str, name: &str, mail_id: &str) -> String {
-    let (_, key, object) = SES_EVENTS.iter().find(|row| row.0 == name).unwrap();
-    let mut message = json!({
-        form: name,
-        "mail": {
-            "timestamp": "2024-05-01T12:00:00.000Z",
-            "source": "sender@example.com",
-            "messageId": mail_id,
-            "destination": ["a@example.com"],
-        },
-    });
-    message[*key] = serde_json::from_str(object).unwrap();
-    message.to_string()
-}
-
-/// The statuses a message has seen (with the implied ones) and its current
-/// status after the SES event `name` alone (the spec's SES mapping).
-fn expected_after(name: &str) -> (&'static [&'static str], &'static str) {
-    match name {
-        "Send" => (&["sent"], "sent"),
-        "Delivery" => (&["sent", "delivered"], "delivered"),
-        "Open" => (&["sent", "delivered", "read"], "read"),
-        "Click" => (&["sent", "delivered", "read", "clicked"], "read"),
-        "Complaint" => (&["sent", "delivered", "complained"], "delivered"),
-        "Bounce" | "Reject" | "Rendering Failure" => (&["failed"], "failed"),
-        "DeliveryDelay" | "Subscription" => (&[], "pending"),
-        other => panic!("no expectation for {other}"),
-    }
-}
-
-/// Returns the counters (as `counts_only` shapes them) of a campaign whose
-/// messages saw these events, one message each.
-fn expected_counts<'a>(events: impl IntoIterator<Item = &'a str>) -> Value {
-    let mut counts = json!({"total": 0, "sent": 0, "delivered": 0, "read": 0, "failed": 0, "clicked": 0,
-        "complained": 0, "by_status": {"pending": 0, "sent": 0, "delivered": 0, "read": 0, "failed": 0}});
-    let bump = |value: &mut Value| *value = json!(value.as_i64().unwrap() + 1);
-    for name in events {
-        let (seen, current) = expected_after(name);
-        bump(&mut counts["total"]);
-        for status in seen.iter().filter(|status| **status != "failed") {
-            bump(&mut counts[*status]);
-        }
-        if current == "failed" {
-            bump(&mut counts["failed"]);
-        }
-        bump(&mut counts["by_status"][current]);
-    }
-    counts
-}
-
-/// Posts `envelope` as SNS does (JSON as `text/plain`, the message type
-/// header), after `customize` adjusted the request.
-async fn post_sns_with(
-    app: &TestApp,
-    path: &str,
-    envelope: &Value,
-    customize: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
-) -> reqwest::Response {
-    let request = app
-        .client
-        .post(app.url(path))
-        .header("content-type", "text/plain; charset=UTF-8")
-        .header("user-agent", "Amazon Simple Notification Service Agent")
-        .header(
-            "x-amz-sns-message-type",
-            envelope["Type"].as_str().unwrap_or_default(),
-        )
-        .body(envelope.to_string());
-    // A forged id with a line break cannot be a header value.
-    let message_id = envelope["MessageId"].as_str().unwrap_or_default();
-    let request = if message_id.contains(['\n', '\r']) {
-        request
-    } else {
-        request.header("x-amz-sns-message-id", message_id)
-    };
-    customize(request).send().await.unwrap()
-}
-
-async fn post_sns(app: &TestApp, envelope: &Value) -> reqwest::Response {
-    post_sns_with(app, "/webhooks/email", envelope, |request| request).await
-}
-
-/// Posts and returns the receipt, asserting 200.
-async fn deliver(app: &TestApp, envelope: &Value) -> Value {
-    let response = post_sns(app, envelope).await;
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
-    response.json().await.unwrap()
-}
-
-fn receipt_json(applied: u64, duplicates: u64, unmatched: u64, dead_lettered: u64) -> Value {
-    json!({"received": applied + duplicates + unmatched, "applied": applied, "duplicates": duplicates,
-           "unmatched": unmatched, "dead_lettered": dead_lettered})
-}
-
-async fn register_email(app: &TestApp, campaign: &str, ids: &[&str]) {
-    let messages: Vec<Value> = ids
-        .iter()
-        .map(|id| json!({"tenant_id": TENANT, "campaign_id": campaign, "channel": "email", "provider_message_id": id}))
-        .collect();
-    let receipt = app.register(&Value::Array(messages)).await;
-    assert_eq!(receipt["registered"], ids.len(), "{receipt}");
-}
-
-/// Rows of every table a webhook writes to: events, buffered statuses,
-/// dead letters.
-async fn stored(app: &TestApp) -> [i64; 3] {
-    [
-        app.count_rows("status_events").await,
-        app.count_rows("unmatched_statuses").await,
-        app.count_rows("dead_letters").await,
-    ]
-}
-
-async fn health_subscriptions(app: &TestApp) -> Vec<Value> {
-    let response = app.get("/webhooks/health", ADMIN_TOKEN).await;
-    assert_eq!(response.status(), 200);
-    let health: Value = response.json().await.unwrap();
-    health["sns_subscriptions"].as_array().unwrap().clone()
-}
-
-async fn spawn_ses_app(
-    signer: &Signer,
-    customize: impl FnOnce(&mut statushub::config::Settings),
-) -> TestApp {
-    let cert_dir = signer.cert_dir();
-    spawn_app_with(|settings| {
-        settings.sns_cert_dir = Some(cert_dir);
-        customize(settings);
-    })
-    .await
-}
-
-/// A local HTTP server standing in for SNS's `ConfirmSubscription` endpoint:
-/// records each request line and answers with `status`.
-struct StandIn {
-    base: reqwest::Url,
-    requests: Arc<Mutex<Vec<String>>>,
-    status: Arc<AtomicU16>,
-}
-
-impl StandIn {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let status = Arc::new(AtomicU16::new(200));
-        let (seen, answer) = (Arc::clone(&requests), Arc::clone(&status));
-        actix_web::rt::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(read) => head.extend_from_slice(&buffer[..read]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&head)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                seen.lock().unwrap().push(line);
-                let code = answer.load(Ordering::SeqCst);
-                let body = if code == 200 {
-                    format!(
-                        "<ConfirmSubscriptionResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\">\
-                         <ConfirmSubscriptionResult><SubscriptionArn>{SUBSCRIPTION_ARN}</SubscriptionArn>\
-                         </ConfirmSubscriptionResult></ConfirmSubscriptionResponse>"
-                    )
-                } else {
-                    "<ErrorResponse><Error><Code>InternalFailure</Code></Error></ErrorResponse>"
-                        .to_owned()
-                };
-                let response = format!(
-                    "HTTP/1.1 {code} Stand-in\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            }
-        });
-        StandIn {
-            base,
-            requests,
-            status,
-        }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-}
+use harness::*;
 
 #[actix_web::test]
 async fn signed_messages_of_every_type_and_both_versions_are_accepted() {
@@ -646,22 +267,6 @@ async fn genuine_aws_signed_notifications_verify_offline_and_fail_when_changed()
     );
 }
 
-/// Returns `envelope` with its `Subject` moved into `MessageId`: the string
-/// to sign reads the same (`MessageId\n<id>\nSubject\n<subject>\n`), so
-/// the old signature still fits, under a new message id.
-fn subject_shifted_into_message_id(envelope: &Value) -> Value {
-    let mut shifted = envelope.clone();
-    let subject = shifted.as_object_mut().unwrap().remove("Subject").unwrap();
-    shifted["MessageId"] = format!(
-        "{}\nSubject\n{}",
-        envelope["MessageId"].as_str().unwrap(),
-        subject.as_str().unwrap()
-    )
-    .into();
-    assert_eq!(canonical(&shifted), canonical(envelope));
-    shifted
-}
-
 /// A signed notification with a subject, replayed with the subject shifted
 /// into `MessageId`, signs the same bytes: it is refused (401) and nothing
 /// more is applied or stored. AWS's genuine notification shifted the same
@@ -702,21 +307,6 @@ async fn a_subject_shifted_into_the_message_id_is_refused() {
         assert_eq!(post_sns(&app, &genuine).await.status(), 200, "{name}");
     }
     assert_eq!(stored(&app).await, [0, 0, 2]);
-}
-
-/// Returns `envelope` with its keys spelled as an AWS Lambda relay writes
-/// them: `SigningCertUrl`, `UnsubscribeUrl`.
-fn in_lambda_spelling(envelope: &Value) -> Value {
-    let mut lambda = envelope.clone();
-    let object = lambda.as_object_mut().unwrap();
-    for (aws, relayed) in [
-        ("SigningCertURL", "SigningCertUrl"),
-        ("UnsubscribeURL", "UnsubscribeUrl"),
-    ] {
-        let value = object.remove(aws).unwrap();
-        object.insert(relayed.to_owned(), value);
-    }
-    lambda
 }
 
 /// SNS messages relayed by AWS Lambda (`SigningCertUrl`, `UnsubscribeUrl`,
@@ -825,10 +415,6 @@ async fn aws_documented_ses_examples_move_the_right_counters() {
             assert!(message["error"]["code"].is_string(), "{name}: {message}");
         }
     }
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().unwrap().to_string_lossy().into_owned()
 }
 
 #[actix_web::test]
@@ -1276,4 +862,101 @@ async fn without_verification_unsigned_envelopes_are_accepted_but_junk_is_not_ke
         400
     );
     assert_eq!(stored(&app).await, [1, 0, 0]);
+}
+
+/// A notification whose certificate is not in the cert dir is verified with
+/// the certificate downloaded from its (stand-in) SNS host, once: later
+/// messages, of either version and however the URL is spelled, use the
+/// cached key. The host check applies to the original `SigningCertURL`: a
+/// certificate named off the SNS hosts is never fetched, override or not.
+#[actix_web::test]
+async fn a_certificate_not_in_the_cert_dir_is_downloaded_once() {
+    let signer = Signer::new();
+    let stand_in = CertStandIn::start().await;
+    let base = stand_in.base.clone();
+    let app = spawn_ses_app(&signer, |settings| {
+        settings.sns_cert_download_override = Some(base);
+    })
+    .await;
+    register_email(&app, "c1", &["e-1", "e-2", "e-3"]).await;
+
+    let send = signer.sign(notification(&ses_event("eventType", "Send", "e-1")), "2");
+    for url in [
+        format!("https://evil.example/{DOWNLOAD_CERT_NAME}"),
+        format!("http://{SNS_HOST}/{DOWNLOAD_CERT_NAME}"),
+        format!("https://{SNS_HOST}.evil.example/{DOWNLOAD_CERT_NAME}"),
+        format!("https://{SNS_HOST}:8443/{DOWNLOAD_CERT_NAME}"),
+    ] {
+        let forged = naming_certificate(send.clone(), &url);
+        assert_eq!(post_sns(&app, &forged).await.status(), 401, "{url}");
+    }
+    assert!(stand_in.requests().is_empty(), "nothing fetched");
+    assert_eq!(stored(&app).await, [0, 0, 0]);
+
+    let first = naming_certificate(send, &download_cert_url());
+    assert_eq!(deliver(&app, &first).await, receipt_json(1, 0, 0, 0));
+    assert_eq!(
+        stand_in.requests(),
+        [format!("GET /{DOWNLOAD_CERT_NAME} HTTP/1.1")]
+    );
+
+    let upper = format!("https://{}/{DOWNLOAD_CERT_NAME}", SNS_HOST.to_uppercase());
+    for (id, version, url) in [("e-2", "1", download_cert_url()), ("e-3", "2", upper)] {
+        let envelope = signer.sign(
+            notification(&ses_event("eventType", "Delivery", id)),
+            version,
+        );
+        let envelope = naming_certificate(envelope, &url);
+        assert_eq!(deliver(&app, &envelope).await, receipt_json(1, 0, 0, 0));
+    }
+    assert_eq!(stand_in.requests().len(), 1, "downloaded once");
+    assert_eq!(app.message("email", "e-3").await["status"], "delivered");
+}
+
+/// A certificate host answering 500, or closing the connection: 503 with
+/// `Retry-After` (SNS retries), nothing stored. The failure is not cached:
+/// the retried message downloads again and, once the host serves the
+/// certificate, is applied.
+#[actix_web::test]
+async fn an_unavailable_certificate_gives_503_and_a_later_download_succeeds() {
+    let signer = Signer::new();
+    let stand_in = CertStandIn::start().await;
+    let base = stand_in.base.clone();
+    let app = spawn_ses_app(&signer, |settings| {
+        settings.sns_cert_download_override = Some(base);
+    })
+    .await;
+    register_email(&app, "c1", &["e-1"]).await;
+    let envelope = naming_certificate(
+        signer.sign(
+            notification(&ses_event("eventType", "Delivery", "e-1")),
+            "2",
+        ),
+        &download_cert_url(),
+    );
+
+    for (attempt, answer) in [CertAnswer::Fail, CertAnswer::Close, CertAnswer::Fail]
+        .into_iter()
+        .enumerate()
+    {
+        stand_in.answer(answer);
+        let response = post_sns(&app, &envelope).await;
+        assert_eq!(response.status(), 503, "{answer:?}");
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|value| value.to_str().unwrap().parse::<u64>().unwrap());
+        assert!(retry_after.is_some_and(|secs| secs > 0), "{answer:?}");
+        assert_eq!(stored(&app).await, [0, 0, 0], "{answer:?}");
+        assert_eq!(stand_in.requests().len(), attempt + 1, "not cached");
+    }
+    assert_eq!(app.message("email", "e-1").await["status"], "pending");
+
+    stand_in.answer(CertAnswer::Serve);
+    assert_eq!(deliver(&app, &envelope).await, receipt_json(1, 0, 0, 0));
+    assert_eq!(stand_in.requests().len(), 4);
+    assert_eq!(app.message("email", "e-1").await["status"], "delivered");
+    let metrics = app.metrics("c1").await;
+    assert_eq!(counts_only(&metrics), expected_counts(["Delivery"]));
+    assert_eq!(counts_only(&metrics), app.sql_counts("c1").await);
 }

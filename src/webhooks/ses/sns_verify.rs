@@ -203,6 +203,9 @@ pub struct SnsVerifier {
     cert_dir: Option<PathBuf>,
     /// `None` only if the TLS client could not be built; downloads then fail.
     client: Option<reqwest::Client>,
+    /// Test-only base certificates are downloaded from instead of their SNS
+    /// host; see [`crate::config::Settings::sns_cert_download_override`].
+    download_override: Option<Url>,
     /// Public keys by normalized certificate URL, whether read from the cert
     /// dir or downloaded. A cell is initialised at most once; concurrent
     /// misses wait on the same cell, and a failed load leaves it empty and is
@@ -215,20 +218,30 @@ impl SnsVerifier {
     /// named as the last path segment of `SigningCertURL`) before
     /// downloading them from the SNS host.
     pub fn new(cert_dir: Option<PathBuf>) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(true)
-            .build()
-            .inspect_err(|error| {
-                tracing::warn!(%error, "no http client: sns certificate downloads disabled");
-            })
-            .ok();
         SnsVerifier {
             cert_dir,
-            client,
+            client: download_client(true),
+            download_override: None,
             keys: Mutex::new(KeyCache::default()),
         }
+    }
+
+    /// Test-only: with `base` set, downloads certificates from `base`
+    /// (scheme, host and port, plain http allowed) instead of the
+    /// `SigningCertURL`'s SNS host, keeping the URL's path. The
+    /// `SigningCertURL` is still validated first, so only a genuine-looking
+    /// SNS URL is fetched, and keys are cached under it. See
+    /// [`crate::config::Settings::sns_cert_download_override`].
+    pub fn with_download_override(mut self, base: Option<Url>) -> Self {
+        if let Some(base) = &base {
+            tracing::warn!(
+                base = %base,
+                "sns certificates are downloaded from a test override instead of sns; never run like this in production"
+            );
+            self.client = download_client(false);
+        }
+        self.download_override = base;
+        self
     }
 
     /// Verifies the envelope's signature: builds the string to sign (which
@@ -342,9 +355,18 @@ impl SnsVerifier {
             .client
             .as_ref()
             .ok_or_else(|| unavailable("no http client".to_owned()))?;
-        tracing::debug!(url = %cert_url, "downloading sns certificate");
+        let target = match &self.download_override {
+            Some(base) => {
+                let mut target = base.clone();
+                target.set_path(cert_url.path());
+                target.set_query(None);
+                target
+            }
+            None => cert_url.clone(),
+        };
+        tracing::debug!(url = %target, "downloading sns certificate");
         let mut response = client
-            .get(cert_url.clone())
+            .get(target)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
@@ -362,6 +384,20 @@ impl SnsVerifier {
         }
         Ok(body)
     }
+}
+
+/// Returns the client certificates are downloaded with (no redirects), or
+/// `None` if it cannot be built.
+fn download_client(https_only: bool) -> Option<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(https_only)
+        .build()
+        .inspect_err(|error| {
+            tracing::warn!(%error, "no http client: sns certificate downloads disabled");
+        })
+        .ok()
 }
 
 /// Extracts the RSA public key of the first certificate in a PEM file.
@@ -399,6 +435,7 @@ mod tests {
 
     use super::super::sns::shared_vectors;
     use super::*;
+    use crate::simulate::sns_signer::{self, SignatureVersion, SnsSigner, test_signer};
 
     const AWS_CERT_URL: &str = "https://sns.us-east-2.amazonaws.com/SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem";
 
@@ -655,98 +692,53 @@ mod tests {
         ));
     }
 
-    /// A local key signs messages of every type with both versions.
-    ///
-    /// The key and self-signed certificate come from the `openssl` CLI, and
-    /// the signatures from `openssl dgst -sign`: an implementation independent
-    /// of ours, fast (no RSA key generation in unoptimised Rust) and needing
-    /// no extra crates. Skipped when `openssl` is not installed.
-    #[tokio::test]
-    async fn locally_signed_messages_of_every_type_verify() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("key.pem");
-        let cert_name = "SimpleNotificationService-local.pem";
-        let made = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=sns.amazonaws.com",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(dir.path().join(cert_name))
-            .output();
-        if !made.as_ref().is_ok_and(|out| out.status.success()) {
-            println!("skipping: openssl cli not available ({made:?})");
-            return;
-        }
-        let ec_cert = dir.path().join("ec.pem");
-        let ec_made = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "1",
-            ])
-            .args(["-subj", "/CN=ec"])
-            .arg("-keyout")
-            .arg(dir.path().join("ec-key.pem"))
-            .arg("-out")
-            .arg(&ec_cert)
-            .output()
-            .unwrap();
-        assert!(ec_made.status.success(), "{ec_made:?}");
-        assert!(matches!(
-            rsa_key_from_pem(&std::fs::read(&ec_cert).unwrap()),
-            Err(SnsError::CertificateUnavailable(_))
-        ));
-
-        let verifier = SnsVerifier::new(Some(dir.path().to_owned()));
-        let cert_url = format!("https://sns.eu-west-1.amazonaws.com/{cert_name}");
-        for (kind, extra) in [
+    /// SNS messages of every type, as JSON, on the test certificate's host.
+    fn messages_of_every_type() -> Vec<serde_json::Value> {
+        let subscribe_url = "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription";
+        [
             ("Notification", serde_json::json!({"Subject": "s"})),
             ("Notification", serde_json::json!({})),
             (
                 "SubscriptionConfirmation",
-                serde_json::json!({"SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription", "Token": "tok"}),
+                serde_json::json!({"SubscribeURL": subscribe_url, "Token": "tok"}),
             ),
             (
                 "UnsubscribeConfirmation",
-                serde_json::json!({"SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription", "Token": "tok"}),
+                serde_json::json!({"SubscribeURL": subscribe_url, "Token": "tok"}),
             ),
-        ] {
-            for (version, digest) in [("1", "-sha1"), ("2", "-sha256")] {
-                let mut json = serde_json::json!({
-                    "Type": kind,
-                    "MessageId": "m-1",
-                    "TopicArn": "arn:aws:sns:eu-west-1:1:topic",
-                    "Message": "{\"eventType\":\"Send\"}\nline two é",
-                    "Timestamp": "2024-01-01T00:00:00.000Z",
-                    "SignatureVersion": version,
-                    "SigningCertURL": cert_url,
-                });
-                json.as_object_mut()
-                    .unwrap()
-                    .extend(extra.as_object().unwrap().clone());
-                let mut envelope = SnsEnvelope::parse(json.to_string().as_bytes()).unwrap();
-                envelope.signature = openssl_sign(
-                    &key,
-                    digest,
-                    &envelope.string_to_sign().unwrap(),
-                    dir.path(),
-                );
+        ]
+        .into_iter()
+        .map(|(kind, extra)| {
+            let mut json = serde_json::json!({
+                "Type": kind,
+                "MessageId": "m-1",
+                "TopicArn": "arn:aws:sns:eu-west-1:1:topic",
+                "Message": "{\"eventType\":\"Send\"}\nline two é",
+                "Timestamp": "2024-01-01T00:00:00.000Z",
+            });
+            json.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            json
+        })
+        .collect()
+    }
+
+    /// Messages of every type, signed with both versions by the crate's SNS
+    /// signer (which builds AWS's canonical string with its own code),
+    /// verify; a changed message then fails.
+    #[tokio::test]
+    async fn signed_messages_of_every_type_and_version_verify() {
+        let signer = test_signer();
+        let dir = tempfile::tempdir().unwrap();
+        let name = signer.cert_url().rsplit('/').next().unwrap();
+        std::fs::write(dir.path().join(name), signer.certificate_pem().unwrap()).unwrap();
+        let verifier = SnsVerifier::new(Some(dir.path().to_owned()));
+        for message in messages_of_every_type() {
+            for version in [SignatureVersion::V1, SignatureVersion::V2] {
+                let mut signed = message.clone();
+                signer.sign(&mut signed, version).unwrap();
+                let mut envelope = SnsEnvelope::parse(signed.to_string().as_bytes()).unwrap();
                 verifier.verify(&envelope).await.unwrap();
 
                 flip_last_char(&mut envelope.message);
@@ -758,17 +750,87 @@ mod tests {
         }
     }
 
-    fn openssl_sign(key: &Path, digest: &str, data: &str, scratch: &Path) -> String {
-        let input = scratch.join("to-sign.txt");
-        std::fs::write(&input, data).unwrap();
-        let out = Command::new("openssl")
-            .args(["dgst", digest, "-sign"])
-            .arg(key)
-            .arg(&input)
+    /// Runs the `openssl` CLI, failing the test (never skipping it) when it
+    /// is missing or fails.
+    fn openssl(args: &[&str], dir: &Path) -> Vec<u8> {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
             .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        STANDARD.encode(out.stdout)
+            .expect("this cross-check needs the openssl cli: install openssl");
+        assert!(output.status.success(), "openssl {args:?}: {output:?}");
+        output.stdout
+    }
+
+    /// The cross-check against an RSA implementation independent of ours:
+    /// the `openssl` CLI makes a key and certificate and signs each canonical
+    /// string (SHA1 and SHA256); its signatures are byte for byte the crate
+    /// signer's with the same key (PKCS#1 v1.5 is deterministic), and they
+    /// verify. An EC certificate, which openssl makes too, is refused.
+    #[tokio::test]
+    async fn openssl_signatures_equal_ours_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert_name = "SimpleNotificationService-openssl.pem";
+        let rsa = [
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ];
+        let subject = [
+            "-subj",
+            "/CN=sns.amazonaws.com",
+            "-keyout",
+            "key.pem",
+            "-out",
+        ];
+        openssl(&[&rsa[..], &subject[..], &[cert_name]].concat(), dir.path());
+        let ec = [
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ];
+        let ec_files = [
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ec",
+            "-keyout",
+            "ec-key.pem",
+        ];
+        openssl(
+            &[&ec[..], &ec_files[..], &["-out", "ec.pem"]].concat(),
+            dir.path(),
+        );
+        assert!(matches!(
+            rsa_key_from_pem(&std::fs::read(dir.path().join("ec.pem")).unwrap()),
+            Err(SnsError::CertificateUnavailable(_))
+        ));
+
+        let cert_url = format!("https://sns.eu-west-1.amazonaws.com/{cert_name}");
+        let key = std::fs::read_to_string(dir.path().join("key.pem")).unwrap();
+        let ours = SnsSigner::from_pkcs8_pem(&key, cert_url.clone()).unwrap();
+        let verifier = SnsVerifier::new(Some(dir.path().to_owned()));
+        for mut message in messages_of_every_type() {
+            for (version, digest) in [
+                (SignatureVersion::V1, "-sha1"),
+                (SignatureVersion::V2, "-sha256"),
+            ] {
+                let canonical = sns_signer::string_to_sign(&message).unwrap();
+                std::fs::write(dir.path().join("to-sign.txt"), &canonical).unwrap();
+                let theirs = STANDARD.encode(openssl(
+                    &["dgst", digest, "-sign", "key.pem", "to-sign.txt"],
+                    dir.path(),
+                ));
+                assert_eq!(ours.signature(version, &canonical).unwrap(), theirs);
+                message["SignatureVersion"] = version.as_str().into();
+                message["SigningCertURL"] = cert_url.as_str().into();
+                message["Signature"] = theirs.into();
+                let envelope = SnsEnvelope::parse(message.to_string().as_bytes()).unwrap();
+                verifier.verify(&envelope).await.unwrap();
+            }
+        }
     }
 
     /// A bad file in the cert dir is an error (never a silent download), and
