@@ -9,6 +9,7 @@ mod auth;
 mod backpressure;
 mod debug_page;
 mod durability;
+mod harness;
 mod limits;
 mod registration;
 mod retention;
