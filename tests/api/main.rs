@@ -17,4 +17,5 @@ mod robustness;
 mod ses;
 mod simulate;
 mod sse;
+mod store_down;
 mod whatsapp;
