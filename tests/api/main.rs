@@ -11,6 +11,7 @@ mod debug_page;
 mod durability;
 mod harness;
 mod limits;
+mod model;
 mod registration;
 mod retention;
 mod robustness;
