@@ -176,6 +176,23 @@ impl std::ops::Index<usize> for Row {
     }
 }
 
+/// Decodes a SQLite row into named cells. (A PostgreSQL twin also tries
+/// `i32` and `i16`: its integer columns are typed, SQLite's are not.)
+fn sqlite_row(row: &sqlx::sqlite::SqliteRow, sql: &str) -> Row {
+    let cell = |index: usize| match row.try_get::<Option<i64>, _>(index) {
+        Ok(value) => value.map_or(Cell::Null, Cell::Int),
+        Err(_) => row
+            .try_get::<Option<String>, _>(index)
+            .unwrap_or_else(|error| panic!("{sql}: {error}"))
+            .map_or(Cell::Null, Cell::Text),
+    };
+    Row(row
+        .columns()
+        .iter()
+        .map(|column| (column.name().to_owned(), cell(column.ordinal())))
+        .collect())
+}
+
 /// The current statuses, in the order of `by_status`.
 const CURRENT: [&str; 5] = ["pending", "sent", "delivered", "read", "failed"];
 
@@ -304,26 +321,7 @@ impl TestDb {
                     .await
                     .unwrap_or_else(|error| panic!("{sql}: {error}"));
                 pool.close().await;
-                rows.iter()
-                    .map(|row| {
-                        Row(row
-                            .columns()
-                            .iter()
-                            .map(|column| {
-                                let index = column.ordinal();
-                                let cell = if let Ok(value) = row.try_get::<Option<i64>, _>(index) {
-                                    value.map_or(Cell::Null, Cell::Int)
-                                } else {
-                                    let text: Option<String> = row
-                                        .try_get(index)
-                                        .unwrap_or_else(|error| panic!("{sql}: {error}"));
-                                    text.map_or(Cell::Null, Cell::Text)
-                                };
-                                (column.name().to_owned(), cell)
-                            })
-                            .collect())
-                    })
-                    .collect()
+                rows.iter().map(|row| sqlite_row(row, sql)).collect()
             }
         }
     }
