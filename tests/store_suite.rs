@@ -1,21 +1,31 @@
 //! The store on its own: what one group commit does with mixed operations.
-//! Runs against a real SQLite file (PostgreSQL joins when its backend exists).
+//! Runs against a real database from [`TestDb::fresh_in`] (a SQLite file
+//! today; PostgreSQL joins there when its backend exists), and checks the
+//! store's counters against the API tests' independent SQL recount.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "api/helpers/db.rs"]
+mod db;
+
+use serde_json::json;
 use statushub::config::SqliteSynchronous;
 use statushub::domain::{Channel, Status, StatusUpdate};
 use statushub::store::{
     Apply, Batch, Buffer, EnsureCampaign, NewMessage, Register, Store, UpdateOutcome,
 };
 
-async fn sqlite_store() -> (Store, tempfile::TempDir) {
+use db::TestDb;
+
+/// A store on a fresh database, the database seen from the test, and the
+/// directory both live in.
+async fn test_store() -> (Store, TestDb, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    (
-        Store::connect(&url, SqliteSynchronous::Full).await.unwrap(),
-        dir,
-    )
+    let db = TestDb::fresh_in(dir.path());
+    let store = Store::connect(&db.url(), SqliteSynchronous::Full)
+        .await
+        .unwrap();
+    (store, db, dir)
 }
 
 fn update(id: &str, status: Status, key: &str) -> StatusUpdate {
@@ -54,7 +64,7 @@ async fn campaign(store: &Store) -> i64 {
 async fn a_status_buffered_in_the_same_commit_as_its_registration_is_routed_again() {
     // The race the hub must survive: a webhook found no message, and the
     // message is registered before its buffer write commits.
-    let (store, _dir) = sqlite_store().await;
+    let (store, db, _dir) = test_store().await;
     let campaign_pk = campaign(&store).await;
     let batch = Batch {
         registrations: vec![Register {
@@ -78,11 +88,14 @@ async fn a_status_buffered_in_the_same_commit_as_its_registration_is_routed_agai
         0,
         "not buffered"
     );
+    // Neither buffered nor applied: the hub routes it again, to the message.
+    let counts = db.recount("c1").await.checked("c1");
+    assert_eq!((&counts["total"], &counts["read"]), (&json!(1), &json!(0)));
 }
 
 #[tokio::test]
 async fn buffered_statuses_apply_in_the_registering_commit_with_consecutive_versions() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, db, _dir) = test_store().await;
     let campaign_pk = campaign(&store).await;
     let buffer = Batch {
         buffers: vec![Buffer {
@@ -127,11 +140,21 @@ async fn buffered_statuses_apply_in_the_registering_commit_with_consecutive_vers
     assert_eq!(versions, [2, 3, 4]);
     assert_eq!(counters.version, 4);
     assert_eq!(store.stats().await.unwrap().unmatched_buffered, 0);
+    let recount = db.recount("c1").await;
+    assert_eq!(
+        recount.stored_counters.as_ref().unwrap()["version"],
+        json!(4)
+    );
+    assert_eq!(
+        recount.checked("c1"),
+        json!({"total": 3, "sent": 2, "delivered": 1, "read": 1, "failed": 0, "clicked": 0, "complained": 0,
+               "by_status": {"pending": 1, "sent": 1, "delivered": 0, "read": 1, "failed": 0}})
+    );
 }
 
 #[tokio::test]
 async fn a_failed_commit_leaves_nothing_behind() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, db, _dir) = test_store().await;
     let campaign_pk = campaign(&store).await;
     // A write for a campaign that does not exist fails the whole transaction.
     let batch = Batch {
@@ -153,4 +176,18 @@ async fn a_failed_commit_leaves_nothing_behind() {
     assert_eq!(store.stats().await.unwrap().messages, 0);
     let counters = store.campaign_counters(campaign_pk).await.unwrap().unwrap();
     assert_eq!((counters.total, counters.version), (0, 0));
+    assert_eq!(db.recount("c1").await.checked("c1")["total"], 0);
+}
+
+#[tokio::test]
+async fn ping_fails_while_the_store_is_down_and_passes_once_it_is_back() {
+    let (store, db, _dir) = test_store().await;
+    store.ping().await.unwrap();
+
+    let outage = db.outage().await;
+    let down = store.ping().await;
+    outage.end().await;
+
+    assert!(down.is_err(), "ping answered while every table was away");
+    store.ping().await.unwrap();
 }

@@ -1,18 +1,39 @@
-//! `TestApp`: a statushub on 127.0.0.1:0 with a fresh SQLite file, and
-//! request helpers that sign like the providers do.
+//! `TestApp`: a statushub on 127.0.0.1:0 with a fresh database in a
+//! temporary directory, and the one place tests start hubs, talk to them as
+//! providers and dashboards do, and look at their database.
+//!
+//! - starting: [`spawn_app`], [`spawn_app_with`], from [`test_settings`]
+//!   (the `serve` defaults, parsed by clap without the environment);
+//! - providers: WhatsApp (`post_whatsapp*`, `send_statuses`) and SNS
+//!   ([`SnsSigner`], `TestApp::post_sns`), signed as they sign;
+//! - dashboards: the API (`register*`, `metrics`, `message`) and SSE
+//!   (`TestApp::open_stream`);
+//! - the database: [`TestDb`] (independent recount, row counts, outages).
 
 #![allow(dead_code)]
+
+mod db;
+mod sns;
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use clap::{Args as _, FromArgMatches as _};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use sqlx::Row as _;
-use statushub::config::{Retention, Secrets, Settings, SqliteSynchronous, StreamLimits};
+use statushub::config::{Secrets, ServeArgs, Settings};
 use statushub::startup::Application;
 use statushub::webhooks::whatsapp::signature;
+
+// The harness's vocabulary, for tests to name even where none does yet.
+#[allow(unused_imports)]
+pub use db::{Bind, Cell, Outage, Recount, Row, TestDb};
+#[allow(unused_imports)]
+pub use sns::{SNS_TEST_HOST, SNS_TEST_TOPIC, SnsSigner};
+#[allow(unused_imports)]
+pub use stream::SseStream;
 
 pub const WHATSAPP_SECRET: &str = "test-app-secret";
 pub const VERIFY_TOKEN: &str = "test-verify-token";
@@ -34,52 +55,60 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// The SQLite file (kept for tests that open it themselves; new code
+    /// goes through `db`).
     pub db_path: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The hub's database, seen from the test.
+    pub db: TestDb,
 }
 
-/// Returns settings for a hub in `dir`, listening on a random port.
-pub fn test_settings(dir: &Path) -> Settings {
-    Settings {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.join("statushub.db").display()),
-        sqlite_synchronous: SqliteSynchronous::Full,
-        data_dir: dir.join("data"),
-        secrets: Secrets {
-            whatsapp_webhook_secret: SecretString::from(WHATSAPP_SECRET),
-            whatsapp_verify_token: SecretString::from(VERIFY_TOKEN),
-            auth_secret: SecretString::from(AUTH_SECRET),
-            admin_token: SecretString::from(ADMIN_TOKEN),
-        },
-        ses_webhook_secret: None,
-        sns_topic_arns: Vec::new(),
-        sns_cert_dir: None,
-        sns_subscribe_override: None,
-        sns_cert_download_override: None,
-        enable_webhook_verification: true,
-        body_limit: 1024 * 1024,
-        api_body_limit: 64 * 1024 * 1024,
-        max_batch: 2_000,
-        max_queue: 50_000,
-        campaign_idle: Duration::from_secs(300),
-        workers: Some(2),
-        sse_coalesce: Duration::from_millis(100),
-        sse_heartbeat: Duration::from_secs(15),
-        sse_replay_limit: 1000,
-        request_timeout: Duration::from_secs(30),
-        max_connections: 16_384,
-        stream_limits: StreamLimits {
-            total: 15_000,
-            per_tenant: 1_000,
-            per_token: 20,
-        },
-        retention: Retention {
-            events: Some(Duration::from_secs(90 * 86_400)),
-            dead_letters: Some(Duration::from_secs(30 * 86_400)),
-            unmatched: Duration::from_secs(7 * 86_400),
-            interval: Duration::from_secs(600),
-        },
+/// Returns `statushub serve`'s flags at their defaults, as clap parses an
+/// empty command line, whatever the environment holds.
+///
+/// # Implementation Notes
+///
+/// Clap reads an argument's environment variable when `Arg::env` is called,
+/// while the command is built, and parsing then prefers that value to the
+/// default. Resetting every argument's `env` (`mut_args` with `env(None)`)
+/// drops those values before parsing, so a developer's `DATABASE_URL` or
+/// `STATUSHUB_MAX_QUEUE` cannot leak into a test. Clearing the variables
+/// instead would need `std::env::remove_var`, which is unsound while other
+/// test threads run (and `unsafe`, which this crate forbids).
+pub fn default_serve_args() -> ServeArgs {
+    let command = env_free_serve_command();
+    let matches = command
+        .try_get_matches_from(["serve"])
+        .expect("the serve defaults parse");
+    ServeArgs::from_arg_matches(&matches).expect("the serve defaults are complete")
+}
+
+/// The `serve` command with no argument bound to an environment variable.
+pub fn env_free_serve_command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("serve")).mut_args(|arg| arg.env(None::<&str>))
+}
+
+/// The secrets every test hub uses.
+pub fn test_secrets() -> Secrets {
+    Secrets {
+        whatsapp_webhook_secret: SecretString::from(WHATSAPP_SECRET),
+        whatsapp_verify_token: SecretString::from(VERIFY_TOKEN),
+        auth_secret: SecretString::from(AUTH_SECRET),
+        admin_token: SecretString::from(ADMIN_TOKEN),
     }
+}
+
+/// Returns settings for a hub in `dir`: the `serve` defaults (see
+/// [`default_serve_args`]) with the test secrets, listening on a random
+/// port of 127.0.0.1, its database and data directory in `dir`, two workers.
+pub fn test_settings(dir: &Path) -> Settings {
+    let mut settings =
+        Settings::from_parts(default_serve_args(), test_secrets()).expect("the defaults are valid");
+    settings.bind = "127.0.0.1:0".parse().unwrap();
+    settings.database_url = TestDb::fresh_in(dir).url();
+    settings.data_dir = dir.join("data");
+    settings.workers = Some(2);
+    settings
 }
 
 /// Starts a hub with default test settings. Call from `#[actix_web::test]`.
@@ -93,7 +122,10 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(dir.path());
     customize(&mut settings);
-    let db_path = dir.path().join("statushub.db");
+    let db = TestDb::from_url(&settings.database_url);
+    let db_path = match &db {
+        TestDb::Sqlite { path } => path.clone(),
+    };
     let app = Application::build(settings)
         .await
         .expect("failed to build the app");
@@ -107,6 +139,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
             .unwrap(),
         db_path,
         dir,
+        db,
     }
 }
 
@@ -130,6 +163,16 @@ pub fn whatsapp_payload(statuses: &[WaStatus<'_>]) -> Value {
         })
         .collect();
     statushub::webhooks::whatsapp::envelope(statuses)
+}
+
+/// Returns one Meta-shaped status object; a `failed` one carries `error`
+/// (code, title) as `errors[0]` when given.
+pub fn whatsapp_status(id: &str, status: &str, ts: i64, error: Option<(i64, &str)>) -> Value {
+    let mut value = json!({"id": id, "status": status, "timestamp": ts.to_string(), "recipient_id": "15551234567"});
+    if let Some((code, title)) = error {
+        value["errors"] = json!([{"code": code, "title": title}]);
+    }
+    value
 }
 
 impl TestApp {
@@ -236,20 +279,42 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Counts straight from the SQLite file; see [`sql_counts`].
+    /// Recounts a campaign from the database, checks every message row and
+    /// the stored counters (see [`Recount::checked`]) and returns the counts;
+    /// compare them with [`counts_only`] of the live metrics.
     pub async fn sql_counts(&self, campaign: &str) -> Value {
-        sql_counts(&self.db_path, campaign).await
+        self.db.recount(campaign).await.checked(campaign)
+    }
+
+    /// Asserts that the live counters (`GET …/metrics`), an independent SQL
+    /// recount of the messages, their stored status column and the stored
+    /// counters row (version included) all agree; returns the metrics.
+    pub async fn assert_counts_agree(&self, campaign: &str) -> Value {
+        let metrics = self.metrics(campaign).await;
+        let recount = self.db.recount(campaign).await;
+        let stored = recount.stored_counters.clone();
+        let counts = recount.checked(campaign);
+        assert_eq!(
+            counts_only(&metrics),
+            counts,
+            "{campaign}: live counters against a recount of the messages"
+        );
+        let stored = stored.unwrap_or_else(|| panic!("{campaign}: no counters row"));
+        assert_eq!(
+            metrics["version"], stored["version"],
+            "{campaign}: live and stored versions"
+        );
+        metrics
     }
 
     /// Counts rows of a table.
     pub async fn count_rows(&self, table: &str) -> i64 {
-        let pool = open_db(&self.db_path).await;
-        let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        count
+        self.db.count_rows(table).await
+    }
+
+    /// Returns the answer of `GET /readyz`.
+    pub async fn readyz(&self) -> reqwest::Response {
+        self.client.get(self.url("/readyz")).send().await.unwrap()
     }
 }
 
@@ -260,6 +325,7 @@ pub fn authenticator() -> statushub::auth::Authenticator {
     )
 }
 
+/// Opens a SQLite file read-only (for tests that query it themselves).
 pub async fn open_db(path: &Path) -> sqlx::SqlitePool {
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
@@ -271,38 +337,15 @@ pub async fn open_db(path: &Path) -> sqlx::SqlitePool {
         .unwrap()
 }
 
-/// Returns the campaign's counters as SQL `COUNT`s over `messages` give
-/// them, shaped like the metrics JSON (without version and timestamps), so
-/// tests can compare them with the live counters.
+/// Returns the campaign's counters as an independent SQL recount of the
+/// SQLite file at `db_path` gives them, shaped like the metrics JSON
+/// (without version and names), after checking every message row and the
+/// stored counters row (see [`TestDb::recount`] and [`Recount::checked`]).
 pub async fn sql_counts(db_path: &Path, campaign: &str) -> Value {
-    let pool = open_db(db_path).await;
-    // Bits of the seen mask: sent 1, delivered 2, read 4, clicked 8, complained 16, failed 32.
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS total,
-                COALESCE(SUM(seen & 1 != 0), 0) AS sent,
-                COALESCE(SUM(seen & 2 != 0), 0) AS delivered,
-                COALESCE(SUM(seen & 4 != 0), 0) AS read,
-                COALESCE(SUM(seen & 8 != 0), 0) AS clicked,
-                COALESCE(SUM(seen & 16 != 0), 0) AS complained,
-                COALESCE(SUM(status = 'pending'), 0) AS now_pending,
-                COALESCE(SUM(status = 'sent'), 0) AS now_sent,
-                COALESCE(SUM(status = 'delivered'), 0) AS now_delivered,
-                COALESCE(SUM(status = 'read'), 0) AS now_read,
-                COALESCE(SUM(status = 'failed'), 0) AS now_failed
-         FROM messages m JOIN campaigns c ON c.id = m.campaign_pk WHERE c.campaign_id = ?",
-    )
-    .bind(campaign)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
-    let get = |name: &str| row.try_get::<i64, _>(name).unwrap();
-    json!({
-        "total": get("total"), "sent": get("sent"), "delivered": get("delivered"), "read": get("read"),
-        "failed": get("now_failed"), "clicked": get("clicked"), "complained": get("complained"),
-        "by_status": {"pending": get("now_pending"), "sent": get("now_sent"), "delivered": get("now_delivered"),
-                      "read": get("now_read"), "failed": get("now_failed")}
-    })
+    TestDb::sqlite(db_path)
+        .recount(campaign)
+        .await
+        .checked(campaign)
 }
 
 /// Drops the fields of a metrics JSON that a recount does not have.
@@ -315,13 +358,8 @@ pub fn counts_only(metrics: &Value) -> Value {
     counts
 }
 
-/// Returns the shared provider vectors folder `sub` (`../shared/vectors/sub`
-/// beside the checkout).
-///
-/// # Panics
-///
-/// When it is absent: a test that reads vectors fails without them rather
-/// than passing without checking anything.
+/// Returns the shared provider vectors directory `sub`. A missing
+/// directory fails the test: a test never passes by skipping.
 pub fn vectors_dir(sub: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/vectors")

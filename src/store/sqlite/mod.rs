@@ -367,9 +367,18 @@ impl SqliteStore {
         })
     }
 
-    /// Runs a trivial query.
+    /// Checks that the store answers: reads the last key of every table
+    /// (cheap at any size), so a missing or unreadable table fails, which a
+    /// bare `SELECT 1` never notices on SQLite.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        sqlx::query(
+            "SELECT (SELECT MAX(id) FROM tenants), (SELECT MAX(id) FROM campaigns),
+                    (SELECT MAX(campaign_pk) FROM campaign_counters), (SELECT MAX(id) FROM messages),
+                    (SELECT MAX(id) FROM status_events), (SELECT MAX(id) FROM unmatched_statuses),
+                    (SELECT MAX(id) FROM dead_letters), (SELECT MAX(name) FROM store_marks)",
+        )
+        .execute(&self.reader)
+        .await?;
         Ok(())
     }
 
