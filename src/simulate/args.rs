@@ -1,5 +1,9 @@
 //! The arguments of `statushub simulate`.
 
+/// The SNS topic simulated SES events come from, unless `--sns-topic-arn`
+/// names another.
+pub const SNS_TOPIC_ARN: &str = "arn:aws:sns:us-east-1:123456789012:statushub-simulate";
+
 /// Arguments of `statushub simulate`.
 #[derive(clap::Args, Debug)]
 pub struct SimulateArgs {
@@ -39,7 +43,7 @@ pub struct SimulateArgs {
     pub sns_cert_dir: Option<std::path::PathBuf>,
     /// SNS topic the simulated SES events come from (the hub's
     /// `SNS_TOPIC_ARNS` must accept it when set).
-    #[arg(long, default_value = super::SNS_TOPIC_ARN)]
+    #[arg(long, default_value = SNS_TOPIC_ARN)]
     pub sns_topic_arn: String,
     /// The hub's `SES_WEBHOOK_SECRET`, when it has one (sent as the
     /// basic-auth password, as SNS does).

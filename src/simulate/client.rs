@@ -11,10 +11,11 @@ use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 
+use super::args::SimulateArgs;
 use super::payloads::{ses_event, sns_message_id, sns_notification, whatsapp_payload};
+use super::plan::Track;
 use super::plan::{Feed, Play};
 use super::sns_signer::SnsSigner;
-use super::{SimulateArgs, Track};
 use crate::store::format_ms;
 use crate::webhooks::whatsapp::signature;
 

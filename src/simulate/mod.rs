@@ -41,33 +41,19 @@ use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use serde_json::Value;
 
-pub use args::{SimulateArgs, SimulateChannel};
+pub use args::{SNS_TOPIC_ARN, SimulateArgs, SimulateChannel};
 pub use cert_dir::{SNS_CERT_NAME, SNS_KEY_NAME};
 
 use crate::store::now_ms;
 use cert_dir::CertOrigin;
 use client::Sender;
-use plan::{Feed, Plan, Play, calls, interleave, plan, stretch};
+use plan::{Feed, Plan, Play, Track, calls, interleave, plan, stretch};
 use sns_signer::SnsSigner;
 
-/// The SNS topic simulated SES events come from, unless `--sns-topic-arn`
-/// names another.
-pub const SNS_TOPIC_ARN: &str = "arn:aws:sns:us-east-1:123456789012:statushub-simulate";
 /// Most webhook calls waiting for the hub at once.
 const MAX_IN_FLIGHT: usize = 16;
 /// Most statuses sent before progress is reported again.
 const MAX_WINDOW: usize = 5_000;
-
-/// One campaign being played.
-#[derive(Debug)]
-struct Track {
-    feed: Feed,
-    campaign: String,
-    /// Provider message ids, by message index.
-    ids: Vec<String>,
-    /// When each message was sent, unix milliseconds (the SES `mail.timestamp`).
-    sent_ms: Vec<i64>,
-}
 
 /// What the hub's webhook receipts add up to.
 #[derive(Debug, Default)]

@@ -6,7 +6,7 @@ use anyhow::bail;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use super::Track;
+use super::plan::Track;
 use super::plan::{Feed, Play};
 use super::sns_signer::{SignatureVersion, SnsSigner};
 use crate::store::format_ms;

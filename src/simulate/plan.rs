@@ -5,6 +5,19 @@
 use rand::Rng as _;
 use rand::rngs::StdRng;
 
+/// One campaign being played.
+#[derive(Debug)]
+pub(super) struct Track {
+    /// Which provider's feed it is.
+    pub(super) feed: Feed,
+    /// The campaign's id on the hub.
+    pub(super) campaign: String,
+    /// Provider message ids, by message index.
+    pub(super) ids: Vec<String>,
+    /// When each message was sent, unix milliseconds (the SES `mail.timestamp`).
+    pub(super) sent_ms: Vec<i64>,
+}
+
 /// Most statuses in one WhatsApp webhook call (Meta batches some).
 const MAX_PER_CALL: usize = 50;
 /// Share of notifications delivered a second time.
