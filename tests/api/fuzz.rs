@@ -2,8 +2,9 @@
 //! mutations of `tests/fuzz.rs`, from the same seeds) never get a 5xx other
 //! than 503, never hang, and leave the hub healthy. WhatsApp bodies are
 //! signed with the app secret; SES events are carried in SNS notifications
-//! signed the AWS way (RSA, SignatureVersion 1 and 2) by a key made here,
-//! whose self-signed certificate is in the hub's `SNS_CERT_DIR`.
+//! signed the AWS way (RSA, SignatureVersion 1 and 2) by the crate's one SNS
+//! signer (`helpers::SnsSigner`), whose certificate is in the hub's
+//! `SNS_CERT_DIR`.
 //!
 //! Each test sends [`DEFAULT_CASES`] bodies (`FUZZ_HTTP_CASES` sets another
 //! count). The cases come from a random seed that a failure prints;
@@ -11,26 +12,12 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt as _;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree as _;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
-use rsa::RsaPrivateKey;
-use rsa::pkcs1v15::{Signature, SigningKey};
-use rsa::signature::{Keypair as _, SignatureEncoding as _, Signer as _};
 use serde_json::{Value, json};
-use sha1::Sha1;
-use sha2::Sha256;
-use statushub::webhooks::ses::SnsEnvelope;
 use statushub::webhooks::whatsapp::signature;
-use x509_cert::builder::{Builder as _, CertificateBuilder, Profile};
-use x509_cert::der::EncodePem as _;
-use x509_cert::der::pem::LineEnding;
-use x509_cert::serial_number::SerialNumber;
-use x509_cert::spki::SubjectPublicKeyInfoOwned;
-use x509_cert::time::Validity;
 
 use crate::helpers::*;
 
@@ -51,10 +38,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_BODY: usize = 900 * 1024;
 /// The SNS topic the hub accepts.
 const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:ses-events";
-/// The test certificate's file name in the cert dir (the last segment of its URL).
-const CERT_NAME: &str = "SimpleNotificationService-statushub-fuzz.pem";
-const CERT_URL: &str =
-    "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-statushub-fuzz.pem";
 const TENANT: &str = "t-fuzz";
 const CAMPAIGN: &str = "c-fuzz";
 
@@ -261,63 +244,6 @@ async fn fuzz_signed_whatsapp_payloads_never_get_a_5xx_but_503() {
     println!("whatsapp fuzz over http took {:?}", started.elapsed());
 }
 
-/// Signs SNS messages like AWS (RSASSA-PKCS1-v1_5 over the canonical
-/// string, SHA1 for version 1 and SHA256 for 2) with a key made here, whose
-/// self-signed certificate it writes to the cert dir it owns.
-struct SnsSigner {
-    sha1: SigningKey<Sha1>,
-    sha256: SigningKey<Sha256>,
-    dir: tempfile::TempDir,
-}
-
-impl SnsSigner {
-    fn new() -> Self {
-        // 1024 bits, not AWS's 2048: the verifier does not care, and in a
-        // debug build this test then takes about 4 s instead of 17.
-        let private = RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).unwrap();
-        let sha256 = SigningKey::<Sha256>::new(private.clone());
-        let spki = SubjectPublicKeyInfoOwned::from_key(sha256.verifying_key()).unwrap();
-        let builder = CertificateBuilder::new(
-            Profile::Root,
-            SerialNumber::from(1u32),
-            Validity::from_now(Duration::from_secs(86_400)).unwrap(),
-            "CN=statushub fuzz".parse().unwrap(),
-            spki,
-            &sha256,
-        )
-        .unwrap();
-        let pem = builder
-            .build::<Signature>()
-            .unwrap()
-            .to_pem(LineEnding::LF)
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(CERT_NAME), pem).unwrap();
-        SnsSigner {
-            sha1: SigningKey::<Sha1>::new(private),
-            sha256,
-            dir,
-        }
-    }
-
-    /// Signs the envelope in place, when it is one: the canonical string is
-    /// the hub's own (`tests/api/ses.rs` checks it against AWS's rule).
-    fn sign(&self, envelope: &mut Value) {
-        let Ok(parsed) = SnsEnvelope::parse(envelope.to_string().as_bytes()) else {
-            return;
-        };
-        let Ok(canonical) = parsed.string_to_sign() else {
-            return;
-        };
-        let signature = if envelope["SignatureVersion"] == "1" {
-            self.sha1.sign(canonical.as_bytes()).to_bytes()
-        } else {
-            self.sha256.sign(canonical.as_bytes()).to_bytes()
-        };
-        envelope["Signature"] = STANDARD.encode(signature).into();
-    }
-}
-
 /// How a mutated SES event is wrapped: what the envelope's free fields hold,
 /// the signature version, and whether the message is changed after signing.
 #[derive(Debug, Clone)]
@@ -380,13 +306,12 @@ fn notification(signer: &SnsSigner, message: &Body, wrapping: &Wrapping) -> Body
         "Message": message.lossy(),
         "Timestamp": wrapping.timestamp,
         "SignatureVersion": wrapping.version,
-        "SigningCertURL": CERT_URL,
         "UnsubscribeURL": format!("https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={TOPIC}:fuzz"),
     });
     if let Some(subject) = &wrapping.subject {
         envelope["Subject"] = subject.as_str().into();
     }
-    signer.sign(&mut envelope);
+    let mut envelope = signer.sign(envelope, wrapping.version);
     if wrapping.tampered {
         envelope["Message"] = format!("{} ", message.lossy()).into();
     }
@@ -397,7 +322,7 @@ fn notification(signer: &SnsSigner, message: &Body, wrapping: &Wrapping) -> Body
 async fn fuzz_signed_sns_notifications_of_ses_events_never_get_a_5xx_but_503() {
     let started = Instant::now();
     let signer = SnsSigner::new();
-    let cert_dir = signer.dir.path().to_owned();
+    let cert_dir = signer.cert_dir();
     let app = spawn_app_with(|settings| {
         settings.sns_cert_dir = Some(cert_dir);
         settings.sns_topic_arns = vec![TOPIC.to_owned()];

@@ -1,19 +1,17 @@
 //! Signing and posting SNS envelopes as AWS does, for tests that need SES
 //! events over the real, verified `POST /webhooks/email` path.
 //!
-//! The rules (the signed keys, in order, each as `Key\nValue\n`; RSA
-//! PKCS#1 v1.5 over SHA1 for version 1 and SHA256 for version 2) are written
-//! here from AWS's documentation, independently of statushub's verifier. A
-//! key and a self-signed certificate are made once per signer by the
-//! `openssl` CLI; the hub reads the certificate from its `SNS_CERT_DIR`.
+//! Signing is the crate's one SNS signer
+//! ([`statushub::simulate::sns_signer::SnsSigner`]), which builds the string
+//! to sign from AWS's documentation independently of the verifier and is
+//! itself proven against AWS's genuine signatures. One key per test binary:
+//! making an RSA key is the slow part.
 
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::sync::LazyLock;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
+use statushub::simulate::sns_signer::{SignatureVersion, SnsSigner as CrateSigner};
 
 use super::TestApp;
 
@@ -25,31 +23,29 @@ const CERT_NAME: &str = "SimpleNotificationService-statushub-helpers.pem";
 /// The topic of [`SnsSigner::notification`].
 pub const SNS_TEST_TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:statushub-tests";
 
-/// An RSA key and a self-signed certificate for it: the certificate in
-/// [`SnsSigner::cert_dir`] (give it to the hub as `sns_cert_dir`).
+/// The test binary's key, naming the test certificate, and that certificate.
+static KEY: LazyLock<(CrateSigner, String)> = LazyLock::new(|| {
+    let signer = CrateSigner::generate(format!("https://{SNS_TEST_HOST}/{CERT_NAME}"))
+        .expect("failed to make the test signing key");
+    let pem = signer
+        .certificate_pem()
+        .expect("failed to make the test certificate");
+    (signer, pem)
+});
+
+/// Signs with the test key, whose certificate lies in a temporary cert dir
+/// (give [`SnsSigner::cert_dir`] to the hub as `sns_cert_dir`).
 #[derive(Debug)]
 pub struct SnsSigner {
     dir: tempfile::TempDir,
 }
 
 impl SnsSigner {
-    /// Makes a fresh key and certificate (needs the `openssl` CLI: a test
-    /// without it fails).
+    /// Puts the test certificate in a fresh cert dir.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("certs")).unwrap();
-        let output = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=sns.amazonaws.com"])
-            .arg("-keyout")
-            .arg(dir.path().join("key.pem"))
-            .arg("-out")
-            .arg(dir.path().join("certs").join(CERT_NAME))
-            .output()
-            .expect("signing SNS envelopes needs the openssl cli");
-        assert!(output.status.success(), "{output:?}");
+        std::fs::write(dir.path().join("certs").join(CERT_NAME), &KEY.1).unwrap();
         SnsSigner { dir }
     }
 
@@ -61,51 +57,8 @@ impl SnsSigner {
     /// Returns `envelope` signed as SNS signs it, with signature `version`
     /// (`"1"` or `"2"`).
     pub fn sign(&self, mut envelope: Value, version: &str) -> Value {
-        envelope["SignatureVersion"] = version.into();
-        envelope["SigningCertURL"] = format!("https://{SNS_TEST_HOST}/{CERT_NAME}").into();
-        let keys: &[&str] = if envelope["Type"] == "Notification" {
-            &[
-                "Message",
-                "MessageId",
-                "Subject",
-                "Timestamp",
-                "TopicArn",
-                "Type",
-            ]
-        } else {
-            &[
-                "Message",
-                "MessageId",
-                "SubscribeURL",
-                "Timestamp",
-                "Token",
-                "TopicArn",
-                "Type",
-            ]
-        };
-        let canonical: String = keys
-            .iter()
-            .filter(|key| envelope.get(**key).is_some_and(|value| !value.is_null()))
-            .map(|key| format!("{key}\n{}\n", envelope[*key].as_str().unwrap()))
-            .collect();
-        let digest = if version == "1" { "-sha1" } else { "-sha256" };
-        let mut child = Command::new("openssl")
-            .args(["dgst", digest, "-sign"])
-            .arg(self.dir.path().join("key.pem"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(canonical.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{output:?}");
-        envelope["Signature"] = STANDARD.encode(output.stdout).into();
+        let version = SignatureVersion::parse(version).expect("version 1 or 2");
+        KEY.0.sign(&mut envelope, version).unwrap();
         envelope
     }
 
