@@ -31,7 +31,7 @@ use statushub::webhooks::whatsapp::signature;
 #[allow(unused_imports)]
 pub use db::{Bind, Cell, Outage, Recount, Row, TestDb};
 #[allow(unused_imports)]
-pub use sns::{SNS_TEST_HOST, SNS_TEST_TOPIC, SnsSigner};
+pub use sns::{SNS_TEST_CERT_NAME, SNS_TEST_HOST, SNS_TEST_TOPIC, SnsSigner};
 #[allow(unused_imports)]
 pub use stream::SseStream;
 

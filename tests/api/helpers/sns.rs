@@ -19,13 +19,13 @@ use super::TestApp;
 pub const SNS_TEST_HOST: &str = "sns.eu-west-1.amazonaws.com";
 /// The certificate's file name in the cert dir and the last segment of
 /// `SigningCertURL`.
-const CERT_NAME: &str = "SimpleNotificationService-statushub-helpers.pem";
+pub const SNS_TEST_CERT_NAME: &str = "SimpleNotificationService-statushub-test.pem";
 /// The topic of [`SnsSigner::notification`].
 pub const SNS_TEST_TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:statushub-tests";
 
 /// The test binary's key, naming the test certificate, and that certificate.
 static KEY: LazyLock<(CrateSigner, String)> = LazyLock::new(|| {
-    let signer = CrateSigner::generate(format!("https://{SNS_TEST_HOST}/{CERT_NAME}"))
+    let signer = CrateSigner::generate(format!("https://{SNS_TEST_HOST}/{SNS_TEST_CERT_NAME}"))
         .expect("failed to make the test signing key");
     let pem = signer
         .certificate_pem()
@@ -45,13 +45,18 @@ impl SnsSigner {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("certs")).unwrap();
-        std::fs::write(dir.path().join("certs").join(CERT_NAME), &KEY.1).unwrap();
+        std::fs::write(dir.path().join("certs").join(SNS_TEST_CERT_NAME), &KEY.1).unwrap();
         SnsSigner { dir }
     }
 
     /// The directory to give the hub as `sns_cert_dir`.
     pub fn cert_dir(&self) -> PathBuf {
         self.dir.path().join("certs")
+    }
+
+    /// Returns the test key's certificate (PEM).
+    pub fn certificate_pem() -> &'static str {
+        &KEY.1
     }
 
     /// Returns `envelope` signed as SNS signs it, with signature `version`

@@ -19,6 +19,11 @@ impl std::fmt::Debug for SseStream {
 }
 
 impl SseStream {
+    /// Returns the stream of events itself, for readers of their own.
+    pub fn into_events(self) -> std::pin::Pin<Box<dyn Stream<Item = Event> + Send>> {
+        self.events
+    }
+
     /// Returns the next event; panics after `within` or when the stream ends.
     pub async fn next_event(&mut self, within: Duration) -> Event {
         tokio::time::timeout(within, self.events.next())

@@ -3,21 +3,21 @@
 //! event should do to a campaign, posting as SNS does, and local stand-ins
 //! for SNS's `ConfirmSubscription` endpoint and its certificate host.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use statushub::simulate::sns_signer::{self, SignatureVersion, SnsSigner};
+use statushub::simulate::sns_signer;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::helpers::*;
 
 /// The region host every test message claims to come from.
-pub const SNS_HOST: &str = "sns.eu-west-1.amazonaws.com";
+pub const SNS_HOST: &str = crate::helpers::SNS_TEST_HOST;
 /// The test certificate's file name in the cert dir, and the last segment of
 /// its `SigningCertURL`.
-pub const CERT_NAME: &str = "SimpleNotificationService-statushub-test.pem";
+pub const CERT_NAME: &str = crate::helpers::SNS_TEST_CERT_NAME;
 /// A certificate file name no cert dir holds: the hub downloads it.
 pub const DOWNLOAD_CERT_NAME: &str = "SimpleNotificationService-statushub-download.pem";
 pub const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:ses-events";
@@ -26,52 +26,10 @@ pub const SUBSCRIPTION_ARN: &str =
     "arn:aws:sns:eu-west-1:123456789012:ses-events:2bcfbf39-05c3-41de-beaa-fcfcc21c8f55";
 pub const TENANT: &str = "t1";
 
-pub fn cert_url() -> String {
-    format!("https://{SNS_HOST}/{CERT_NAME}")
-}
-
-/// The test signing key (the crate's SNS signer, naming [`cert_url`]) and
-/// its self-signed certificate: one per test binary, since making an RSA key
-/// is the slow part.
-static TEST_KEY: LazyLock<(SnsSigner, String)> = LazyLock::new(|| {
-    let signer = SnsSigner::generate(cert_url()).expect("failed to make the test signing key");
-    let pem = signer
-        .certificate_pem()
-        .expect("failed to make the test certificate");
-    (signer, pem)
-});
-
-/// Signs SNS messages with the test key, whose certificate lies in a
-/// temporary `certs/` (the `SNS_CERT_DIR`).
-pub struct Signer {
-    dir: tempfile::TempDir,
-}
-
-impl Signer {
-    pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("certs")).unwrap();
-        std::fs::write(dir.path().join("certs").join(CERT_NAME), &TEST_KEY.1).unwrap();
-        Signer { dir }
-    }
-
-    pub fn cert_dir(&self) -> PathBuf {
-        self.dir.path().join("certs")
-    }
-
-    /// Returns the test key's certificate (PEM).
-    pub fn certificate_pem() -> &'static str {
-        &TEST_KEY.1
-    }
-
-    /// Signs `envelope` as SNS does, with `version` (`1`: SHA1, `2`:
-    /// SHA256), naming the test certificate.
-    pub fn sign(&self, mut envelope: Value, version: &str) -> Value {
-        let version = SignatureVersion::parse(version).unwrap();
-        TEST_KEY.0.sign(&mut envelope, version).unwrap();
-        envelope
-    }
-}
+/// The test signer: the crate's SNS signer with one key per test binary,
+/// its certificate in a temporary `SNS_CERT_DIR`, named `CERT_NAME` on
+/// `SNS_HOST`.
+pub use crate::helpers::SnsSigner as Signer;
 
 /// Returns the keys AWS signs for the envelope's type that it holds, in
 /// the signed order (the crate signer's own reading of AWS's documentation,

@@ -20,23 +20,7 @@ type Events = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 /// Opens a stream at `path` with `token`, optionally resuming after `last_id`.
 async fn open(app: &TestApp, path: &str, token: &str, last_id: Option<&str>) -> Events {
-    let mut request = app
-        .client
-        .get(app.url(path))
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(3600));
-    if let Some(id) = last_id {
-        request = request.header("last-event-id", id);
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200, "{path}");
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    Box::pin(
-        response
-            .bytes_stream()
-            .eventsource()
-            .map(|event| event.unwrap()),
-    )
+    app.open_stream(path, token, last_id).await.into_events()
 }
 
 /// Returns the next event, failing after `within`.
