@@ -208,6 +208,13 @@ impl Connection {
             .event("status")
             .id(id.to_string())
             .into();
+        // The usual case, room at once, costs no timer.
+        if let Ok(mut permits) = self.tx.try_reserve_many(2) {
+            if let Some(permit) = permits.next() {
+                permit.send(event);
+            }
+            return true;
+        }
         let sent = match tokio::time::timeout(SLOW_CLIENT_GRACE, self.tx.reserve_many(2)).await {
             Ok(Ok(mut permits)) => {
                 if let Some(permit) = permits.next() {
