@@ -20,6 +20,7 @@ use futures_util::FutureExt as _;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::ses::harness::{StandIn, confirmation};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -174,7 +175,16 @@ async fn debug_page_shows_live_counters_and_events_in_a_real_browser() {
         );
     };
 
-    let app = spawn_app().await;
+    // SNS confirmations go to a local stand-in; with no topic list they are
+    // held for the admin, who confirms one with the page's button.
+    let signer = SnsSigner::new();
+    let stand_in = StandIn::start().await;
+    let (cert_dir, base) = (signer.cert_dir(), stand_in.base.clone());
+    let app = spawn_app_with(|settings| {
+        settings.sns_cert_dir = Some(cert_dir);
+        settings.sns_subscribe_override = Some(base);
+    })
+    .await;
     let ids = [
         "wamid.DBG1",
         "wamid.DBG2",
@@ -205,7 +215,7 @@ async fn debug_page_shows_live_counters_and_events_in_a_real_browser() {
         .expect("failed to start a chromium session through chromedriver");
 
     // Always end the browser session, then report the scenario's outcome.
-    let outcome = AssertUnwindSafe(scenario(&app, &driver, &client))
+    let outcome = AssertUnwindSafe(scenario(&app, &driver, &client, &signer, &stand_in))
         .catch_unwind()
         .await;
     let _ = client.close().await;
@@ -215,7 +225,13 @@ async fn debug_page_shows_live_counters_and_events_in_a_real_browser() {
     }
 }
 
-async fn scenario(app: &TestApp, driver: &Chromedriver, client: &Client) {
+async fn scenario(
+    app: &TestApp,
+    driver: &Chromedriver,
+    client: &Client,
+    signer: &SnsSigner,
+    stand_in: &StandIn,
+) {
     client.goto(&app.url("/")).await.unwrap();
     let input = client
         .wait()
@@ -392,6 +408,50 @@ async fn scenario(app: &TestApp, driver: &Chromedriver, client: &Client) {
         json!("7"),
     )
     .await;
+
+    // A signed subscription confirmation for a topic nobody listed is held:
+    // the page shows it with a button, and the button confirms it.
+    let topic = "arn:aws:sns:eu-west-1:123456789012:someone-elses-topic";
+    let held = signer.sign(
+        confirmation("SubscriptionConfirmation", topic, "tok-page"),
+        "2",
+    );
+    assert_eq!(app.post_sns(&held).await.status(), 200);
+    assert!(stand_in.requests().is_empty(), "held, not confirmed");
+    wait_for_js(
+        client,
+        "the held confirmation",
+        "const item = document.querySelector('#sns-pending li'); \
+         return !document.getElementById('sns-pending-panel').hidden && !!item \
+            && item.textContent.includes('someone-elses-topic');",
+        json!(true),
+    )
+    .await;
+    let screenshot = client.screenshot().await.unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug-page-held.png");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, screenshot).unwrap();
+    client
+        .find(Locator::Css("#sns-pending button[data-confirm]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_js(
+        client,
+        "the confirmation to be done and the panel to empty",
+        "return document.getElementById('sns-pending-panel').hidden;",
+        json!(true),
+    )
+    .await;
+    assert_eq!(
+        stand_in.requests(),
+        [format!(
+            "GET /?Action=ConfirmSubscription&TopicArn={topic}&Token=tok-page HTTP/1.1"
+        )],
+        "one click, one confirmation"
+    );
 
     let screenshot = client.screenshot().await.unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug-page.png");

@@ -8,6 +8,6 @@
 //! tests are in one file per concern.
 
 mod events;
-mod harness;
+pub(crate) mod harness;
 mod signatures;
 mod subscriptions;
