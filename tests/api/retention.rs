@@ -14,10 +14,11 @@ use crate::helpers::*;
 /// Longest a pruning pass may take to show: a hang guard, not a bound on speed.
 const HANG_GUARD: Duration = Duration::from_secs(20);
 
-/// Retention of a few seconds, applied every 200 ms.
+/// Retention of a few seconds (enough for a slow machine to finish the
+/// arrange steps first), applied every 200 ms.
 fn short_retention(settings: &mut statushub::config::Settings) {
-    settings.retention.events = Some(Duration::from_secs(2));
-    settings.retention.dead_letters = Some(Duration::from_secs(2));
+    settings.retention.events = Some(Duration::from_secs(5));
+    settings.retention.dead_letters = Some(Duration::from_secs(5));
     settings.retention.interval = Duration::from_millis(200);
 }
 
@@ -113,7 +114,7 @@ async fn zero_retention_keeps_history_forever() {
     app.send_statuses(&[("wamid.k", "sent", 1_700_000_000)])
         .await;
     app.post_whatsapp_bytes(b"{not json".to_vec()).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(app.count_rows("status_events").await, 1);
     assert_eq!(app.count_rows("dead_letters").await, 1);
 }

@@ -36,8 +36,10 @@ async fn the_stream_starts_with_a_snapshot_whose_id_is_the_version() {
 #[actix_web::test]
 async fn metrics_are_coalesced_to_one_per_window_and_end_on_the_final_counters() {
     const WINDOW: Duration = Duration::from_millis(400);
-    // Arrival times can bunch by a scheduling delay of the reading thread.
-    const TOLERANCE: Duration = Duration::from_millis(100);
+    // Arrival times can bunch by a scheduling delay of the reading thread
+    // (a loaded 2-core CI machine); without coalescing the gaps are the
+    // 100 ms tick, well under WINDOW - TOLERANCE.
+    const TOLERANCE: Duration = Duration::from_millis(200);
     let app = spawn_app_with(|settings| settings.sse_coalesce = WINDOW).await;
     let ids = ids(200);
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -221,8 +223,9 @@ fn the_heartbeat_setting_is_capped_at_15_seconds() {
 #[actix_web::test]
 async fn an_idle_stream_gets_a_heartbeat_comment_every_interval() {
     const HEARTBEAT: Duration = Duration::from_millis(500);
-    // Arrival times can bunch by a scheduling delay of the reader.
-    const TOLERANCE: Duration = Duration::from_millis(150);
+    // Arrival times can bunch by a scheduling delay of the reader (a loaded
+    // 2-core CI machine).
+    const TOLERANCE: Duration = Duration::from_millis(250);
     let app = spawn_app_with(|settings| settings.sse_heartbeat = HEARTBEAT).await;
     app.register_whatsapp("t1", "c1", &["wamid.1"]).await;
     let response = app
