@@ -5,7 +5,7 @@
 //! and fails on any browser console error.
 //!
 //! Needs `/usr/bin/chromium` and `chromedriver` (Debian: `apt-get install
-//! chromium chromium-driver`; `.ci/run` installs them). Without them the test
+//! chromium chromium-driver`; `scripts/test` installs them). Without them the test
 //! fails, with that advice: it never passes without a browser.
 
 use std::future::Future;
@@ -171,7 +171,7 @@ async fn debug_page_shows_live_counters_and_events_in_a_real_browser() {
     else {
         panic!(
             "the debug-page browser test needs {CHROMIUM} and chromedriver: install them with \
-             `apt-get install -y chromium chromium-driver` (CI does so in .ci/run)"
+             `apt-get install -y chromium chromium-driver` (`scripts/test` does so when they are missing)"
         );
     };
 
