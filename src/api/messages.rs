@@ -15,7 +15,9 @@ use crate::store::{NewMessage, RegisterReceipt, Store};
 /// Longest accepted id (tenant, campaign, provider message id, recipient).
 const MAX_ID_LEN: usize = 256;
 
-/// One message to register, as senders post it.
+/// One message to register, as senders post it: a JSON object with exactly
+/// these keys. (serde's derive would also take the values as an array, by
+/// position; [`Registration`]'s own `Deserialize` accepts objects only.)
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Registration {
@@ -27,18 +29,52 @@ struct Registration {
     recipient: Option<String>,
 }
 
+/// Reads a [`Registration`] from a JSON object only.
+#[derive(Debug)]
+struct ObjectOnly;
+
+impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+    type Value = Registration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a registration object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Registration, A::Error> {
+        Registration::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+/// A registration as the body holds it: an object, never an array.
+struct Entry(Registration);
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ObjectOnly).map(Entry)
+    }
+}
+
+/// Unwraps parsed entries.
+fn entries(entries: Vec<Entry>) -> Vec<Registration> {
+    entries
+        .into_iter()
+        .map(|Entry(registration)| registration)
+        .collect()
+}
+
 /// Parses a JSON array, a single object, or NDJSON (one object per line).
 fn parse_body(body: &[u8]) -> Result<Vec<Registration>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::BadRequest("body is not UTF-8".to_owned()))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        return serde_json::from_str(trimmed)
+        return serde_json::from_str::<Vec<Entry>>(trimmed)
+            .map(entries)
             .map_err(|error| ApiError::BadRequest(format!("invalid JSON array: {error}")));
     }
     // One object, however it is laid out (pretty-printed over several
     // lines); otherwise NDJSON, one object a line.
-    if let Ok(one) = serde_json::from_str::<Registration>(trimmed) {
+    if let Ok(Entry(one)) = serde_json::from_str::<Entry>(trimmed) {
         return Ok(vec![one]);
     }
     let mut registrations = Vec::new();
@@ -46,7 +82,7 @@ fn parse_body(body: &[u8]) -> Result<Vec<Registration>, ApiError> {
         if line.trim().is_empty() {
             continue;
         }
-        let registration = serde_json::from_str(line)
+        let Entry(registration) = serde_json::from_str(line)
             .map_err(|error| ApiError::BadRequest(format!("line {}: {error}", index + 1)))?;
         registrations.push(registration);
     }

@@ -120,3 +120,27 @@ async fn one_pretty_printed_json_object_registers_one_message() {
         "pending"
     );
 }
+
+/// A registration is an object with named keys: values listed by position
+/// (which serde's derive would otherwise take) are refused, in an array and
+/// on an NDJSON line alike, and nothing is registered.
+#[actix_web::test]
+async fn registrations_listed_by_position_are_refused() {
+    let app = spawn_app().await;
+    for body in [
+        r#"[["t1","c1","whatsapp","wamid.pos"]]"#,
+        r#"["t1","c1","whatsapp","wamid.pos"]"#,
+        "[\"t1\",\"c1\",\"whatsapp\",\"wamid.pos\"]\n[\"t1\",\"c1\",\"whatsapp\",\"wamid.pos2\"]",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/api/v1/messages"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+    }
+    assert_eq!(app.count_rows("messages").await, 0);
+}
