@@ -308,7 +308,7 @@ pub(crate) struct AppliedUpdates<'a> {
 }
 
 /// Applies `updates` in order to `states` (loaded in the transaction),
-/// skipping notifications whose idempotency key is in `existing_keys` or
+/// passing over notifications whose idempotency key is in `existing_keys` or
 /// repeats earlier in the batch. Pure: the caller writes what it returns.
 ///
 /// # Implementation Notes

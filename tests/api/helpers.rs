@@ -359,7 +359,7 @@ pub fn counts_only(metrics: &Value) -> Value {
 }
 
 /// Returns the shared provider vectors directory `sub`. A missing
-/// directory fails the test: a test never passes by skipping.
+/// directory fails the test: no test passes without its input.
 pub fn vectors_dir(sub: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/vectors")

@@ -323,7 +323,7 @@ async fn signed_messages_of_every_type_and_version_verify() {
     }
 }
 
-/// Runs the `openssl` CLI, failing the test (never skipping it) when it
+/// Runs the `openssl` CLI, failing the test when it
 /// is missing or fails.
 fn openssl(args: &[&str], dir: &Path) -> Vec<u8> {
     let output = Command::new("openssl")
