@@ -16,10 +16,11 @@ use tokio::sync::oneshot;
 use super::broadcast::{Broadcaster, CommitUpdate};
 use super::error::HubError;
 use super::group::OneInFlight;
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{
     Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, Prune, Register,
-    Registered, Store, UpdateOutcome, Weight, now_ms,
+    Registered, Store, UpdateOutcome, Weight,
 };
 
 /// Capacity of the actor's mailbox. Messages are only queued there for the

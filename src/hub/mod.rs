@@ -258,7 +258,7 @@ impl Hub {
     /// never holds the write path. Returns how many rows went.
     pub async fn prune(&self, target: PruneTarget, retention: Duration) -> Result<u64, HubError> {
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        let older_than_ms = crate::store::now_ms().saturating_sub(retention_ms);
+        let older_than_ms = crate::clock::now_ms().saturating_sub(retention_ms);
         let mut total = 0;
         loop {
             let removed = self

@@ -5,9 +5,10 @@
 use bytestring::ByteString;
 use serde::Serialize;
 
+use crate::clock::format_ms;
 use crate::domain::CampaignCounters;
 use crate::hub::{PublishedCampaign, PublishedChange};
-use crate::store::{StatusChange, format_ms};
+use crate::store::StatusChange;
 
 /// The `data:` of an `event: status`.
 #[derive(Serialize)]

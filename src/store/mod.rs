@@ -23,8 +23,6 @@ pub use types::{
     StoreStats, TimelineEvent,
 };
 
-pub use crate::clock::{format_ms, now_ms};
-
 use crate::config::SqliteSynchronous;
 use crate::domain::{CampaignCounters, Channel};
 
