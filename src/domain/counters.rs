@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::status::{CurrentStatus, Tally};
+use crate::clock::format_ms;
 
 /// Messages per current status, as `by_status` in the metrics JSON.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +23,10 @@ pub struct ByStatus {
 /// a message's status set, so a dashboard can tell which of two snapshots is
 /// newer. The campaign actor owns one of these; the store keeps the same
 /// numbers in the same transaction as the message rows they count.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Only serialized (to the metrics JSON and SSE data): nothing reads these
+/// back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CampaignCounters {
     pub tenant_id: String,
     pub campaign_id: String,
@@ -35,8 +39,15 @@ pub struct CampaignCounters {
     pub clicked: i64,
     pub complained: i64,
     pub by_status: ByStatus,
-    /// RFC 3339, UTC, of the last change.
-    pub updated_at: String,
+    /// Unix milliseconds of the last change; serialized as `updated_at`, in
+    /// RFC 3339 UTC ([`format_ms`]).
+    #[serde(rename = "updated_at", serialize_with = "as_rfc3339")]
+    pub updated_at_ms: i64,
+}
+
+/// Serializes Unix milliseconds as [`format_ms`] text.
+fn as_rfc3339<S: serde::Serializer>(ms: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_ms(*ms))
 }
 
 impl CampaignCounters {
@@ -46,7 +57,7 @@ impl CampaignCounters {
         campaign_id: &str,
         version: i64,
         tally: &Tally,
-        updated_at: String,
+        updated_at_ms: i64,
     ) -> Self {
         CampaignCounters {
             tenant_id: tenant_id.to_owned(),
@@ -66,7 +77,21 @@ impl CampaignCounters {
                 read: tally.current(CurrentStatus::Read),
                 failed: tally.current(CurrentStatus::Failed),
             },
-            updated_at,
+            updated_at_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updated_at_serializes_as_rfc3339_under_its_json_name() {
+        let counters =
+            CampaignCounters::from_tally("t1", "c1", 3, &Tally::default(), 1_700_000_000_500);
+        let json = serde_json::to_value(&counters).unwrap();
+        assert_eq!(json["updated_at"], "2023-11-14T22:13:20.500Z");
+        assert!(json.get("updated_at_ms").is_none(), "{json}");
     }
 }

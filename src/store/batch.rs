@@ -224,7 +224,7 @@ impl CounterRow {
             campaign_id,
             self.version,
             &self.tally,
-            crate::clock::format_ms(self.updated_at_ms),
+            self.updated_at_ms,
         )
     }
 }
