@@ -65,6 +65,13 @@ impl Status {
             Status::Failed => "failed",
         }
     }
+
+    /// Parses the wire name; `None` for anything else.
+    pub fn parse(value: &str) -> Option<Self> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -373,6 +380,18 @@ mod tests {
         messages
             .iter()
             .fold(Tally::default(), |acc, message| acc.plus(&message.tally()))
+    }
+
+    #[test]
+    fn wire_names_parse_back() {
+        for status in Status::ALL {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+        }
+        for status in CurrentStatus::ALL {
+            assert_eq!(CurrentStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(Status::parse("pending"), None);
+        assert_eq!(CurrentStatus::parse("clicked"), None);
     }
 
     #[test]
