@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
-use crate::domain::Channel;
+use crate::clock::format_ms;
+use crate::domain::{Channel, CurrentStatus, Failure, Status};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{NewMessage, RegisterReceipt, Store};
+use crate::store::{NewMessage, RegisterReceipt, Store, StoredEvent, StoredMessage};
 
 /// Longest accepted id (tenant, campaign, provider message id, recipient).
 const MAX_ID_LEN: usize = 256;
@@ -172,5 +173,82 @@ pub async fn show(
                 .is_ok()
         })
         .ok_or(ApiError::NotFound("no such message"))?;
-    Ok(HttpResponse::Ok().json(message))
+    Ok(HttpResponse::Ok().json(MessageView::from(message)))
+}
+
+/// A message and its timeline, as [`show`] answers.
+#[derive(Debug, Serialize)]
+struct MessageView {
+    tenant_id: String,
+    campaign_id: String,
+    channel: Channel,
+    provider_message_id: String,
+    recipient: Option<String>,
+    status: CurrentStatus,
+    seen: Vec<SeenStatus>,
+    error: Option<Failure>,
+    timeline: Vec<TimelineEvent>,
+}
+
+/// One status of a message's seen set, with its first provider timestamp
+/// (absent for a status that was only implied).
+#[derive(Debug, Serialize)]
+struct SeenStatus {
+    status: Status,
+    first_at: Option<String>,
+}
+
+/// One provider notification in a message's timeline.
+#[derive(Debug, Serialize)]
+struct TimelineEvent {
+    id: i64,
+    event: String,
+    status: Option<Status>,
+    /// Whether this event changed the message's status set.
+    changed: bool,
+    provider_at: String,
+    received_at: String,
+    details: serde_json::Value,
+}
+
+impl From<StoredMessage> for MessageView {
+    fn from(message: StoredMessage) -> Self {
+        let set = message.set;
+        MessageView {
+            tenant_id: message.tenant_id,
+            campaign_id: message.campaign_id,
+            channel: message.channel,
+            provider_message_id: message.provider_message_id,
+            recipient: message.recipient,
+            status: message.status,
+            seen: Status::ALL
+                .into_iter()
+                .filter(|status| set.contains(*status))
+                .map(|status| SeenStatus {
+                    status,
+                    first_at: set.first_seen(status).map(format_ms),
+                })
+                .collect(),
+            error: message.failure,
+            timeline: message
+                .timeline
+                .into_iter()
+                .map(TimelineEvent::from)
+                .collect(),
+        }
+    }
+}
+
+impl From<StoredEvent> for TimelineEvent {
+    fn from(event: StoredEvent) -> Self {
+        TimelineEvent {
+            id: event.id,
+            event: event.event,
+            status: event.status,
+            changed: event.changed,
+            provider_at: format_ms(event.provider_ts_ms),
+            received_at: format_ms(event.received_at_ms),
+            details: event.details,
+        }
+    }
 }

@@ -19,8 +19,8 @@ pub use batch::{
 };
 pub use sqlite::SqliteStore;
 pub use types::{
-    CampaignInfo, DeadLetterView, MessageRef, MessageView, RecentEvent, SeenStatus, StoreError,
-    StoreStats, TimelineEvent,
+    CampaignInfo, DeadLetterView, MessageRef, RecentEvent, StoreError, StoreStats, StoredEvent,
+    StoredMessage,
 };
 
 use crate::config::SqliteSynchronous;
@@ -95,7 +95,7 @@ impl Store {
         &self,
         channel: Channel,
         provider_message_id: &str,
-    ) -> Result<Option<MessageView>, StoreError> {
+    ) -> Result<Option<StoredMessage>, StoreError> {
         match self {
             Store::Sqlite(store) => store.message(channel, provider_message_id).await,
         }

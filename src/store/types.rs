@@ -1,7 +1,10 @@
-//! What the store hands out: its error type and the rows it reads, shaped
-//! for the callers.
+//! What the store hands out: its error type and the rows it reads, as data
+//! (domain types, Unix milliseconds, bodies as bytes). How they show in JSON
+//! is the HTTP layer's business (`api`, `ops`).
 
 use serde::Serialize;
+
+use crate::domain::{Channel, CurrentStatus, Failure, Status, StatusSet};
 
 /// Errors of the storage layer. Callers map them to 503 (the store is down or
 /// busy: providers retry) and log the cause; clients never see SQL.
@@ -32,38 +35,40 @@ pub struct CampaignInfo {
     pub campaign_id: String,
 }
 
-/// A message and its timeline, for `GET /api/v1/messages/{channel}/{id}`.
-#[derive(Clone, Debug, Serialize)]
-pub struct MessageView {
+/// A stored message with its campaign and timeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredMessage {
     pub tenant_id: String,
     pub campaign_id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub provider_message_id: String,
     pub recipient: Option<String>,
-    pub status: String,
-    pub seen: Vec<SeenStatus>,
-    pub error: Option<crate::domain::Failure>,
-    pub timeline: Vec<TimelineEvent>,
-}
-
-/// One status of a message's seen set, with its first provider timestamp
-/// (absent for a status that was only implied).
-#[derive(Clone, Debug, Serialize)]
-pub struct SeenStatus {
-    pub status: String,
-    pub first_at: Option<String>,
+    /// The current status, as stored beside the set.
+    pub status: CurrentStatus,
+    /// The statuses seen, with the first provider timestamp of each
+    /// status observed directly.
+    pub set: StatusSet,
+    pub failure: Option<Failure>,
+    /// The stored notifications, oldest provider timestamp first.
+    pub timeline: Vec<StoredEvent>,
 }
 
 /// One provider notification in a message's timeline.
-#[derive(Clone, Debug, Serialize)]
-pub struct TimelineEvent {
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    /// Row id in `status_events`.
     pub id: i64,
+    /// The provider's name of the event (`read`, `Bounce`…).
     pub event: String,
-    pub status: Option<String>,
+    /// The status the event meant, if any.
+    pub status: Option<Status>,
     /// Whether this event changed the message's status set.
     pub changed: bool,
-    pub provider_at: String,
-    pub received_at: String,
+    /// Provider timestamp, Unix milliseconds.
+    pub provider_ts_ms: i64,
+    /// When statushub received it, Unix milliseconds.
+    pub received_at_ms: i64,
+    /// Provider details kept with the event; `Null` when there are none.
     pub details: serde_json::Value,
 }
 

@@ -21,17 +21,16 @@ use sqlx::{QueryBuilder, Row as _, Sqlite};
 
 use crate::clock::format_ms;
 use crate::config::SqliteSynchronous as Synchronous;
-use crate::domain::{CampaignCounters, Channel, Status};
+use crate::domain::{CampaignCounters, Channel};
 use crate::store::batch::{Batch, BatchOutcome, StatusChange};
 use crate::store::types::{
-    CampaignInfo, DeadLetterView, MessageRef, MessageView, RecentEvent, SeenStatus, StoreError,
-    StoreStats, TimelineEvent,
+    CampaignInfo, DeadLetterView, MessageRef, RecentEvent, StoreError, StoreStats, StoredMessage,
 };
 
 use commit::commit_in;
 use rows::{
-    ROWS_PER_STATEMENT, buffered_update, counter_row, dead_letter_view, failure, status_change,
-    status_set,
+    ROWS_PER_STATEMENT, buffered_update, channel_of, counter_row, current_status_of,
+    dead_letter_view, failure, status_change, status_set, stored_event,
 };
 
 /// Connections that serve reads (webhook routing, API, debug page). WAL lets
@@ -174,7 +173,7 @@ impl SqliteStore {
         &self,
         channel: Channel,
         provider_message_id: &str,
-    ) -> Result<Option<MessageView>, StoreError> {
+    ) -> Result<Option<StoredMessage>, StoreError> {
         let row = sqlx::query(
             "SELECT m.*, c.tenant_id, c.campaign_id FROM messages m
              JOIN campaigns c ON c.id = m.campaign_pk
@@ -186,15 +185,6 @@ impl SqliteStore {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let message_pk: i64 = row.try_get("id")?;
-        let set = status_set(&row)?;
-        let seen = Status::ALL
-            .iter()
-            .filter(|status| set.contains(**status))
-            .map(|status| SeenStatus {
-                status: status.as_str().to_owned(),
-                first_at: set.first_seen(*status).map(format_ms),
-            })
-            .collect();
         let events = sqlx::query(
             "SELECT id, event, status, changed, provider_ts, received_at, details
              FROM status_events WHERE message_pk = ? ORDER BY provider_ts, id LIMIT 1000",
@@ -204,30 +194,17 @@ impl SqliteStore {
         .await?;
         let timeline = events
             .iter()
-            .map(|event| {
-                let details: Option<String> = event.try_get("details")?;
-                Ok(TimelineEvent {
-                    id: event.try_get("id")?,
-                    event: event.try_get("event")?,
-                    status: event.try_get("status")?,
-                    changed: event.try_get("changed")?,
-                    provider_at: format_ms(event.try_get("provider_ts")?),
-                    received_at: format_ms(event.try_get("received_at")?),
-                    details: details
-                        .and_then(|text| serde_json::from_str(&text).ok())
-                        .unwrap_or(serde_json::Value::Null),
-                })
-            })
+            .map(stored_event)
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(MessageView {
+        Ok(Some(StoredMessage {
             tenant_id: row.try_get("tenant_id")?,
             campaign_id: row.try_get("campaign_id")?,
-            channel: row.try_get("channel")?,
+            channel: channel_of(&row, "channel")?,
             provider_message_id: row.try_get("provider_message_id")?,
             recipient: row.try_get("recipient")?,
-            status: row.try_get("status")?,
-            seen,
-            error: failure(&row)?,
+            status: current_status_of(&row, "status")?,
+            set: status_set(&row)?,
+            failure: failure(&row)?,
             timeline,
         }))
     }

@@ -4,9 +4,9 @@ use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 
 use crate::clock::format_ms;
-use crate::domain::{Channel, CurrentStatus, Failure, StatusSet, StatusUpdate, Tally};
+use crate::domain::{Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally};
 use crate::store::batch::{CounterRow, StatusChange};
-use crate::store::types::{DeadLetterView, StoreError};
+use crate::store::types::{DeadLetterView, StoreError, StoredEvent};
 
 /// Rows per multi-row statement: keeps every statement far below SQLite's
 /// limit of 32,766 bound parameters (the widest row binds 14).
@@ -28,20 +28,63 @@ pub(super) fn dead_letter_view(row: &SqliteRow) -> Result<DeadLetterView, StoreE
     })
 }
 
+/// Reads a channel stored as its wire name; any other text is corruption.
+pub(super) fn channel_of(row: &SqliteRow, column: &str) -> Result<Channel, StoreError> {
+    let channel: String = row.try_get(column)?;
+    Channel::parse(&channel)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown channel {channel}")))
+}
+
+/// Reads a current status stored as its wire name; any other text is
+/// corruption.
+pub(super) fn current_status_of(
+    row: &SqliteRow,
+    column: &str,
+) -> Result<CurrentStatus, StoreError> {
+    let status: String = row.try_get(column)?;
+    CurrentStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status}")))
+}
+
+/// Reads a nullable status stored as its wire name; any other text is
+/// corruption.
+pub(super) fn status_of(row: &SqliteRow, column: &str) -> Result<Option<Status>, StoreError> {
+    let status: Option<String> = row.try_get(column)?;
+    status
+        .map(|status| {
+            Status::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status}")))
+        })
+        .transpose()
+}
+
 pub(super) fn status_change(row: &SqliteRow) -> Result<StatusChange, StoreError> {
-    let channel: String = row.try_get("channel")?;
-    let status: String = row.try_get("message_status")?;
     Ok(StatusChange {
         event_id: row.try_get("id")?,
         campaign_pk: row.try_get("campaign_pk")?,
         version: row.try_get("campaign_version")?,
-        channel: Channel::parse(&channel)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown channel {channel}")))?,
+        channel: channel_of(row, "channel")?,
         provider_message_id: row.try_get("provider_message_id")?,
         event: row.try_get("event")?,
-        status: CurrentStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status}")))?,
+        status: current_status_of(row, "message_status")?,
         provider_ts_ms: row.try_get("provider_ts")?,
+    })
+}
+
+/// One `status_events` row of a message's timeline. Details that are not
+/// JSON read as `Null`.
+pub(super) fn stored_event(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
+    let details: Option<String> = row.try_get("details")?;
+    Ok(StoredEvent {
+        id: row.try_get("id")?,
+        event: row.try_get("event")?,
+        status: status_of(row, "status")?,
+        changed: row.try_get("changed")?,
+        provider_ts_ms: row.try_get("provider_ts")?,
+        received_at_ms: row.try_get("received_at")?,
+        details: details
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(serde_json::Value::Null),
     })
 }
 
