@@ -5,13 +5,15 @@
 
 use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
+use crate::clock::format_ms;
+use crate::domain::{Channel, Status};
 use crate::error::ApiError;
 use crate::sse::StreamLimiter;
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{RecentEvent, RecentKind, Store, StoreStats, StoredDeadLetter};
 use crate::webhooks::ses::SnsSubscriptions;
 
 /// Most events `/webhooks/events` returns.
@@ -115,10 +117,10 @@ async fn health(
         "database": database,
         "backend": "sqlite",
         "verification_enabled": state.settings.enable_webhook_verification,
-        "stats": stats.ok(),
+        "stats": stats.ok().map(StatsView::from),
         "active_campaign_actors": state.hub.active_campaigns().await,
         "queue_depth": state.hub.queue_depth().await,
-        "recent_events": recent.unwrap_or_default(),
+        "recent_events": recent.map(event_views).unwrap_or_default(),
         "sns_subscriptions": subscriptions.recent(),
         "sns_pending_confirmations": subscriptions.pending(),
     });
@@ -139,7 +141,7 @@ async fn events(
     caller.require_admin()?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_EVENTS);
     let events = store.recent_events(limit).await?;
-    Ok(HttpResponse::Ok().json(events))
+    Ok(HttpResponse::Ok().json(event_views(events)))
 }
 
 /// `?limit=N&before=ID`: a page of dead letters, newest first.
@@ -163,6 +165,7 @@ async fn dead_letters(
     let letters = store
         .dead_letters(limit, query.before, LISTED_BODY_BYTES)
         .await?;
+    let letters: Vec<DeadLetterView> = letters.into_iter().map(DeadLetterView::from).collect();
     Ok(HttpResponse::Ok().json(letters))
 }
 
@@ -177,5 +180,103 @@ async fn dead_letter(
         .dead_letter(path.into_inner())
         .await?
         .ok_or(ApiError::NotFound("no such dead letter"))?;
-    Ok(HttpResponse::Ok().json(letter))
+    Ok(HttpResponse::Ok().json(DeadLetterView::from(letter)))
+}
+
+/// Row counts, as `stats` in `/webhooks/health`.
+#[derive(Debug, Serialize)]
+struct StatsView {
+    campaigns: i64,
+    messages: i64,
+    events_stored: i64,
+    unmatched_buffered: i64,
+    dead_letters: i64,
+}
+
+impl From<StoreStats> for StatsView {
+    fn from(stats: StoreStats) -> Self {
+        StatsView {
+            campaigns: stats.campaigns,
+            messages: stats.messages,
+            events_stored: stats.events_stored,
+            unmatched_buffered: stats.unmatched_buffered,
+            dead_letters: stats.dead_letters,
+        }
+    }
+}
+
+/// One stored event, as `/webhooks/events` and `/webhooks/health` list it.
+#[derive(Debug, Serialize)]
+struct RecentEventView {
+    id: i64,
+    /// `applied` (in a message's timeline) or `unmatched` (buffered).
+    kind: &'static str,
+    channel: Channel,
+    provider_message_id: String,
+    tenant_id: Option<String>,
+    campaign_id: Option<String>,
+    event: String,
+    status: Option<Status>,
+    changed: bool,
+    provider_at: String,
+    received_at: String,
+}
+
+impl From<RecentEvent> for RecentEventView {
+    fn from(event: RecentEvent) -> Self {
+        RecentEventView {
+            id: event.id,
+            kind: match event.kind {
+                RecentKind::Applied => "applied",
+                RecentKind::Unmatched => "unmatched",
+            },
+            channel: event.channel,
+            provider_message_id: event.provider_message_id,
+            tenant_id: event.tenant_id,
+            campaign_id: event.campaign_id,
+            event: event.event,
+            status: event.status,
+            changed: event.changed,
+            provider_at: format_ms(event.provider_ts_ms),
+            received_at: format_ms(event.received_at_ms),
+        }
+    }
+}
+
+fn event_views(events: Vec<RecentEvent>) -> Vec<RecentEventView> {
+    events.into_iter().map(RecentEventView::from).collect()
+}
+
+/// A dead letter, as the debug page shows it.
+#[derive(Debug, Serialize)]
+struct DeadLetterView {
+    id: i64,
+    channel: Channel,
+    reason: String,
+    content_type: Option<String>,
+    /// The body as text (lossy where it is not UTF-8); in listings, only
+    /// its first bytes.
+    body: String,
+    /// The stored body's whole length.
+    body_bytes: i64,
+    /// Whether `body` is cut (listings; `GET /webhooks/dead-letters/{id}`
+    /// gives the whole body).
+    body_truncated: bool,
+    received_at: String,
+}
+
+impl From<StoredDeadLetter> for DeadLetterView {
+    fn from(letter: StoredDeadLetter) -> Self {
+        let shown = i64::try_from(letter.body.len()).unwrap_or(i64::MAX);
+        DeadLetterView {
+            id: letter.id,
+            channel: letter.channel,
+            reason: letter.reason,
+            content_type: letter.content_type,
+            body: String::from_utf8_lossy(&letter.body).into_owned(),
+            body_bytes: letter.body_bytes,
+            body_truncated: shown < letter.body_bytes,
+            received_at: format_ms(letter.received_at_ms),
+        }
+    }
 }

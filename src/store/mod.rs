@@ -19,8 +19,8 @@ pub use batch::{
 };
 pub use sqlite::SqliteStore;
 pub use types::{
-    CampaignInfo, DeadLetterView, MessageRef, RecentEvent, StoreError, StoreStats, StoredEvent,
-    StoredMessage,
+    CampaignInfo, MessageRef, RecentEvent, RecentKind, StoreError, StoreStats, StoredDeadLetter,
+    StoredEvent, StoredMessage,
 };
 
 use crate::config::SqliteSynchronous;
@@ -115,14 +115,14 @@ impl Store {
         limit: u32,
         before: Option<i64>,
         body_limit: u32,
-    ) -> Result<Vec<DeadLetterView>, StoreError> {
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
         match self {
             Store::Sqlite(store) => store.dead_letters(limit, before, body_limit).await,
         }
     }
 
     /// Returns one dead letter with its whole body.
-    pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterView>, StoreError> {
+    pub async fn dead_letter(&self, id: i64) -> Result<Option<StoredDeadLetter>, StoreError> {
         match self {
             Store::Sqlite(store) => store.dead_letter(id).await,
         }

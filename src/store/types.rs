@@ -2,8 +2,6 @@
 //! (domain types, Unix milliseconds, bodies as bytes). How they show in JSON
 //! is the HTTP layer's business (`api`, `ops`).
 
-use serde::Serialize;
-
 use crate::domain::{Channel, CurrentStatus, Failure, Status, StatusSet};
 
 /// Errors of the storage layer. Callers map them to 503 (the store is down or
@@ -72,24 +70,42 @@ pub struct StoredEvent {
     pub details: serde_json::Value,
 }
 
-/// One stored event for the debug log (`GET /webhooks/events`).
-#[derive(Clone, Debug, Serialize)]
+/// One stored event for the debug log: a notification applied to a
+/// registered message, or one buffered until its message is registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecentEvent {
+    /// Row id in the table `kind` names.
     pub id: i64,
-    pub kind: &'static str,
-    pub channel: String,
+    pub kind: RecentKind,
+    pub channel: Channel,
     pub provider_message_id: String,
+    /// The message's campaign; `None` while it is unmatched.
     pub tenant_id: Option<String>,
     pub campaign_id: Option<String>,
+    /// The provider's name of the event.
     pub event: String,
-    pub status: Option<String>,
+    /// The status the event means, if any.
+    pub status: Option<Status>,
+    /// Whether this event changed the message's status set (never for an
+    /// unmatched one).
     pub changed: bool,
-    pub provider_at: String,
-    pub received_at: String,
+    /// Provider timestamp, Unix milliseconds.
+    pub provider_ts_ms: i64,
+    /// When statushub received it, Unix milliseconds.
+    pub received_at_ms: i64,
 }
 
-/// Row counts for `/webhooks/health`.
-#[derive(Clone, Debug, Default, Serialize)]
+/// Where a [`RecentEvent`] is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecentKind {
+    /// In a message's timeline (`status_events`).
+    Applied,
+    /// Buffered until its message is registered (`unmatched_statuses`).
+    Unmatched,
+}
+
+/// Row counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub campaigns: i64,
     pub messages: i64,
@@ -98,20 +114,17 @@ pub struct StoreStats {
     pub dead_letters: i64,
 }
 
-/// A stored dead letter, for the debug page.
-#[derive(Clone, Debug, Serialize)]
-pub struct DeadLetterView {
+/// A stored dead letter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDeadLetter {
     pub id: i64,
-    pub channel: String,
+    pub channel: Channel,
     pub reason: String,
     pub content_type: Option<String>,
-    /// The body as text (lossy where it is not UTF-8); in listings, only
-    /// its first bytes.
-    pub body: String,
+    /// The body as received; in listings, only its first bytes.
+    pub body: Vec<u8>,
     /// The stored body's whole length.
     pub body_bytes: i64,
-    /// Whether `body` is cut (listings; `GET /webhooks/dead-letters/{id}`
-    /// gives the whole body).
-    pub body_truncated: bool,
-    pub received_at: String,
+    /// When statushub received it, Unix milliseconds.
+    pub received_at_ms: i64,
 }

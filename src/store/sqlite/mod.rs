@@ -19,18 +19,18 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
-use crate::clock::format_ms;
 use crate::config::SqliteSynchronous as Synchronous;
 use crate::domain::{CampaignCounters, Channel};
 use crate::store::batch::{Batch, BatchOutcome, StatusChange};
 use crate::store::types::{
-    CampaignInfo, DeadLetterView, MessageRef, RecentEvent, StoreError, StoreStats, StoredMessage,
+    CampaignInfo, MessageRef, RecentEvent, RecentKind, StoreError, StoreStats, StoredDeadLetter,
+    StoredMessage,
 };
 
 use commit::commit_in;
 use rows::{
-    ROWS_PER_STATEMENT, buffered_update, channel_of, counter_row, current_status_of,
-    dead_letter_view, failure, status_change, status_set, stored_event,
+    ROWS_PER_STATEMENT, buffered_update, channel_of, counter_row, current_status_of, failure,
+    status_change, status_of, status_set, stored_dead_letter, stored_event,
 };
 
 /// Connections that serve reads (webhook routing, API, debug page). WAL lets
@@ -233,36 +233,36 @@ impl SqliteStore {
         for row in &applied {
             events.push(RecentEvent {
                 id: row.try_get("id")?,
-                kind: "applied",
-                channel: row.try_get("channel")?,
+                kind: RecentKind::Applied,
+                channel: channel_of(row, "channel")?,
                 provider_message_id: row.try_get("provider_message_id")?,
                 tenant_id: row.try_get("tenant_id")?,
                 campaign_id: row.try_get("campaign_id")?,
                 event: row.try_get("event")?,
-                status: row.try_get("status")?,
+                status: status_of(row, "status")?,
                 changed: row.try_get("changed")?,
-                provider_at: format_ms(row.try_get("provider_ts")?),
-                received_at: format_ms(row.try_get("received_at")?),
+                provider_ts_ms: row.try_get("provider_ts")?,
+                received_at_ms: row.try_get("received_at")?,
             });
         }
         for row in &unmatched {
             let update = buffered_update(row)?;
             events.push(RecentEvent {
                 id: row.try_get("id")?,
-                kind: "unmatched",
-                channel: row.try_get("channel")?,
+                kind: RecentKind::Unmatched,
+                channel: channel_of(row, "channel")?,
                 provider_message_id: row.try_get("provider_message_id")?,
                 tenant_id: None,
                 campaign_id: None,
                 event: update.event,
-                status: update.status.map(|status| status.as_str().to_owned()),
+                status: update.status,
                 changed: false,
-                provider_at: format_ms(update.timestamp_ms),
-                received_at: format_ms(row.try_get("received_at")?),
+                provider_ts_ms: update.timestamp_ms,
+                received_at_ms: row.try_get("received_at")?,
             });
         }
         // Newest first across both tables, by arrival time.
-        events.sort_by(|a, b| b.received_at.cmp(&a.received_at).then(b.id.cmp(&a.id)));
+        events.sort_by_key(|event| std::cmp::Reverse((event.received_at_ms, event.id)));
         events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         Ok(events)
     }
@@ -275,7 +275,7 @@ impl SqliteStore {
         limit: u32,
         before: Option<i64>,
         body_limit: u32,
-    ) -> Result<Vec<DeadLetterView>, StoreError> {
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, channel, reason, content_type, substr(body, 1, ?) AS body,
                     length(body) AS body_bytes, received_at
@@ -286,11 +286,11 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(dead_letter_view).collect()
+        rows.iter().map(stored_dead_letter).collect()
     }
 
     /// Returns one dead letter with its whole body.
-    pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterView>, StoreError> {
+    pub async fn dead_letter(&self, id: i64) -> Result<Option<StoredDeadLetter>, StoreError> {
         let row = sqlx::query(
             "SELECT id, channel, reason, content_type, body, length(body) AS body_bytes,
                     received_at
@@ -299,7 +299,7 @@ impl SqliteStore {
         .bind(id)
         .fetch_optional(&self.reader)
         .await?;
-        row.as_ref().map(dead_letter_view).transpose()
+        row.as_ref().map(stored_dead_letter).transpose()
     }
 
     /// Returns the highest campaign version among a campaign's pruned

@@ -3,28 +3,23 @@
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 
-use crate::clock::format_ms;
 use crate::domain::{Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally};
 use crate::store::batch::{CounterRow, StatusChange};
-use crate::store::types::{DeadLetterView, StoreError, StoredEvent};
+use crate::store::types::{StoreError, StoredDeadLetter, StoredEvent};
 
 /// Rows per multi-row statement: keeps every statement far below SQLite's
 /// limit of 32,766 bound parameters (the widest row binds 14).
 pub(super) const ROWS_PER_STATEMENT: usize = 500;
 
-pub(super) fn dead_letter_view(row: &SqliteRow) -> Result<DeadLetterView, StoreError> {
-    let body: Vec<u8> = row.try_get("body")?;
-    let body_bytes: i64 = row.try_get("body_bytes")?;
-    let shown = i64::try_from(body.len()).unwrap_or(i64::MAX);
-    Ok(DeadLetterView {
+pub(super) fn stored_dead_letter(row: &SqliteRow) -> Result<StoredDeadLetter, StoreError> {
+    Ok(StoredDeadLetter {
         id: row.try_get("id")?,
-        channel: row.try_get("channel")?,
+        channel: channel_of(row, "channel")?,
         reason: row.try_get("reason")?,
         content_type: row.try_get("content_type")?,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        body_bytes,
-        body_truncated: shown < body_bytes,
-        received_at: format_ms(row.try_get("received_at")?),
+        body: row.try_get("body")?,
+        body_bytes: row.try_get("body_bytes")?,
+        received_at_ms: row.try_get("received_at")?,
     })
 }
 
