@@ -9,10 +9,9 @@
 mod db;
 
 use serde_json::json;
-use statushub::config::SqliteSynchronous;
 use statushub::domain::{Channel, Status, StatusUpdate};
 use statushub::store::{
-    Apply, Batch, Buffer, EnsureCampaign, NewMessage, Register, Store, UpdateOutcome,
+    Apply, Batch, Buffer, EnsureCampaign, NewMessage, Register, Store, StoreSettings, UpdateOutcome,
 };
 
 use db::TestDb;
@@ -22,7 +21,7 @@ use db::TestDb;
 async fn test_store() -> (Store, TestDb, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::fresh_in(dir.path());
-    let store = Store::connect(&db.url(), SqliteSynchronous::Full)
+    let store = Store::connect(&StoreSettings::new(db.url()))
         .await
         .unwrap();
     (store, db, dir)

@@ -17,9 +17,10 @@ use super::broadcast::{Broadcaster, CommitUpdate};
 use super::error::HubError;
 use super::group::OneInFlight;
 use crate::metrics::Metrics;
+use crate::clock::now_ms;
 use crate::store::{
     Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, Prune, Register,
-    Registered, Store, UpdateOutcome, Weight, now_ms,
+    Registered, Store, UpdateOutcome, Weight,
 };
 
 /// Capacity of the actor's mailbox. Messages are only queued there for the
@@ -178,8 +179,10 @@ pub struct DbActor {
     max_queue: usize,
     /// Commit timings, batch sizes, queue depth, failures.
     metrics: Metrics,
-    /// Where each commit's changes go, once, in commit order.
-    broadcaster: Broadcaster,
+    /// Where each commit's changes go, once, in commit order; `None` when
+    /// the store is shared and the change follower publishes every
+    /// instance's commits (see [`super::follower`]).
+    broadcaster: Option<Broadcaster>,
 }
 
 impl DbActor {
@@ -189,7 +192,7 @@ impl DbActor {
         max_batch: usize,
         max_queue: usize,
         metrics: Metrics,
-        broadcaster: Broadcaster,
+        broadcaster: Option<Broadcaster>,
     ) -> Self {
         DbActor {
             store,
@@ -251,9 +254,9 @@ impl DbActor {
 
     /// Publishes what a commit changed, when anyone listens.
     fn publish(&self, batch: &Batch, outcome: &BatchOutcome) {
-        if !self.broadcaster.has_subscribers() {
+        let Some(broadcaster) = self.broadcaster.as_ref().filter(|b| b.has_subscribers()) else {
             return;
-        }
+        };
         let registrations = batch
             .registrations
             .iter()
@@ -265,7 +268,7 @@ impl DbActor {
             .zip(&outcome.applies)
             .map(|(write, done)| (write.campaign_pk, &done.counters, done.changes.as_slice()));
         if let Some(update) = CommitUpdate::from_writes(registrations.chain(applies)) {
-            self.broadcaster.publish(update);
+            broadcaster.publish(update);
         }
     }
 }

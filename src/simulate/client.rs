@@ -16,7 +16,7 @@ use super::payloads::{ses_event, sns_message_id, sns_notification, whatsapp_payl
 use super::plan::Track;
 use super::plan::{Feed, Play};
 use super::sns_signer::SnsSigner;
-use crate::store::format_ms;
+use crate::clock::format_ms;
 use crate::webhooks::whatsapp::signature;
 
 /// Messages registered per `POST /api/v1/messages`.

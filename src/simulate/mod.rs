@@ -44,7 +44,7 @@ use serde_json::Value;
 pub use args::{SNS_TOPIC_ARN, SimulateArgs, SimulateChannel};
 pub use cert_dir::{SNS_CERT_NAME, SNS_KEY_NAME};
 
-use crate::store::now_ms;
+use crate::clock::now_ms;
 use cert_dir::CertOrigin;
 use client::Sender;
 use plan::{Feed, Plan, Play, Track, calls, interleave, plan, stretch};

@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 use super::plan::Track;
 use super::plan::{Feed, Play};
 use super::sns_signer::{SignatureVersion, SnsSigner};
-use crate::store::format_ms;
+use crate::clock::format_ms;
 
 /// The `Subject` SES gives its event notifications.
 const SES_SUBJECT: &str = "Amazon SES Email Event Notification";

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::domain::CampaignCounters;
 use crate::hub::{PublishedCampaign, PublishedChange};
-use crate::store::{StatusChange, format_ms};
+use crate::clock::format_ms;
+use crate::store::StatusChange;
 
 /// The `data:` of an `event: status`.
 #[derive(Serialize)]

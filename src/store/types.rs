@@ -110,3 +110,14 @@ pub struct DeadLetterView {
     pub body_truncated: bool,
     pub received_at: String,
 }
+
+/// Where a status event is in the order tenant streams follow:
+/// `(xact, event_id)`, compared in that order. `xact` is the id of the
+/// transaction that wrote the event on PostgreSQL, whose event ids are not
+/// in commit order (see `store::postgres::follow`), and 0 on SQLite, whose
+/// event ids are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventPosition {
+    pub xact: i64,
+    pub event_id: i64,
+}

@@ -3,13 +3,12 @@
 
 //!
 //! - `mod.rs`: the pools and the reads;
-//! - [`commit`]: one group commit, in one transaction;
-//! - [`writes`]: the statements a commit is made of;
+//! - [`tx`]: the statements a commit is made of (the commit itself is
+//!   [`crate::store::commit`], shared by every backend);
 //! - [`rows`]: mapping rows to types, and statement sizing.
 
-mod commit;
 mod rows;
-mod writes;
+mod tx;
 
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -20,23 +19,21 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
 use crate::clock::format_ms;
-use crate::config::SqliteSynchronous as Synchronous;
+use crate::store::settings::{StoreSettings, Synchronous};
 use crate::domain::{CampaignCounters, Channel, Status};
 use crate::store::batch::{Batch, BatchOutcome, StatusChange};
 use crate::store::types::{
+    EventPosition,
     CampaignInfo, DeadLetterView, MessageRef, MessageView, RecentEvent, SeenStatus, StoreError,
     StoreStats, TimelineEvent,
 };
 
-use commit::commit_in;
+use crate::store::commit::commit_in;
+use tx::SqliteTx;
 use rows::{
     ROWS_PER_STATEMENT, buffered_update, counter_row, dead_letter_view, failure, status_change,
     status_set,
 };
-
-/// Connections that serve reads (webhook routing, API, debug page). WAL lets
-/// them read while the writer commits.
-const READ_CONNECTIONS: u32 = 4;
 
 /// How long a statement waits for a lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,11 +50,11 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file and runs the migrations.
-    pub async fn connect(url: &str, synchronous: Synchronous) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+    pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(&settings.url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match synchronous {
+            .synchronous(match settings.sqlite_synchronous {
                 Synchronous::Full => SqliteSynchronous::Full,
                 Synchronous::Normal => SqliteSynchronous::Normal,
             })
@@ -71,8 +68,8 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
-            .max_connections(READ_CONNECTIONS)
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(settings.read_connections.max(1))
+            .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.read_only(true))
             .await?;
         Ok(SqliteStore { writer, reader })
@@ -87,7 +84,7 @@ impl SqliteStore {
     /// Commits `ops` in one transaction; see [`super::Store::commit`].
     pub async fn commit(&self, batch: &Batch, now_ms: i64) -> Result<BatchOutcome, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let outcome = commit_in(&mut tx, batch, now_ms).await?;
+        let outcome = commit_in(&mut SqliteTx(&mut tx), batch, now_ms).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -337,6 +334,13 @@ impl SqliteStore {
         Ok(version.unwrap_or(0))
     }
 
+    /// Returns where event `event_id` is in the tenant streams' order: on
+    /// SQLite event ids follow commit order, so it is the id itself,
+    /// whether or not the event is still stored.
+    pub async fn event_position(&self, event_id: i64) -> Result<Option<EventPosition>, StoreError> {
+        Ok(Some(EventPosition { xact: 0, event_id }))
+    }
+
     /// Returns the highest pruned `status_events.id` (0 when none was pruned).
     pub async fn events_pruned_through(&self) -> Result<i64, StoreError> {
         let through: Option<i64> = sqlx::query_scalar(
@@ -379,6 +383,17 @@ impl SqliteStore {
         )
         .execute(&self.reader)
         .await?;
+        // The write path too: a file that can be read but not written (a
+        // full disk, a read-only mount, lost permissions) is not ready. The
+        // mark is written in a transaction that is rolled back.
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO store_marks (name, value) VALUES ('ready_probe', 0)
+             ON CONFLICT (name) DO UPDATE SET value = value + 1",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.rollback().await?;
         Ok(())
     }
 
@@ -404,15 +419,16 @@ impl SqliteStore {
         rows.iter().map(status_change).collect()
     }
 
-    /// Returns the changes after event `after_id` in `tenant_id`'s campaigns
-    /// (every tenant's when `None`), oldest first, with the campaign of each.
+    /// Returns the changes after `after` in `tenant_id`'s campaigns (every
+    /// tenant's when `None`), oldest first, with the campaign of each.
     pub async fn replay_tenant(
         &self,
         tenant_id: Option<&str>,
         campaigns: Option<&[String]>,
-        after_id: i64,
+        after: EventPosition,
         limit: u32,
     ) -> Result<Vec<(CampaignInfo, StatusChange)>, StoreError> {
+        let after_id = after.event_id;
         let mut query = QueryBuilder::<Sqlite>::new(
             "SELECT e.id, e.campaign_pk, e.campaign_version, m.channel, m.provider_message_id,
                     e.event, e.message_status, e.provider_ts, c.tenant_id, c.campaign_id
@@ -458,7 +474,7 @@ impl SqliteStore {
         &self,
         tenant_id: Option<&str>,
         limit: u32,
-    ) -> Result<(i64, Vec<(i64, CampaignCounters)>), StoreError> {
+    ) -> Result<(EventPosition, Vec<(i64, CampaignCounters)>), StoreError> {
         // Pruning may have emptied the table: the cursor never goes back.
         let last_event_id: i64 = sqlx::query_scalar(
             "SELECT MAX(COALESCE((SELECT MAX(id) FROM status_events), 0),
@@ -487,6 +503,10 @@ impl SqliteStore {
                 ))
             })
             .collect::<Result<_, StoreError>>()?;
-        Ok((last_event_id, campaigns))
+        let position = EventPosition {
+            xact: 0,
+            event_id: last_event_id,
+        };
+        Ok((position, campaigns))
     }
 }

@@ -28,11 +28,17 @@ pub(super) fn dead_letter_view(row: &SqliteRow) -> Result<DeadLetterView, StoreE
     })
 }
 
+/// Parses a stored channel name.
+pub(super) fn parse_channel(text: &str) -> Result<Channel, StoreError> {
+    Channel::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown channel {text}")))
+}
+
 pub(super) fn status_change(row: &SqliteRow) -> Result<StatusChange, StoreError> {
     let channel: String = row.try_get("channel")?;
     let status: String = row.try_get("message_status")?;
     Ok(StatusChange {
         event_id: row.try_get("id")?,
+        xact: 0,
         campaign_pk: row.try_get("campaign_pk")?,
         version: row.try_get("campaign_version")?,
         channel: Channel::parse(&channel)
