@@ -13,6 +13,11 @@
 //! received per subscriber and the delay from the webhook's 200 to each
 //! subscriber receiving the change.
 //!
+//! `--url` may list several instances of one hub, comma-separated (a
+//! scale-out over one PostgreSQL): registration goes to the first, webhook
+//! connections and subscribers are spread over all of them in turn, so the
+//! fan-out delay then includes the hop between instances.
+//!
 //! Secrets are read like `statushub simulate` reads them: from the
 //! environment (`STATUSHUB_ADMIN_TOKEN`, `WHATSAPP_WEBHOOK_SECRET`) or the
 //! hub's `.statushub/secrets.json`.
@@ -28,7 +33,10 @@ use serde_json::{Value, json};
 use statushub::webhooks::whatsapp::signature;
 
 struct Options {
+    /// The first instance: registration and the final counters.
     url: String,
+    /// Every instance; connections are spread over them in turn.
+    urls: Vec<String>,
     messages: usize,
     concurrency: usize,
     seconds: u64,
@@ -40,6 +48,7 @@ struct Options {
 fn options() -> Options {
     let mut options = Options {
         url: "http://127.0.0.1:8080".to_owned(),
+        urls: vec!["http://127.0.0.1:8080".to_owned()],
         messages: 10_000,
         concurrency: 64,
         seconds: 10,
@@ -56,7 +65,10 @@ fn options() -> Options {
             panic!("flags take a value: {pair:?}")
         };
         match flag.as_str() {
-            "--url" => options.url = value.clone(),
+            "--url" => {
+                options.urls = value.split(',').map(str::to_owned).collect();
+                options.url = options.urls[0].clone();
+            }
             "--messages" => options.messages = value.parse().unwrap(),
             "--concurrency" => options.concurrency = value.parse().unwrap(),
             "--seconds" => options.seconds = value.parse().unwrap(),
@@ -133,11 +145,11 @@ async fn main() {
     // Subscribers, connected before the load starts.
     let deadline = Instant::now() + Duration::from_secs(options.seconds);
     let mut subscribers = Vec::new();
-    for _ in 0..options.subscribers {
+    for subscriber in 0..options.subscribers {
         let response = client
             .get(format!(
                 "{}/api/v1/campaigns/{campaign}/stream?tenant_id=load&include=statuses",
-                options.url
+                options.urls[subscriber % options.urls.len()]
             ))
             .bearer_auth(&admin)
             .timeout(Duration::from_secs(options.seconds + 60))
@@ -181,9 +193,12 @@ async fn main() {
     let next = Arc::new(AtomicUsize::new(0));
     let statuses = ["sent", "delivered", "read"];
     let workers: Vec<_> = (0..options.concurrency)
-        .map(|_| {
+        .map(|worker| {
             let client = client.clone();
-            let url = format!("{}/webhooks/whatsapp", options.url);
+            let url = format!(
+                "{}/webhooks/whatsapp",
+                options.urls[worker % options.urls.len()]
+            );
             let ids = ids.clone();
             let next = next.clone();
             let app_secret = app_secret.clone();

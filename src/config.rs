@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
+use crate::store::StoreSettings;
+
 pub use crate::secrets::{SecretArgs, Secrets};
 
 /// Flags and environment variables shared by every subcommand that opens the
@@ -29,14 +31,29 @@ pub struct StoreArgs {
     /// `normal` (a commit survives a crash of the process, not of the machine).
     #[arg(long, env = "STATUSHUB_SQLITE_SYNCHRONOUS", default_value = "full")]
     pub sqlite_synchronous: SqliteSynchronous,
+
+    /// Database connections serving reads (routing, API, streams' replays);
+    /// writes use one more. On PostgreSQL, each instance opens this plus two
+    /// (the writer and the LISTEN connection): size the server's
+    /// `max_connections` for every instance.
+    #[arg(long, env = "STATUSHUB_DB_READ_CONNECTIONS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub db_read_connections: u32,
+}
+
+impl StoreArgs {
+    /// The store's own settings.
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            sqlite_synchronous: self.sqlite_synchronous,
+            read_connections: self.db_read_connections,
+            ..StoreSettings::new(self.database_url.clone())
+        }
+    }
 }
 
 /// SQLite durability mode; see [`StoreArgs::sqlite_synchronous`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SqliteSynchronous {
-    Full,
-    Normal,
-}
+pub use crate::store::Synchronous as SqliteSynchronous;
 
 /// Everything `statushub serve` needs.
 #[derive(Args, Clone, Debug)]
@@ -161,10 +178,12 @@ pub struct ServeArgs {
 pub struct Settings {
     /// Where the HTTP server listens.
     pub bind: SocketAddr,
-    /// Which database: `sqlite://…` (or, later, `postgres://…`).
+    /// Which database: `sqlite://…` or `postgres://…`.
     pub database_url: String,
     /// SQLite durability: `Full` survives power loss, `Normal` a crash.
     pub sqlite_synchronous: SqliteSynchronous,
+    /// Database connections serving reads.
+    pub db_read_connections: u32,
     /// Where generated secrets are kept.
     pub data_dir: PathBuf,
     /// The four secrets every hub has, checked for strength at start.
@@ -261,6 +280,15 @@ fn retention_days(days: u64) -> Option<Duration> {
 }
 
 impl Settings {
+    /// The store's own settings.
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            sqlite_synchronous: self.sqlite_synchronous,
+            read_connections: self.db_read_connections,
+            ..StoreSettings::new(self.database_url.clone())
+        }
+    }
+
     /// Builds settings from parsed flags, loading or generating secrets.
     pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
         use anyhow::Context as _;
@@ -286,6 +314,7 @@ impl Settings {
             bind: args.bind,
             database_url: args.store.database_url,
             sqlite_synchronous: args.store.sqlite_synchronous,
+            db_read_connections: args.store.db_read_connections,
             data_dir: args.store.data_dir,
             secrets,
             ses_webhook_secret: args.ses_webhook_secret,

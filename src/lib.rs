@@ -69,7 +69,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             app.run_until_stopped().await.context("server failed")
         }
         Command::Migrate(args) => {
-            let store = store::Store::connect(&args.database_url, args.sqlite_synchronous).await?;
+            let store = store::Store::connect(&args.store_settings()).await?;
             store.close().await;
             tracing::info!("migrations applied");
             Ok(())

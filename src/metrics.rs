@@ -24,6 +24,11 @@ pub struct Metrics {
     pub db_commit_failures: IntCounter,
     /// Rows waiting for a commit.
     pub db_queue_depth: IntGauge,
+    /// Pages of other instances' (and this one's) commits read from the
+    /// outbox (PostgreSQL).
+    pub feed_pages: IntCounter,
+    /// Failed reads of the outbox (PostgreSQL); retried.
+    pub feed_failures: IntCounter,
     /// Writes refused because the queue was full (answered 503).
     pub db_queue_rejections: IntCounter,
     /// Campaign actors running.
@@ -75,6 +80,16 @@ impl Metrics {
             .expect("valid metric definition");
         let db_queue_depth = IntGauge::new("db_queue_depth", "Rows waiting for a commit")
             .expect("valid metric definition");
+        let feed_pages = IntCounter::new(
+            "change_feed_pages_total",
+            "Pages of committed changes read from the outbox (PostgreSQL)",
+        )
+        .expect("valid metric definition");
+        let feed_failures = IntCounter::new(
+            "change_feed_failures_total",
+            "Failed reads of the outbox (PostgreSQL), retried",
+        )
+        .expect("valid metric definition");
         let db_queue_rejections = IntCounter::new(
             "db_queue_rejections_total",
             "Writes refused with 503 because the queue was full",
@@ -109,6 +124,8 @@ impl Metrics {
             db_commit_seconds,
             db_commit_failures,
             db_queue_depth,
+            feed_pages,
+            feed_failures,
             db_queue_rejections,
             active_campaign_actors,
             table_rows,
@@ -124,6 +141,8 @@ impl Metrics {
             Box::new(metrics.db_commit_seconds.clone()),
             Box::new(metrics.db_commit_failures.clone()),
             Box::new(metrics.db_queue_depth.clone()),
+            Box::new(metrics.feed_pages.clone()),
+            Box::new(metrics.feed_failures.clone()),
             Box::new(metrics.db_queue_rejections.clone()),
             Box::new(metrics.active_campaign_actors.clone()),
             Box::new(metrics.table_rows.clone()),

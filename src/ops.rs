@@ -102,20 +102,24 @@ async fn health(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let (stats, recent) =
-        futures_util::join!(store.stats(), store.recent_events(HEALTH_RECENT_EVENTS));
-    let database = match &stats {
-        Ok(_) => "ok".to_owned(),
+    let (ping, stats, recent) = futures_util::join!(
+        store.ping(),
+        store.stats(),
+        store.recent_events(HEALTH_RECENT_EVENTS)
+    );
+    // The write path decides: a store that reads but cannot commit is down.
+    let database = match ping.as_ref().and(stats.as_ref().map(|_| ())) {
+        Ok(()) => "ok",
         Err(error) => {
-            tracing::warn!(error = %error, "health check could not read the store");
-            "unavailable".to_owned()
+            tracing::warn!(error = %error, "health check: the store cannot read or write");
+            "unavailable"
         }
     };
     let body = serde_json::json!({
-        "status": if stats.is_ok() { "ok" } else { "degraded" },
+        "status": if database == "ok" { "ok" } else { "degraded" },
         "uptime_seconds": state.started_at.elapsed().as_secs(),
         "database": database,
-        "backend": "sqlite",
+        "backend": store.backend().as_str(),
         "verification_enabled": state.settings.enable_webhook_verification,
         "stats": stats.ok().map(StatsView::from),
         "active_campaign_actors": state.hub.active_campaigns().await,

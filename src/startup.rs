@@ -45,7 +45,7 @@ impl Application {
     /// Opens the store (running migrations), starts the hub's actors and
     /// binds the listener. Must run inside an actix system.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let store = Store::connect(&settings.database_url, settings.sqlite_synchronous)
+        let store = Store::connect(&settings.store_settings())
             .await
             .with_context(|| {
                 format!(
@@ -55,11 +55,11 @@ impl Application {
             })?;
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("failed to bind {}", settings.bind))?;
-        Self::build_with(settings, store, listener)
+        Self::build_with(settings, store, listener).await
     }
 
     /// Like [`Application::build`], with an opened store and a bound listener.
-    pub fn build_with(
+    pub async fn build_with(
         settings: Settings,
         store: Store,
         listener: TcpListener,
@@ -72,6 +72,12 @@ impl Application {
         }
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new();
+        // Before the listener accepts anything: every commit from here on
+        // is followed.
+        let feed = store
+            .changes()
+            .await
+            .context("failed to follow the store's changes")?;
         let hub = Hub::start(
             store.clone(),
             metrics.clone(),
@@ -80,6 +86,7 @@ impl Application {
                 max_queue: settings.max_queue,
                 campaign_idle: settings.campaign_idle,
             },
+            feed,
         );
         if !settings.enable_webhook_verification {
             tracing::warn!(

@@ -1,7 +1,9 @@
 //! The store on its own: what one group commit does with mixed operations.
-//! Runs against a real database from [`TestDb::fresh_in`] (a SQLite file
-//! today; PostgreSQL joins there when its backend exists), and checks the
-//! store's counters against the API tests' independent SQL recount.
+//! Runs against a real database from [`TestDb::fresh_in`] (a SQLite file, or
+//! a PostgreSQL database of its own with `STATUSHUB_TEST_BACKEND=postgres`),
+//! and checks the store's counters against the API tests' independent SQL
+//! recount. The last tests check the PostgreSQL side of [`TestDb`] itself,
+//! on `STATUSHUB_TEST_POSTGRES_URL`'s server whatever the backend.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,20 +11,19 @@
 mod db;
 
 use serde_json::json;
-use statushub::config::SqliteSynchronous;
 use statushub::domain::{Channel, Status, StatusUpdate};
 use statushub::store::{
-    Apply, Batch, Buffer, EnsureCampaign, NewMessage, Register, Store, UpdateOutcome,
+    Apply, Batch, Buffer, EnsureCampaign, NewMessage, Register, Store, StoreSettings, UpdateOutcome,
 };
 
-use db::TestDb;
+use db::{Cell, TestDb};
 
 /// A store on a fresh database, the database seen from the test, and the
 /// directory both live in.
 async fn test_store() -> (Store, TestDb, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::fresh_in(dir.path());
-    let store = Store::connect(&db.url(), SqliteSynchronous::Full)
+    let store = Store::connect(&StoreSettings::new(db.url()))
         .await
         .unwrap();
     (store, db, dir)
@@ -190,4 +191,152 @@ async fn ping_fails_while_the_store_is_down_and_passes_once_it_is_back() {
 
     assert!(down.is_err(), "ping answered while every table was away");
     store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn commits_fail_and_reads_work_while_the_store_refuses_writes() {
+    let (store, db, _dir) = test_store().await;
+    let campaign_pk = campaign(&store).await;
+    let batch = Batch {
+        registrations: vec![Register {
+            campaign_pk,
+            messages: vec![message("wamid.1")],
+        }],
+        ..Batch::default()
+    };
+
+    let outage = db.refuse_writes().await;
+    let refused = store.commit(&batch, 2).await;
+    let counters = store.campaign_counters(campaign_pk).await;
+    outage.end().await;
+
+    assert!(
+        refused.is_err(),
+        "a commit went through while writes were refused"
+    );
+    let counters = counters.expect("reads work while writes are refused");
+    assert_eq!(counters.unwrap().total, 0);
+    store.commit(&batch, 3).await.unwrap();
+    assert_eq!(db.recount("c1").await.checked("c1")["total"], 1);
+}
+
+/// Counts the rows of `messages` through `session`.
+async fn count(session: &mut sqlx::PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+        .fetch_one(session)
+        .await
+}
+
+/// Counts the databases named `name` on the server `server` is on.
+async fn databases_named(server: &TestDb, name: &str) -> i64 {
+    server
+        .fetch(
+            "SELECT COUNT(*) FROM pg_database WHERE datname = $1",
+            &[db::Bind::Text(name.to_owned())],
+        )
+        .await[0][0]
+        .int()
+}
+
+#[tokio::test]
+async fn a_fresh_postgres_database_answers_and_is_dropped_with_its_last_handle() {
+    let db = TestDb::postgres_fresh();
+    let name = db.postgres_name().unwrap().to_owned();
+    let server = TestDb::from_url(&db::postgres_server_url());
+
+    let row = db
+        .fetch(
+            "SELECT 1 AS one, 2::int2 AS small, 3::int8 AS big, true AS yes, false AS no,
+                    NULL::bigint AS nothing, 'v'::varchar AS v, 't' AS t, current_database() AS here",
+            &[],
+        )
+        .await
+        .remove(0);
+
+    assert!(
+        name.starts_with(&format!("statushub_t_{}_", std::process::id())),
+        "{name}"
+    );
+    assert!(db.url().starts_with("postgres") && db.url().contains(&name));
+    assert_eq!(
+        TestDb::from_url(&db.url()).postgres_name(),
+        Some(name.as_str())
+    );
+    assert_eq!(
+        (&row["one"], &row["small"], &row["big"]),
+        (&Cell::Int(1), &Cell::Int(2), &Cell::Int(3))
+    );
+    assert_eq!((&row["yes"], &row["no"]), (&Cell::Int(1), &Cell::Int(0)));
+    assert_eq!(row["nothing"], Cell::Null);
+    assert_eq!((row["v"].text(), row["t"].text()), ("v", "t"));
+    assert_eq!(row["here"].text(), name);
+    assert_eq!(databases_named(&server, &name).await, 1);
+    let clone = db.clone();
+    drop(db);
+    assert_eq!(databases_named(&server, &name).await, 1, "a clone keeps it");
+    drop(clone);
+    assert_eq!(
+        databases_named(&server, &name).await,
+        0,
+        "still there once its last handle went"
+    );
+}
+
+#[tokio::test]
+async fn each_postgres_outage_breaks_a_live_session_and_end_mends_it() {
+    use sqlx::Connection as _;
+    // Arrange: a schema of the hub's shape and a session held open, as the
+    // hub's pool holds one, with its statements prepared.
+    let db = TestDb::postgres_fresh();
+    db.tamper(&[
+        "CREATE TABLE messages (id bigint PRIMARY KEY)",
+        "CREATE TABLE status_events (id bigint, message_id bigint REFERENCES messages (id))",
+        "INSERT INTO messages VALUES (1)",
+    ])
+    .await;
+    let mut hub = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    assert_eq!(count(&mut hub).await.unwrap(), 1);
+
+    // Every table away: the prepared read fails, then works again.
+    let outage = db.outage().await;
+    let away = count(&mut hub).await;
+    outage.end().await;
+    assert!(away.is_err(), "read a table that was away: {away:?}");
+    assert_eq!(count(&mut hub).await.unwrap(), 1);
+
+    // Writes refused: a write fails, a read works; then writes work.
+    let outage = db.refuse_writes().await;
+    let write = sqlx::query("INSERT INTO status_events VALUES (1, 1)")
+        .execute(&mut hub)
+        .await;
+    let read_meanwhile = count(&mut hub).await;
+    outage.end().await;
+    let error = write.expect_err("a write went through while writes were refused");
+    assert!(error.to_string().contains("writes refused"), "{error}");
+    assert_eq!(read_meanwhile.unwrap(), 1);
+    sqlx::query("INSERT INTO status_events VALUES (1, 1)")
+        .execute(&mut hub)
+        .await
+        .unwrap();
+    assert_eq!(db.count_rows("status_events").await, 1);
+
+    // Sessions ended: the held one breaks, a new one works.
+    assert_eq!(db.terminate_connections().await, 1);
+    assert!(
+        count(&mut hub).await.is_err(),
+        "a terminated session answered"
+    );
+    let mut hub = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    assert_eq!(count(&mut hub).await.unwrap(), 1);
+
+    // Connections refused: the held session breaks and no new one opens
+    // until the end.
+    let outage = db.refuse_connections().await;
+    let held = count(&mut hub).await;
+    let new = sqlx::PgConnection::connect(&db.url()).await;
+    outage.end().await;
+    assert!(held.is_err(), "a session survived refuse_connections");
+    assert!(new.is_err(), "a connection opened while they were refused");
+    let mut hub = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    assert_eq!(count(&mut hub).await.unwrap(), 1);
 }

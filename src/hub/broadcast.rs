@@ -37,7 +37,7 @@ const INCOMING_CHANNEL_CAPACITY: usize = 1024;
 pub struct CommitUpdate {
     /// Campaigns the commit changed, with their counters after it.
     pub campaigns: Vec<PublishedCampaign>,
-    /// The commit's message changes, in event-id order.
+    /// The commit's message changes, in `(xact, event id)` order.
     pub changes: Vec<PublishedChange>,
 }
 
@@ -102,10 +102,50 @@ impl CommitUpdate {
                 }),
             }
         }
-        update
-            .changes
-            .sort_by_key(|published| published.change.event_id);
+        update.sort();
         (!update.campaigns.is_empty()).then_some(update)
+    }
+
+    /// Builds the update of a page of the change feed: each campaign's
+    /// counters after the page, and the page's changes.
+    pub fn from_page(
+        campaigns: Vec<(i64, Arc<CampaignCounters>)>,
+        changes: Vec<StatusChange>,
+    ) -> Option<Self> {
+        let mut update = CommitUpdate::default();
+        for change in changes {
+            let Some((_, counters)) = campaigns
+                .iter()
+                .find(|(campaign_pk, _)| *campaign_pk == change.campaign_pk)
+            else {
+                // Every change's commit wrote its campaign's counters.
+                tracing::warn!(campaign_pk = change.campaign_pk, "a change without counters in its page");
+                continue;
+            };
+            update.changes.push(PublishedChange {
+                counters: Arc::clone(counters),
+                change,
+                encoded: OnceLock::new(),
+            });
+        }
+        update.campaigns = campaigns
+            .into_iter()
+            .map(|(campaign_pk, counters)| PublishedCampaign {
+                campaign_pk,
+                counters,
+                encoded: OnceLock::new(),
+            })
+            .collect();
+        update.sort();
+        (!update.campaigns.is_empty()).then_some(update)
+    }
+
+    /// Puts the changes in commit-safe order: `(xact, event id)` (on SQLite
+    /// `xact` is 0 and event ids follow commits).
+    fn sort(&mut self) {
+        self.changes.sort_by_key(|published| {
+            (published.change.xact, published.change.event_id)
+        });
     }
 }
 

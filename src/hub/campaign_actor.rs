@@ -52,6 +52,12 @@ pub struct RegisterMessages {
 #[rtype(result = "Option<CampaignCounters>")]
 pub struct GetCounters;
 
+/// Committed counters of this campaign, seen by the change feed (another
+/// instance's commit, or this one's): kept if newer than those held.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Absorb(pub Arc<CampaignCounters>);
+
 /// A write of this campaign waiting for the next group, with its reply.
 #[derive(Debug)]
 enum CampaignWrite {
@@ -254,6 +260,15 @@ impl Handler<RegisterMessages> for CampaignActor {
         let (reply, outcome) = oneshot::channel();
         self.enqueue(CampaignWrite::Register(register, reply), ctx);
         Box::pin(async move { settled(outcome).await.map(|registered| registered.receipt) })
+    }
+}
+
+impl Handler<Absorb> for CampaignActor {
+    type Result = ();
+
+    /// Handler for `Absorb`: keeps the counters if they are newer.
+    fn handle(&mut self, Absorb(counters): Absorb, _: &mut Self::Context) {
+        self.absorb(&counters);
     }
 }
 

@@ -179,8 +179,10 @@ pub struct DbActor {
     max_queue: usize,
     /// Commit timings, batch sizes, queue depth, failures.
     metrics: Metrics,
-    /// Where each commit's changes go, once, in commit order.
-    broadcaster: Broadcaster,
+    /// Where each commit's changes go, once, in commit order; `None` when
+    /// the store is shared and the change follower publishes every
+    /// instance's commits (see [`super::follower`]).
+    broadcaster: Option<Broadcaster>,
 }
 
 impl DbActor {
@@ -190,7 +192,7 @@ impl DbActor {
         max_batch: usize,
         max_queue: usize,
         metrics: Metrics,
-        broadcaster: Broadcaster,
+        broadcaster: Option<Broadcaster>,
     ) -> Self {
         DbActor {
             store,
@@ -252,9 +254,9 @@ impl DbActor {
 
     /// Publishes what a commit changed, when anyone listens.
     fn publish(&self, batch: &Batch, outcome: &BatchOutcome) {
-        if !self.broadcaster.has_subscribers() {
+        let Some(broadcaster) = self.broadcaster.as_ref().filter(|b| b.has_subscribers()) else {
             return;
-        }
+        };
         let registrations = batch
             .registrations
             .iter()
@@ -266,7 +268,7 @@ impl DbActor {
             .zip(&outcome.applies)
             .map(|(write, done)| (write.campaign_pk, &done.counters, done.changes.as_slice()));
         if let Some(update) = CommitUpdate::from_writes(registrations.chain(applies)) {
-            self.broadcaster.publish(update);
+            broadcaster.publish(update);
         }
     }
 }

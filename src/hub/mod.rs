@@ -16,6 +16,7 @@ pub mod broadcast;
 mod campaign_actor;
 mod db_actor;
 mod error;
+mod follower;
 mod group;
 mod router;
 
@@ -35,7 +36,7 @@ pub use router::Router;
 use crate::domain::{CampaignCounters, Channel, StatusUpdate};
 use crate::metrics::Metrics;
 use crate::store::{
-    Buffer, DeadLetter, EnsureCampaign, MessageRef, NewMessage, Prune, PruneTarget,
+    Buffer, ChangeFeed, DeadLetter, EnsureCampaign, MessageRef, NewMessage, Prune, PruneTarget,
     RegisterReceipt, Store, UpdateOutcome,
 };
 use campaign_actor::{ApplyUpdates, GetCounters, RegisterMessages};
@@ -117,14 +118,24 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the DB actor and the router on the current actix system.
-    pub fn start(store: Store, metrics: Metrics, settings: HubSettings) -> Self {
+    ///
+    /// With a change feed (a store several instances share), every commit,
+    /// this instance's included, reaches subscribers through the feed, in
+    /// the one order all instances agree on; without one (a store this
+    /// process owns), the DB actor publishes each commit itself.
+    pub fn start(
+        store: Store,
+        metrics: Metrics,
+        settings: HubSettings,
+        feed: Option<ChangeFeed>,
+    ) -> Self {
         let broadcaster = Broadcaster::new();
         let db = DbActor::new(
             store.clone(),
             settings.max_batch,
             settings.max_queue,
             metrics.clone(),
-            broadcaster.clone(),
+            feed.is_none().then(|| broadcaster.clone()),
         )
         .start();
         let router = Router::new(
@@ -134,6 +145,9 @@ impl Hub {
             metrics.clone(),
         )
         .start();
+        if let Some(feed) = feed {
+            follower::spawn(feed, broadcaster.clone(), router.clone(), metrics.clone());
+        }
         Hub {
             store,
             router,

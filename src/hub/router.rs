@@ -32,6 +32,15 @@ pub struct Stopped {
 #[rtype(result = "usize")]
 pub struct CountActive;
 
+/// Tells a campaign's actor, if one runs here, of counters committed
+/// (possibly by another instance): it keeps them if they are newer.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Observe {
+    pub campaign_pk: i64,
+    pub counters: std::sync::Arc<crate::domain::CampaignCounters>,
+}
+
 /// The router actor. It is the only place campaign actors are started, so
 /// there is never more than one actor per campaign in this process.
 #[derive(Debug)]
@@ -124,6 +133,18 @@ impl Handler<Stopped> for Router {
         self.metrics
             .active_campaign_actors
             .set(self.actors.len() as i64);
+    }
+}
+
+impl Handler<Observe> for Router {
+    type Result = ();
+
+    /// Handler for `Observe`: forwards to the campaign's actor, if any; an
+    /// actor started later reads the counters from the store.
+    fn handle(&mut self, observe: Observe, _: &mut Self::Context) {
+        if let Some((_, addr)) = self.actors.get(&observe.campaign_pk) {
+            addr.do_send(super::campaign_actor::Absorb(observe.counters));
+        }
     }
 }
 

@@ -40,7 +40,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::hub::CommitUpdate;
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{EventPosition, Store};
 use stream::{Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope};
 
 /// Events buffered per connection between its task and the socket. A client
@@ -201,7 +201,10 @@ async fn campaign_stream(
         _ => connection.snapshot(campaign.campaign_pk, &snapshot),
     }
     // Changes up to the snapshot are in it (or were replayed).
-    connection.advance_cursor(snapshot.version);
+    connection.advance_cursor(EventPosition {
+        xact: 0,
+        event_id: snapshot.version,
+    });
     spawn(connection, &caller, permit, updates, &state, &store);
     Ok(respond(rx, &state))
 }
@@ -231,7 +234,7 @@ async fn tenant_stream(
     let resume = last_event_id(&req, &query);
     // Subscribe before reading the snapshot: nothing committed in between is missed.
     let updates = state.hub.broadcaster().subscribe();
-    let (last_event_id, campaigns) = store
+    let (covered, campaigns) = store
         .tenant_snapshot(tenant.as_deref(), MAX_SNAPSHOT_CAMPAIGNS)
         .await?;
     let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
@@ -248,16 +251,25 @@ async fn tenant_stream(
     );
     let mut replay = Vec::new();
     let mut overflow = false;
+    let mut resumed_at = EventPosition::default();
     if let (Some(after), true) = (resume, include_statuses) {
         let limit = state.settings.sse_replay_limit;
-        // Past the timeline's retention the replay would have a gap.
-        if after < store.events_pruned_through().await? {
-            overflow = true;
+        // Past the timeline's retention the replay would have a gap, and
+        // an event whose position is unknown cannot be resumed from.
+        let position = if after < store.events_pruned_through().await? {
+            None
         } else {
-            replay = store
-                .replay_tenant(tenant.as_deref(), allowed.as_deref(), after, limit + 1)
-                .await?;
-            overflow = replay.len() > limit as usize;
+            store.event_position(after).await?
+        };
+        match position {
+            None => overflow = true,
+            Some(position) => {
+                resumed_at = position;
+                replay = store
+                    .replay_tenant(tenant.as_deref(), allowed.as_deref(), position, limit + 1)
+                    .await?;
+                overflow = replay.len() > limit as usize;
+            }
         }
     }
     if overflow {
@@ -265,7 +277,7 @@ async fn tenant_stream(
     }
     // Always snapshot: registrations and new campaigns change counters
     // without a status event, so the cursor cannot tell whether they moved.
-    connection.advance_cursor(last_event_id.max(resume.unwrap_or(0)));
+    connection.advance_cursor(covered.max(resumed_at));
     for (campaign_pk, counters) in &campaigns {
         if scope.admits(*campaign_pk, counters) {
             connection.snapshot(*campaign_pk, counters);

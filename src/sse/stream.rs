@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use super::encode::{counters_json, metrics_data, status_data, status_json};
 use crate::domain::CampaignCounters;
 use crate::hub::{CommitUpdate, Hub};
-use crate::store::{StatusChange, Store};
+use crate::store::{EventPosition, StatusChange, Store};
 
 /// How long a status stream may take nothing from its buffer before it is
 /// closed as too slow (`event: lagged`).
@@ -64,11 +64,15 @@ pub(super) enum IdMode {
 }
 
 impl IdMode {
-    /// Returns a change's position in this id space.
-    fn key(self, event_id: i64, version: i64) -> i64 {
+    /// Returns a change's position in this stream's order; its `event_id`
+    /// is the change's SSE `id:`.
+    fn key(self, change: &StatusChange) -> EventPosition {
         match self {
-            IdMode::Version => version,
-            IdMode::EventCursor => event_id,
+            IdMode::Version => EventPosition {
+                xact: 0,
+                event_id: change.version,
+            },
+            IdMode::EventCursor => change.position(),
         }
     }
 }
@@ -93,11 +97,13 @@ pub(super) struct Connection {
     pending: HashMap<i64, (i64, ByteString)>,
     /// When each campaign's last `metrics` went out.
     last_sent: HashMap<i64, Instant>,
-    /// Highest id (version or event id, per `id_mode`) that the snapshot and
-    /// replay cover: live changes at or below it are not sent again.
-    floor: i64,
-    /// Highest event id delivered: the `id:` of metrics on tenant streams.
-    cursor: i64,
+    /// Highest position (version, or event position, per `id_mode`) that
+    /// the snapshot and replay cover: live changes at or below it are not
+    /// sent again.
+    floor: EventPosition,
+    /// Highest event position delivered: its event id is the `id:` of
+    /// metrics on tenant streams.
+    cursor: EventPosition,
     /// Set when the broadcast lagged: counters are re-read from the store.
     resync: bool,
     /// When the caller's token expires (Unix seconds): the stream ends then.
@@ -121,8 +127,8 @@ impl Connection {
             sent_versions: HashMap::new(),
             pending: HashMap::new(),
             last_sent: HashMap::new(),
-            floor: 0,
-            cursor: 0,
+            floor: EventPosition::default(),
+            cursor: EventPosition::default(),
             resync: false,
             expires_at: None,
         }
@@ -148,9 +154,9 @@ impl Connection {
         self.sent_versions.insert(campaign_pk, version);
     }
 
-    /// Marks everything up to `cursor` (in this stream's id space) as
+    /// Marks everything up to `cursor` (in this stream's order) as
     /// covered: changes at or below it are not sent.
-    pub(super) fn advance_cursor(&mut self, cursor: i64) {
+    pub(super) fn advance_cursor(&mut self, cursor: EventPosition) {
         self.floor = self.floor.max(cursor);
         self.cursor = self.cursor.max(cursor);
     }
@@ -167,15 +173,15 @@ impl Connection {
         campaign_id: &str,
         change: &StatusChange,
     ) {
-        let key = self.id_mode.key(change.event_id, change.version);
-        self.status(status_json(tenant_id, campaign_id, change), key);
+        let key = self.id_mode.key(change);
+        self.status(status_json(tenant_id, campaign_id, change), key.event_id);
         self.advance_cursor(key);
     }
 
     fn id_for(&self, version: i64) -> String {
         match self.id_mode {
             IdMode::Version => version.to_string(),
-            IdMode::EventCursor => self.cursor.to_string(),
+            IdMode::EventCursor => self.cursor.event_id.to_string(),
         }
     }
 
@@ -257,14 +263,18 @@ impl Connection {
             .filter(|published| admitted.contains(&published.campaign_pk()))
         {
             let change = &published.change;
-            let key = self.id_mode.key(change.event_id, change.version);
+            let key = self.id_mode.key(change);
             if key <= self.floor {
                 continue;
             }
-            if self.include_statuses && !self.status_waiting(status_data(published), key).await {
+            if self.include_statuses
+                && !self
+                    .status_waiting(status_data(published), key.event_id)
+                    .await
+            {
                 return false;
             }
-            self.cursor = self.cursor.max(change.event_id);
+            self.cursor = self.cursor.max(change.position());
         }
         for campaign in update
             .campaigns

@@ -66,6 +66,9 @@ pub enum PruneTarget {
     Events,
     /// Dead letters.
     DeadLetters,
+    /// The outbox other instances follow (PostgreSQL): needed only until
+    /// every instance has read it.
+    Outbox,
 }
 
 impl PruneTarget {
@@ -75,6 +78,7 @@ impl PruneTarget {
             PruneTarget::Unmatched => "unmatched_statuses",
             PruneTarget::Events => "status_events",
             PruneTarget::DeadLetters => "dead_letters",
+            PruneTarget::Outbox => "campaign_changes",
         }
     }
 }
@@ -259,6 +263,11 @@ impl std::ops::AddAssign for RegisterReceipt {
 pub struct StatusChange {
     /// Row id in `status_events`: a cursor across every campaign.
     pub event_id: i64,
+    /// The commit-order key of the transaction that wrote it (PostgreSQL's
+    /// transaction id; 0 on SQLite, whose event ids follow commit order):
+    /// with `event_id`, the position tenant streams follow.
+    #[serde(skip)]
+    pub xact: i64,
     #[serde(skip)]
     pub campaign_pk: i64,
     /// The campaign's counters version right after this change.
@@ -271,6 +280,31 @@ pub struct StatusChange {
     pub status: CurrentStatus,
     /// Provider timestamp, Unix milliseconds.
     pub provider_ts_ms: i64,
+}
+
+/// The JSON kept in an event's `details`: the provider's details with the
+/// failure, if any.
+pub(crate) fn details_json(update: &StatusUpdate) -> Option<String> {
+    if update.details.is_null() && update.failure.is_none() {
+        return None;
+    }
+    let mut details = update.details.clone();
+    if let (Some(failure), Some(object)) = (&update.failure, details.as_object_mut()) {
+        object.insert("failure".to_owned(), serde_json::json!(failure));
+    } else if let Some(failure) = &update.failure {
+        details = serde_json::json!({ "failure": failure });
+    }
+    Some(details.to_string())
+}
+
+impl StatusChange {
+    /// Where this change is in the order tenant streams follow.
+    pub fn position(&self) -> super::types::EventPosition {
+        super::types::EventPosition {
+            xact: self.xact,
+            event_id: self.event_id,
+        }
+    }
 }
 
 /// A message's state as read inside the transaction, and changed there.

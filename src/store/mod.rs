@@ -10,6 +10,9 @@
 //! arrival, and no in-memory copy of a message has to be trusted.
 
 mod batch;
+mod commit;
+mod postgres;
+mod settings;
 mod sqlite;
 mod types;
 
@@ -17,45 +20,70 @@ pub use batch::{
     Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, NewMessage, Prune,
     PruneTarget, Register, RegisterReceipt, Registered, StatusChange, UpdateOutcome, Weight,
 };
+pub use postgres::{ChangeFeed, ChangePage, PgStore};
+pub use settings::{Backend, StoreSettings, Synchronous};
 pub use sqlite::SqliteStore;
 pub use types::{
-    CampaignInfo, MessageRef, RecentEvent, RecentKind, StoreError, StoreStats, StoredDeadLetter,
-    StoredEvent, StoredMessage,
+    CampaignInfo, EventPosition, MessageRef, RecentEvent, RecentKind, StoreError, StoreStats,
+    StoredDeadLetter, StoredEvent, StoredMessage,
 };
 
-use crate::config::SqliteSynchronous;
 use crate::domain::{CampaignCounters, Channel};
 
 /// The store, over whichever backend `DATABASE_URL` selects.
 #[derive(Clone, Debug)]
 pub enum Store {
+    /// Embedded; one process owns the file.
     Sqlite(SqliteStore),
+    /// Shared by any number of instances.
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever backend the store is.
+macro_rules! dispatch {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match $store {
+            Store::Sqlite($backend) => $call,
+            Store::Postgres($backend) => $call,
+        }
+    };
 }
 
 impl Store {
-    /// Opens the database named by `url`, creating an SQLite file if needed,
-    /// and runs the migrations.
-    pub async fn connect(url: &str, synchronous: SqliteSynchronous) -> Result<Self, StoreError> {
-        if url.starts_with("sqlite:") {
-            let store = SqliteStore::connect(url, synchronous).await?;
-            Ok(Store::Sqlite(store))
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Err(StoreError::UnsupportedUrl(
-                "the PostgreSQL backend is not built yet; use sqlite://".to_owned(),
-            ))
-        } else {
-            Err(StoreError::UnsupportedUrl(
+    /// Opens the database `settings` name, creating an SQLite file if
+    /// needed, and runs the migrations.
+    pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
+        match settings.backend() {
+            Some(Backend::Sqlite) => Ok(Store::Sqlite(SqliteStore::connect(settings).await?)),
+            Some(Backend::Postgres) => Ok(Store::Postgres(PgStore::connect(settings).await?)),
+            None => Err(StoreError::UnsupportedUrl(
                 "expected sqlite:// or postgres://".to_owned(),
-            ))
+            )),
+        }
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Starts following every commit made to the store from now on, by any
+    /// instance; `None` for a store one process owns (SQLite), whose DB
+    /// actor publishes its commits itself.
+    pub async fn changes(&self) -> Result<Option<ChangeFeed>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(store) => Ok(Some(store.changes().await?)),
         }
     }
 
     /// Commits a batch of writes in one transaction and returns their
     /// outcomes, kind by kind, in the batch's order.
     pub async fn commit(&self, batch: &Batch, now_ms: i64) -> Result<BatchOutcome, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.commit(batch, now_ms).await,
-        }
+        dispatch!(self, store => store.commit(batch, now_ms).await)
     }
 
     /// Finds the registered messages among `provider_message_ids`.
@@ -64,9 +92,7 @@ impl Store {
         channel: Channel,
         provider_message_ids: &[&str],
     ) -> Result<Vec<(String, MessageRef)>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.resolve(channel, provider_message_ids).await,
-        }
+        dispatch!(self, store => store.resolve(channel, provider_message_ids).await)
     }
 
     /// Returns a campaign's identity and committed counters.
@@ -74,9 +100,7 @@ impl Store {
         &self,
         campaign_pk: i64,
     ) -> Result<Option<CampaignCounters>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.campaign_counters(campaign_pk).await,
-        }
+        dispatch!(self, store => store.campaign_counters(campaign_pk).await)
     }
 
     /// Finds campaigns named `campaign_id`, in `tenant_id` when given.
@@ -85,9 +109,7 @@ impl Store {
         tenant_id: Option<&str>,
         campaign_id: &str,
     ) -> Result<Vec<CampaignInfo>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.find_campaigns(tenant_id, campaign_id).await,
-        }
+        dispatch!(self, store => store.find_campaigns(tenant_id, campaign_id).await)
     }
 
     /// Returns a message with its timeline.
@@ -96,16 +118,12 @@ impl Store {
         channel: Channel,
         provider_message_id: &str,
     ) -> Result<Option<StoredMessage>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.message(channel, provider_message_id).await,
-        }
+        dispatch!(self, store => store.message(channel, provider_message_id).await)
     }
 
     /// Returns the newest stored events (applied and unmatched), newest first.
     pub async fn recent_events(&self, limit: u32) -> Result<Vec<RecentEvent>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.recent_events(limit).await,
-        }
+        dispatch!(self, store => store.recent_events(limit).await)
     }
 
     /// Returns the newest dead letters with ids below `before`, newest
@@ -116,46 +134,41 @@ impl Store {
         before: Option<i64>,
         body_limit: u32,
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.dead_letters(limit, before, body_limit).await,
-        }
+        dispatch!(self, store => store.dead_letters(limit, before, body_limit).await)
     }
 
     /// Returns one dead letter with its whole body.
     pub async fn dead_letter(&self, id: i64) -> Result<Option<StoredDeadLetter>, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.dead_letter(id).await,
-        }
+        dispatch!(self, store => store.dead_letter(id).await)
     }
 
     /// Returns the highest campaign version among a campaign's pruned
     /// timeline events: a resume from below it cannot be replayed.
     pub async fn campaign_pruned_version(&self, campaign_pk: i64) -> Result<i64, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.campaign_pruned_version(campaign_pk).await,
-        }
+        dispatch!(self, store => store.campaign_pruned_version(campaign_pk).await)
+    }
+
+    /// Returns where event `event_id` is in the order tenant streams follow;
+    /// `None` when that cannot be known any more (PostgreSQL: the event was
+    /// pruned, or never existed).
+    pub async fn event_position(&self, event_id: i64) -> Result<Option<EventPosition>, StoreError> {
+        dispatch!(self, store => store.event_position(event_id).await)
     }
 
     /// Returns the highest pruned event id: a tenant-stream resume from
     /// below it cannot be replayed.
     pub async fn events_pruned_through(&self) -> Result<i64, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.events_pruned_through().await,
-        }
+        dispatch!(self, store => store.events_pruned_through().await)
     }
 
     /// Returns row counts.
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
-        match self {
-            Store::Sqlite(store) => store.stats().await,
-        }
+        dispatch!(self, store => store.stats().await)
     }
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(store) => store.ping().await,
-        }
+        dispatch!(self, store => store.ping().await)
     }
 
     /// Returns a campaign's changes after `after_version`, oldest first.
@@ -165,49 +178,33 @@ impl Store {
         after_version: i64,
         limit: u32,
     ) -> Result<Vec<StatusChange>, StoreError> {
-        match self {
-            Store::Sqlite(store) => {
-                store
-                    .replay_campaign(campaign_pk, after_version, limit)
-                    .await
-            }
-        }
+        dispatch!(self, store => store.replay_campaign(campaign_pk, after_version, limit).await)
     }
 
-    /// Returns the changes after event `after_id` of a tenant's campaigns
-    /// (all tenants' for `None`), oldest first.
+    /// Returns the changes after position `after` of a tenant's campaigns
+    /// (all tenants' for `None`), in the tenant streams' order.
     pub async fn replay_tenant(
         &self,
         tenant_id: Option<&str>,
         campaigns: Option<&[String]>,
-        after_id: i64,
+        after: EventPosition,
         limit: u32,
     ) -> Result<Vec<(CampaignInfo, StatusChange)>, StoreError> {
-        match self {
-            Store::Sqlite(store) => {
-                store
-                    .replay_tenant(tenant_id, campaigns, after_id, limit)
-                    .await
-            }
-        }
+        dispatch!(self, store => store.replay_tenant(tenant_id, campaigns, after, limit).await)
     }
 
-    /// Returns the newest event id, then the counters of a tenant's
-    /// campaigns (all tenants' for `None`).
+    /// Returns the position of the last change the counters include, then
+    /// the counters of a tenant's campaigns (all tenants' for `None`).
     pub async fn tenant_snapshot(
         &self,
         tenant_id: Option<&str>,
         limit: u32,
-    ) -> Result<(i64, Vec<(i64, CampaignCounters)>), StoreError> {
-        match self {
-            Store::Sqlite(store) => store.tenant_snapshot(tenant_id, limit).await,
-        }
+    ) -> Result<(EventPosition, Vec<(i64, CampaignCounters)>), StoreError> {
+        dispatch!(self, store => store.tenant_snapshot(tenant_id, limit).await)
     }
 
     /// Closes the pools.
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite(store) => store.close().await,
-        }
+        dispatch!(self, store => store.close().await)
     }
 }

@@ -128,3 +128,14 @@ pub struct StoredDeadLetter {
     /// When statushub received it, Unix milliseconds.
     pub received_at_ms: i64,
 }
+
+/// Where a status event is in the order tenant streams follow:
+/// `(xact, event_id)`, compared in that order. `xact` is the id of the
+/// transaction that wrote the event on PostgreSQL, whose event ids are not
+/// in commit order (see `store::postgres::follow`), and 0 on SQLite, whose
+/// event ids are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventPosition {
+    pub xact: i64,
+    pub event_id: i64,
+}

@@ -58,12 +58,9 @@ async fn a_failing_database_answers_503_and_stores_nothing() {
     let app = spawn_app().await;
     app.register_whatsapp("t1", "c1", &["wamid.1"]).await;
     let before = app.metrics("c1").await;
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&app.db_path);
-    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    sqlx::query("ALTER TABLE status_events RENAME TO status_events_gone")
-        .execute(&pool)
-        .await
-        .unwrap();
+    app.db
+        .tamper(&["ALTER TABLE status_events RENAME TO status_events_gone"])
+        .await;
 
     // Act
     let response = app
@@ -74,11 +71,9 @@ async fn a_failing_database_answers_503_and_stores_nothing() {
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "5");
     assert_eq!(app.metrics("c1").await, before, "counters did not move");
-    sqlx::query("ALTER TABLE status_events_gone RENAME TO status_events")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    app.db
+        .tamper(&["ALTER TABLE status_events_gone RENAME TO status_events"])
+        .await;
     // Once the store is back, the provider's retry goes through.
     let retry = app
         .post_whatsapp(&whatsapp_payload(&[("wamid.1", "read", 1_700_000_000)]))

@@ -55,11 +55,12 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    /// The SQLite file (kept for tests that open it themselves; new code
-    /// goes through `db`).
-    pub db_path: PathBuf,
+    /// The SQLite file, `None` on PostgreSQL (kept for tests that open it
+    /// themselves; new code goes through `db`).
+    pub db_path: Option<PathBuf>,
     pub dir: tempfile::TempDir,
-    /// The hub's database, seen from the test.
+    /// The hub's database, seen from the test. On PostgreSQL it owns the
+    /// test's database, dropped when the `TestApp` goes.
     pub db: TestDb,
 }
 
@@ -100,12 +101,15 @@ pub fn test_secrets() -> Secrets {
 
 /// Returns settings for a hub in `dir`: the `serve` defaults (see
 /// [`default_serve_args`]) with the test secrets, listening on a random
-/// port of 127.0.0.1, its database and data directory in `dir`, two workers.
+/// port of 127.0.0.1, its database (a SQLite file) and data directory in
+/// `dir`, two workers. [`spawn_app_with`] then puts the test's fresh
+/// database of the chosen backend there ([`TestDb::fresh_in`]): settings
+/// alone cannot keep a PostgreSQL database alive.
 pub fn test_settings(dir: &Path) -> Settings {
     let mut settings =
         Settings::from_parts(default_serve_args(), test_secrets()).expect("the defaults are valid");
     settings.bind = "127.0.0.1:0".parse().unwrap();
-    settings.database_url = TestDb::fresh_in(dir).url();
+    settings.database_url = TestDb::sqlite_in(dir).url();
     settings.data_dir = dir.join("data");
     settings.workers = Some(2);
     settings
@@ -120,12 +124,18 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     LazyLock::force(&TRACING);
     let dir = tempfile::tempdir().unwrap();
+    let fresh = TestDb::fresh_in(dir.path());
     let mut settings = test_settings(dir.path());
+    settings.database_url = fresh.url();
     customize(&mut settings);
-    let db = TestDb::from_url(&settings.database_url);
-    let db_path = match &db {
-        TestDb::Sqlite { path } => path.clone(),
+    // The fresh database, held by the TestApp (on PostgreSQL, dropped with
+    // it), unless `customize` chose another.
+    let db = if settings.database_url == fresh.url() {
+        fresh
+    } else {
+        TestDb::from_url(&settings.database_url)
     };
+    let db_path = db.sqlite_path().map(Path::to_path_buf);
     let app = Application::build(settings)
         .await
         .expect("failed to build the app");

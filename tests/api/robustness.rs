@@ -290,13 +290,16 @@ async fn the_event_log_is_newest_first_100_by_default_and_at_most_1000() {
         "newest first"
     );
     // The 1,000 listed are the newest: of the 1,103 events, the oldest go.
-    let pool = open_db(&app.db_path).await;
-    let newest_applied: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM status_events ORDER BY id DESC LIMIT 998")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    pool.close().await;
+    let newest_applied: Vec<i64> = app
+        .db
+        .fetch(
+            "SELECT id FROM status_events ORDER BY id DESC LIMIT 998",
+            &[],
+        )
+        .await
+        .iter()
+        .map(|row| row[0].int())
+        .collect();
     let listed_applied: Vec<i64> = capped
         .iter()
         .filter(|event| event["kind"] == "applied")

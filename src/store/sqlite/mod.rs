@@ -3,13 +3,12 @@
 
 //!
 //! - `mod.rs`: the pools and the reads;
-//! - [`commit`]: one group commit, in one transaction;
-//! - [`writes`]: the statements a commit is made of;
+//! - [`tx`]: the statements a commit is made of (the commit itself is
+//!   [`crate::store::commit`], shared by every backend);
 //! - [`rows`]: mapping rows to types, and statement sizing.
 
-mod commit;
 mod rows;
-mod writes;
+mod tx;
 
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -19,23 +18,20 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
-use crate::config::SqliteSynchronous as Synchronous;
 use crate::domain::{CampaignCounters, Channel};
 use crate::store::batch::{Batch, BatchOutcome, StatusChange};
+use crate::store::settings::{StoreSettings, Synchronous};
 use crate::store::types::{
-    CampaignInfo, MessageRef, RecentEvent, RecentKind, StoreError, StoreStats, StoredDeadLetter,
-    StoredMessage,
+    CampaignInfo, EventPosition, MessageRef, RecentEvent, RecentKind, StoreError, StoreStats,
+    StoredDeadLetter, StoredMessage,
 };
 
-use commit::commit_in;
+use crate::store::commit::commit_in;
 use rows::{
     ROWS_PER_STATEMENT, buffered_update, channel_of, counter_row, current_status_of, failure,
     status_change, status_of, status_set, stored_dead_letter, stored_event,
 };
-
-/// Connections that serve reads (webhook routing, API, debug page). WAL lets
-/// them read while the writer commits.
-const READ_CONNECTIONS: u32 = 4;
+use tx::SqliteTx;
 
 /// How long a statement waits for a lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,11 +48,11 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file and runs the migrations.
-    pub async fn connect(url: &str, synchronous: Synchronous) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+    pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(&settings.url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match synchronous {
+            .synchronous(match settings.sqlite_synchronous {
                 Synchronous::Full => SqliteSynchronous::Full,
                 Synchronous::Normal => SqliteSynchronous::Normal,
             })
@@ -70,8 +66,8 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
-            .max_connections(READ_CONNECTIONS)
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(settings.read_connections.max(1))
+            .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.read_only(true))
             .await?;
         Ok(SqliteStore { writer, reader })
@@ -86,7 +82,7 @@ impl SqliteStore {
     /// Commits `ops` in one transaction; see [`super::Store::commit`].
     pub async fn commit(&self, batch: &Batch, now_ms: i64) -> Result<BatchOutcome, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let outcome = commit_in(&mut tx, batch, now_ms).await?;
+        let outcome = commit_in(&mut SqliteTx(&mut tx), batch, now_ms).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -314,6 +310,13 @@ impl SqliteStore {
         Ok(version.unwrap_or(0))
     }
 
+    /// Returns where event `event_id` is in the tenant streams' order: on
+    /// SQLite event ids follow commit order, so it is the id itself,
+    /// whether or not the event is still stored.
+    pub async fn event_position(&self, event_id: i64) -> Result<Option<EventPosition>, StoreError> {
+        Ok(Some(EventPosition { xact: 0, event_id }))
+    }
+
     /// Returns the highest pruned `status_events.id` (0 when none was pruned).
     pub async fn events_pruned_through(&self) -> Result<i64, StoreError> {
         let through: Option<i64> = sqlx::query_scalar(
@@ -356,6 +359,17 @@ impl SqliteStore {
         )
         .execute(&self.reader)
         .await?;
+        // The write path too: a file that can be read but not written (a
+        // full disk, a read-only mount, lost permissions) is not ready. The
+        // mark is written in a transaction that is rolled back.
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO store_marks (name, value) VALUES ('ready_probe', 0)
+             ON CONFLICT (name) DO UPDATE SET value = value + 1",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.rollback().await?;
         Ok(())
     }
 
@@ -381,15 +395,16 @@ impl SqliteStore {
         rows.iter().map(status_change).collect()
     }
 
-    /// Returns the changes after event `after_id` in `tenant_id`'s campaigns
-    /// (every tenant's when `None`), oldest first, with the campaign of each.
+    /// Returns the changes after `after` in `tenant_id`'s campaigns (every
+    /// tenant's when `None`), oldest first, with the campaign of each.
     pub async fn replay_tenant(
         &self,
         tenant_id: Option<&str>,
         campaigns: Option<&[String]>,
-        after_id: i64,
+        after: EventPosition,
         limit: u32,
     ) -> Result<Vec<(CampaignInfo, StatusChange)>, StoreError> {
+        let after_id = after.event_id;
         let mut query = QueryBuilder::<Sqlite>::new(
             "SELECT e.id, e.campaign_pk, e.campaign_version, m.channel, m.provider_message_id,
                     e.event, e.message_status, e.provider_ts, c.tenant_id, c.campaign_id
@@ -435,7 +450,7 @@ impl SqliteStore {
         &self,
         tenant_id: Option<&str>,
         limit: u32,
-    ) -> Result<(i64, Vec<(i64, CampaignCounters)>), StoreError> {
+    ) -> Result<(EventPosition, Vec<(i64, CampaignCounters)>), StoreError> {
         // Pruning may have emptied the table: the cursor never goes back.
         let last_event_id: i64 = sqlx::query_scalar(
             "SELECT MAX(COALESCE((SELECT MAX(id) FROM status_events), 0),
@@ -464,6 +479,10 @@ impl SqliteStore {
                 ))
             })
             .collect::<Result<_, StoreError>>()?;
-        Ok((last_event_id, campaigns))
+        let position = EventPosition {
+            xact: 0,
+            event_id: last_event_id,
+        };
+        Ok((position, campaigns))
     }
 }

@@ -23,11 +23,15 @@ pub(super) fn stored_dead_letter(row: &SqliteRow) -> Result<StoredDeadLetter, St
     })
 }
 
+/// Parses a stored channel name.
+pub(super) fn parse_channel(text: &str) -> Result<Channel, StoreError> {
+    Channel::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown channel {text}")))
+}
+
 /// Reads a channel stored as its wire name; any other text is corruption.
 pub(super) fn channel_of(row: &SqliteRow, column: &str) -> Result<Channel, StoreError> {
     let channel: String = row.try_get(column)?;
-    Channel::parse(&channel)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown channel {channel}")))
+    parse_channel(&channel)
 }
 
 /// Reads a current status stored as its wire name; any other text is
@@ -56,6 +60,7 @@ pub(super) fn status_of(row: &SqliteRow, column: &str) -> Result<Option<Status>,
 pub(super) fn status_change(row: &SqliteRow) -> Result<StatusChange, StoreError> {
     Ok(StatusChange {
         event_id: row.try_get("id")?,
+        xact: 0,
         campaign_pk: row.try_get("campaign_pk")?,
         version: row.try_get("campaign_version")?,
         channel: channel_of(row, "channel")?,

@@ -4,27 +4,220 @@
 //!
 //! Every query here is written once, in SQL that SQLite and PostgreSQL both
 //! run (`CASE WHEN`, integer bit tests such as `(seen & 4) <> 0`, `$n`
-//! parameters, no backend-only functions), so a PostgreSQL backend only adds a
-//! [`TestDb`] variant with a connection and an outage of its own; the suites
-//! that use these helpers then run unchanged on it.
+//! parameters, no backend-only functions), so the suites that use these
+//! helpers run unchanged on either backend.
+//!
+//! The backend of the suites is chosen in one place, [`TestDb::fresh_in`],
+//! from `STATUSHUB_TEST_BACKEND` (`sqlite`, the default, or `postgres`). On
+//! PostgreSQL every test gets a database of its own, created on the server
+//! named by `STATUSHUB_TEST_POSTGRES_URL` (an admin URL: the tests create
+//! and drop databases there) and dropped when the test's last [`TestDb`]
+//! clone goes. `scripts/test` sets that variable, starting a throwaway
+//! server when none is given.
 //!
 //! This file is self-contained (it depends on no other test module), so
 //! `tests/store_suite.rs` includes it too.
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sqlx::{Column as _, Row as _};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Column as _, Connection as _, Row as _, TypeInfo as _};
+
+/// Which backend the suites run on: `sqlite` (default when unset or empty)
+/// or `postgres`. Read by [`TestDb::fresh_in`].
+pub const BACKEND_VAR: &str = "STATUSHUB_TEST_BACKEND";
+
+/// An admin URL of a PostgreSQL server where the tests may `CREATE` and
+/// `DROP DATABASE`, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
+pub const POSTGRES_URL_VAR: &str = "STATUSHUB_TEST_POSTGRES_URL";
 
 /// The database a test hub runs on. Cheap to clone: it holds where the
-/// database is, and opens a short-lived connection per call.
+/// database is (and, for a database the test created, a shared guard that
+/// drops it), and opens a short-lived connection per call.
 #[derive(Clone, Debug)]
 pub enum TestDb {
     /// A SQLite file, the embedded default.
     Sqlite { path: PathBuf },
+    /// A PostgreSQL database.
+    Postgres {
+        /// `postgres://…/name`: the `DATABASE_URL` a hub opens it with.
+        url: String,
+        /// The database's name.
+        name: String,
+        /// A URL of the same server, on another database, with the rights
+        /// to alter and drop this one and end its sessions:
+        /// `STATUSHUB_TEST_POSTGRES_URL` when set, else `url` on database
+        /// `postgres`.
+        admin_url: String,
+        /// Drops the database when the last clone of this `TestDb` goes;
+        /// `None` for a database the test did not create
+        /// ([`TestDb::from_url`]).
+        guard: Option<Arc<PgDatabaseGuard>>,
+    },
+}
+
+/// Drops a test's PostgreSQL database (`DROP DATABASE … WITH (FORCE)`,
+/// ending the sessions still on it) when dropped. Errors go to stderr: a
+/// drop never panics. Held in an `Arc` by every clone of its [`TestDb`].
+#[derive(Debug)]
+pub struct PgDatabaseGuard {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgDatabaseGuard {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let dropped = on_own_runtime(move || async move {
+            let mut connection = pg_connect(&admin_url, None, &[]).await?;
+            let statement = format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&name)
+            );
+            sqlx::query(&statement)
+                .execute(&mut connection)
+                .await
+                .map_err(|error| format!("{statement}: {error}"))?;
+            connection.close().await.ok();
+            Ok(())
+        });
+        if let Err(error) = dropped {
+            eprintln!(
+                "statushub tests: the test database {} was not dropped: {error}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Runs the future `work` makes on a new thread with a current-thread tokio
+/// runtime of its own, and waits for it: sync code (constructors, `Drop`)
+/// can then talk to PostgreSQL, from inside a test's runtime or not.
+fn on_own_runtime<T, F>(work: impl FnOnce() -> F + Send + 'static) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, String>>,
+{
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| format!("cannot start a tokio runtime: {error}"))?;
+        runtime.block_on(work())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the thread talking to PostgreSQL panicked".to_owned()))
+}
+
+/// Opens a connection to `url` (to database `database` instead of the URL's
+/// when given), with server settings `settings` for its session.
+async fn pg_connect(
+    url: &str,
+    database: Option<&str>,
+    settings: &[(&str, &str)],
+) -> Result<PgConnection, String> {
+    let mut options = PgConnectOptions::from_str(url)
+        .map_err(|error| format!("not a PostgreSQL URL, {}: {error}", redact(url)))?
+        .application_name("statushub-tests")
+        .options(settings.iter().copied());
+    if let Some(database) = database {
+        options = options.database(database);
+    }
+    PgConnection::connect_with(&options)
+        .await
+        .map_err(|error| format!("cannot connect to {}: {error}", redact(url)))
+}
+
+/// Returns `url` with its password, if any, replaced by `***`, for messages.
+fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?'])
+        .map_or(url.len(), |at| scheme_end + at);
+    let authority = &url[scheme_end..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &url[scheme_end + at..]
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+/// Returns `url` naming database `name` instead of its own (query kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |at| at + 3);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |at| scheme_end + at);
+    let mut renamed = format!("{}/{name}", &base[..authority_end]);
+    if let Some(query) = query {
+        renamed.push('?');
+        renamed.push_str(query);
+    }
+    renamed
+}
+
+/// Quotes a PostgreSQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Returns `STATUSHUB_TEST_POSTGRES_URL`; panics, saying how to run the
+/// tests, when it is not set. Tests never skip for want of a server.
+pub fn postgres_server_url() -> String {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "{POSTGRES_URL_VAR} is not set, and this test needs a PostgreSQL server. Run the \
+             tests with scripts/test, which uses the server named by {POSTGRES_URL_VAR} or \
+             starts a throwaway one of its own, or set {POSTGRES_URL_VAR} to an admin URL of \
+             a server where the tests may create and drop databases, e.g. \
+             {POSTGRES_URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres cargo test"
+        ),
+    }
+}
+
+/// Returns a database name no other test, run or process on the server
+/// uses: `statushub_t_<pid>_<counter>_<random hex>`.
+fn unique_database_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "statushub_t_{}_{}_{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+/// Binds `binds` to `query`, in order (the same code for every backend).
+macro_rules! bind_all {
+    ($query:expr, $binds:expr) => {{
+        let mut query = $query;
+        for bind in $binds {
+            query = match bind {
+                Bind::Int(value) => query.bind(*value),
+                Bind::Text(value) => query.bind(value.clone()),
+            };
+        }
+        query
+    }};
 }
 
 /// A value bound to a `$n` parameter.
@@ -176,8 +369,7 @@ impl std::ops::Index<usize> for Row {
     }
 }
 
-/// Decodes a SQLite row into named cells. (A PostgreSQL twin also tries
-/// `i32` and `i16`: its integer columns are typed, SQLite's are not.)
+/// Decodes a SQLite row into named cells.
 fn sqlite_row(row: &sqlx::sqlite::SqliteRow, sql: &str) -> Row {
     let cell = |index: usize| match row.try_get::<Option<i64>, _>(index) {
         Ok(value) => value.map_or(Cell::Null, Cell::Int),
@@ -191,6 +383,43 @@ fn sqlite_row(row: &sqlx::sqlite::SqliteRow, sql: &str) -> Row {
         .iter()
         .map(|column| (column.name().to_owned(), cell(column.ordinal())))
         .collect())
+}
+
+/// Decodes a PostgreSQL row into named cells, by column type: int2, int4
+/// and int8 as `Int`, bool as `Int` 0 or 1, text, varchar, bpchar and name
+/// as `Text`, NULL as `Null`. Any other type panics: cast it in the SQL.
+fn pg_row(row: &sqlx::postgres::PgRow, sql: &str) -> Row {
+    let cell = |column: &sqlx::postgres::PgColumn| {
+        match column.type_info().name() {
+            "INT8" => pg_get::<i64>(row, column, sql).map(Cell::Int),
+            "INT4" => pg_get::<i32>(row, column, sql).map(|value| Cell::Int(value.into())),
+            "INT2" => pg_get::<i16>(row, column, sql).map(|value| Cell::Int(value.into())),
+            "BOOL" => pg_get::<bool>(row, column, sql).map(|value| Cell::Int(value.into())),
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => {
+                pg_get::<String>(row, column, sql).map(Cell::Text)
+            }
+            other => panic!(
+                "{sql}: column {} is of type {other}, which TestDb does not decode: cast it \
+                 to bigint or text in the SQL",
+                column.name()
+            ),
+        }
+        .unwrap_or(Cell::Null)
+    };
+    Row(row
+        .columns()
+        .iter()
+        .map(|column| (column.name().to_owned(), cell(column)))
+        .collect())
+}
+
+/// Decodes one column of a PostgreSQL row as a `T`, `None` for NULL.
+fn pg_get<T>(row: &sqlx::postgres::PgRow, column: &sqlx::postgres::PgColumn, sql: &str) -> Option<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get::<Option<T>, _>(column.ordinal())
+        .unwrap_or_else(|error| panic!("{sql}: column {}: {error}", column.name()))
 }
 
 /// The current statuses, in the order of `by_status`.
@@ -245,23 +474,73 @@ impl Recount {
 /// Renames a table gets while the store is down.
 const OUTAGE_SUFFIX: &str = "__outage";
 
-/// A broken store; see [`TestDb::outage`]. Mend it with [`Outage::end`].
+/// The name of the triggers (and, on PostgreSQL, of the trigger function)
+/// that refuse writes during [`TestDb::refuse_writes`].
+const REFUSE_WRITES: &str = "statushub_test_refuse_writes";
+
+/// The error a refused write raises.
+const WRITES_REFUSED: &str = "statushub test outage: writes refused";
+
+/// A broken store; see [`TestDb::outage`], [`TestDb::refuse_writes`] and
+/// [`TestDb::refuse_connections`]. Mend it with [`Outage::end`].
 #[derive(Debug)]
 #[must_use = "an outage lasts until `end` is called"]
 pub struct Outage {
     db: TestDb,
-    tables: Vec<String>,
+    kind: OutageKind,
+}
+
+/// How the store was broken, with what `end` needs to mend it.
+#[derive(Debug)]
+enum OutageKind {
+    /// Every hub table renamed away ([`TestDb::outage`]).
+    TablesAway(Vec<String>),
+    /// Triggers refuse writes to these tables ([`TestDb::refuse_writes`]).
+    WritesRefused(Vec<String>),
+    /// The PostgreSQL database refuses connections
+    /// ([`TestDb::refuse_connections`]).
+    ConnectionsRefused,
 }
 
 impl Outage {
     /// Brings the store back as it was.
     pub async fn end(self) {
-        let statements: Vec<String> = self
-            .tables
-            .iter()
-            .map(|table| format!("ALTER TABLE {table}{OUTAGE_SUFFIX} RENAME TO {table}"))
-            .collect();
-        self.db.administer(&statements).await;
+        match (&self.kind, &self.db) {
+            (OutageKind::TablesAway(tables), _) => {
+                let statements: Vec<String> = tables
+                    .iter()
+                    .map(|table| format!("ALTER TABLE {table}{OUTAGE_SUFFIX} RENAME TO {table}"))
+                    .collect();
+                self.db.administer(&statements).await;
+            }
+            (OutageKind::WritesRefused(tables), TestDb::Sqlite { .. }) => {
+                let statements: Vec<String> = tables
+                    .iter()
+                    .flat_map(|table| {
+                        ["insert", "update", "delete"]
+                            .map(|event| format!("DROP TRIGGER {REFUSE_WRITES}_{event}_{table}"))
+                    })
+                    .collect();
+                self.db.administer(&statements).await;
+            }
+            (OutageKind::WritesRefused(_), TestDb::Postgres { .. }) => {
+                // The triggers go with their function.
+                self.db
+                    .administer(&[format!("DROP FUNCTION {REFUSE_WRITES}() CASCADE")])
+                    .await;
+            }
+            (OutageKind::ConnectionsRefused, TestDb::Postgres { name, .. }) => {
+                self.db
+                    .on_admin(&format!(
+                        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                        quote_ident(name)
+                    ))
+                    .await;
+            }
+            (OutageKind::ConnectionsRefused, TestDb::Sqlite { .. }) => {
+                unreachable!("a SQLite database never refuses connections")
+            }
+        }
     }
 }
 
@@ -271,19 +550,95 @@ impl TestDb {
         TestDb::Sqlite { path: path.into() }
     }
 
-    /// The fresh database of one test, in `dir`. The one place the backend
-    /// of the suites is chosen (a PostgreSQL run would create a fresh
-    /// database or schema here).
-    pub fn fresh_in(dir: &Path) -> Self {
+    /// The SQLite database of a test in `dir` (what [`TestDb::fresh_in`]
+    /// returns on the SQLite backend).
+    pub fn sqlite_in(dir: &Path) -> Self {
         TestDb::sqlite(dir.join("statushub.db"))
     }
 
-    /// The database a hub with `database_url` uses.
+    /// The fresh database of one test, on the backend `STATUSHUB_TEST_BACKEND`
+    /// names: `sqlite` (default, when unset or empty), a file in `dir`; or
+    /// `postgres`, a new database of its own (see
+    /// [`TestDb::postgres_fresh`]; `dir` is then unused). The one place the
+    /// backend of the suites is chosen. Keep the returned value (or a clone)
+    /// for as long as the test uses the database: on PostgreSQL the last
+    /// clone to go drops it.
+    pub fn fresh_in(dir: &Path) -> Self {
+        match std::env::var(BACKEND_VAR).as_deref() {
+            Err(std::env::VarError::NotPresent) | Ok("" | "sqlite") => TestDb::sqlite_in(dir),
+            Ok("postgres" | "postgresql") => TestDb::postgres_fresh(),
+            Ok(other) => panic!("{BACKEND_VAR}={other}: expected sqlite or postgres"),
+            Err(error) => panic!("{BACKEND_VAR}: {error}"),
+        }
+    }
+
+    /// A new, empty PostgreSQL database, whatever `STATUSHUB_TEST_BACKEND`
+    /// says (for tests about PostgreSQL itself): created on the server named
+    /// by `STATUSHUB_TEST_POSTGRES_URL` (panics, saying how to run the tests,
+    /// when it is not set), with a name no one else uses, and dropped
+    /// (`WITH (FORCE)`) when the last clone of the returned value goes.
+    ///
+    /// Sync, so callers need no runtime: the `CREATE DATABASE` runs on a
+    /// short-lived thread with a runtime of its own.
+    pub fn postgres_fresh() -> Self {
+        let admin_url = postgres_server_url();
+        let name = unique_database_name();
+        let created = {
+            let admin_url = admin_url.clone();
+            let statement = format!("CREATE DATABASE {}", quote_ident(&name));
+            on_own_runtime(move || async move {
+                let mut connection = pg_connect(&admin_url, None, &[]).await?;
+                sqlx::query(&statement)
+                    .execute(&mut connection)
+                    .await
+                    .map_err(|error| format!("{statement}: {error}"))?;
+                connection.close().await.ok();
+                Ok(())
+            })
+        };
+        if let Err(error) = created {
+            panic!(
+                "cannot create a test database on {POSTGRES_URL_VAR}={}: {error}",
+                redact(&admin_url)
+            );
+        }
+        TestDb::Postgres {
+            url: with_database(&admin_url, &name),
+            guard: Some(Arc::new(PgDatabaseGuard {
+                admin_url: admin_url.clone(),
+                name: name.clone(),
+            })),
+            name,
+            admin_url,
+        }
+    }
+
+    /// The database a hub with `database_url` uses: a SQLite file
+    /// (`sqlite://…`, `sqlite:…`) or a PostgreSQL database (`postgres://…`,
+    /// `postgresql://…`). The value does not own the database: nothing is
+    /// dropped when it goes.
     pub fn from_url(database_url: &str) -> Self {
+        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+            let name = PgConnectOptions::from_str(database_url)
+                .unwrap_or_else(|error| panic!("{}: {error}", redact(database_url)))
+                .get_database()
+                .unwrap_or_else(|| panic!("{}: names no database", redact(database_url)))
+                .to_owned();
+            let admin_url = match std::env::var(POSTGRES_URL_VAR) {
+                Ok(url) if !url.is_empty() => url,
+                _ => with_database(database_url, "postgres"),
+            };
+            return TestDb::Postgres {
+                url: database_url.to_owned(),
+                name,
+                admin_url,
+                guard: None,
+            };
+        }
         let path = database_url
             .strip_prefix("sqlite://")
             .or_else(|| database_url.strip_prefix("sqlite:"))
-            .unwrap_or_else(|| panic!("no test database for {database_url}"));
+            .unwrap_or_else(|| panic!("no test database for {}", redact(database_url)));
         let path = path.split('?').next().unwrap_or(path);
         TestDb::sqlite(path)
     }
@@ -292,6 +647,23 @@ impl TestDb {
     pub fn url(&self) -> String {
         match self {
             TestDb::Sqlite { path } => format!("sqlite://{}", path.display()),
+            TestDb::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// The SQLite file, `None` on PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            TestDb::Sqlite { path } => Some(path),
+            TestDb::Postgres { .. } => None,
+        }
+    }
+
+    /// The PostgreSQL database's name, `None` on SQLite.
+    pub fn postgres_name(&self) -> Option<&str> {
+        match self {
+            TestDb::Sqlite { .. } => None,
+            TestDb::Postgres { name, .. } => Some(name),
         }
     }
 
@@ -309,25 +681,31 @@ impl TestDb {
                     .connect_with(options)
                     .await
                     .unwrap_or_else(|error| panic!("cannot open {}: {error}", path.display()));
-                let mut query = sqlx::query(sql);
-                for bind in binds {
-                    query = match bind {
-                        Bind::Int(value) => query.bind(*value),
-                        Bind::Text(value) => query.bind(value.clone()),
-                    };
-                }
-                let rows = query
+                let rows = bind_all!(sqlx::query(sql), binds)
                     .fetch_all(&pool)
                     .await
                     .unwrap_or_else(|error| panic!("{sql}: {error}"));
                 pool.close().await;
                 rows.iter().map(|row| sqlite_row(row, sql)).collect()
             }
+            TestDb::Postgres { url, .. } => {
+                let mut connection =
+                    pg_connect(url, None, &[("default_transaction_read_only", "on")])
+                        .await
+                        .unwrap_or_else(|error| panic!("{error}"));
+                let rows = bind_all!(sqlx::query(sql), binds)
+                    .fetch_all(&mut connection)
+                    .await
+                    .unwrap_or_else(|error| panic!("{sql}: {error}"));
+                connection.close().await.ok();
+                rows.iter().map(|row| pg_row(row, sql)).collect()
+            }
         }
     }
 
     /// Runs `statements` in one transaction on a writable connection of the
-    /// test's own, waiting for the hub's writer if it holds the lock.
+    /// test's own, waiting (up to 30 s) for the hub's writer if it holds a
+    /// lock the statements need.
     async fn administer(&self, statements: &[String]) {
         match self {
             TestDb::Sqlite { path } => {
@@ -344,17 +722,49 @@ impl TestDb {
                     .connect_with(options)
                     .await
                     .unwrap_or_else(|error| panic!("cannot open {}: {error}", path.display()));
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = pool.begin().await.expect("begin a transaction");
                 for statement in statements {
                     sqlx::query(statement)
                         .execute(&mut *tx)
                         .await
                         .unwrap_or_else(|error| panic!("{statement}: {error}"));
                 }
-                tx.commit().await.unwrap();
+                tx.commit().await.expect("commit");
                 pool.close().await;
             }
+            TestDb::Postgres { url, .. } => {
+                // Foreign keys and renames follow tables by oid: renaming
+                // back restores the schema exactly.
+                let mut connection = pg_connect(url, None, &[("lock_timeout", "30s")])
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"));
+                let mut tx = connection.begin().await.expect("begin a transaction");
+                for statement in statements {
+                    sqlx::query(statement)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap_or_else(|error| panic!("{statement}: {error}"));
+                }
+                tx.commit().await.expect("commit");
+                connection.close().await.ok();
+            }
         }
+    }
+
+    /// Runs `statement` on the PostgreSQL server's admin connection (on
+    /// another database than this one); panics on SQLite or on error.
+    async fn on_admin(&self, statement: &str) {
+        let TestDb::Postgres { admin_url, .. } = self else {
+            panic!("{statement}: not a PostgreSQL database");
+        };
+        let mut connection = pg_connect(admin_url, None, &[])
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("{statement}: {error}"));
+        connection.close().await.ok();
     }
 
     /// Counts the rows of `table`.
@@ -460,6 +870,31 @@ impl TestDb {
         }
     }
 
+    /// The hub's tables (not the backend's own, nor the migrations' record).
+    async fn hub_tables(&self) -> Vec<String> {
+        let sql = match self {
+            TestDb::Sqlite { .. } => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            }
+            TestDb::Postgres { .. } => {
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
+            }
+        };
+        let tables: Vec<String> = self
+            .fetch(sql, &[])
+            .await
+            .iter()
+            .map(|row| row[0].text().to_owned())
+            // SQLite's own tables, and the migrations' record.
+            .filter(|name| !name.starts_with("sqlite_") && !name.starts_with("_sqlx"))
+            .collect();
+        assert!(
+            tables.iter().any(|table| table == "messages"),
+            "no hub schema to break: {tables:?}"
+        );
+        tables
+    }
+
     /// Breaks the store under a running hub until [`Outage::end`]: every
     /// table the hub uses is moved away, so each of its reads and writes
     /// fails at once (as with a lost disk or a database that refuses its
@@ -467,26 +902,11 @@ impl TestDb {
     ///
     /// On SQLite, permissions, locks and deleted files do not do this: the
     /// hub's open connections keep reading the file they opened, and in WAL
-    /// mode no lock stops a reader. A PostgreSQL variant could instead
-    /// revoke the hub's role or terminate its sessions.
+    /// mode no lock stops a reader. On PostgreSQL the same renames do it too:
+    /// statements the hub prepared before are re-planned on their next run
+    /// and no longer find their tables (the hub's sessions stay up).
     pub async fn outage(&self) -> Outage {
-        let tables: Vec<String> = match self {
-            TestDb::Sqlite { .. } => self
-                .fetch(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
-                    &[],
-                )
-                .await
-                .iter()
-                .map(|row| row[0].text().to_owned())
-                // SQLite's own tables, and the migrations' record.
-                .filter(|name| !name.starts_with("sqlite_") && !name.starts_with("_sqlx"))
-                .collect(),
-        };
-        assert!(
-            tables.iter().any(|table| table == "messages"),
-            "no hub schema to break: {tables:?}"
-        );
+        let tables = self.hub_tables().await;
         let statements: Vec<String> = tables
             .iter()
             .map(|table| format!("ALTER TABLE {table} RENAME TO {table}{OUTAGE_SUFFIX}"))
@@ -494,8 +914,128 @@ impl TestDb {
         self.administer(&statements).await;
         Outage {
             db: self.clone(),
-            tables,
+            kind: OutageKind::TablesAway(tables),
         }
+    }
+
+    /// Makes every write to the hub's tables fail, while every read still
+    /// works, until [`Outage::end`] (a full disk, a read-only replica after
+    /// a failover): each table gets triggers that raise `statushub test
+    /// outage: writes refused` before an `INSERT`, `UPDATE` or `DELETE`
+    /// (and, on PostgreSQL, `TRUNCATE`; errcode 25006,
+    /// read_only_sql_transaction, as a read-only server gives). The hub's
+    /// sessions stay up and see the triggers at once.
+    ///
+    /// On SQLite the triggers are per row: a write that touches no row
+    /// still succeeds. On PostgreSQL they are per statement: every write
+    /// statement fails. [`TestDb::tamper`] fails too while this lasts.
+    pub async fn refuse_writes(&self) -> Outage {
+        let tables = self.hub_tables().await;
+        let statements: Vec<String> = match self {
+            TestDb::Sqlite { .. } => tables
+                .iter()
+                .flat_map(|table| {
+                    ["insert", "update", "delete"].map(|event| {
+                        format!(
+                            "CREATE TRIGGER {REFUSE_WRITES}_{event}_{table} BEFORE {event} ON {table}
+                             BEGIN SELECT RAISE(ABORT, '{WRITES_REFUSED}'); END"
+                        )
+                    })
+                })
+                .collect(),
+            TestDb::Postgres { .. } => std::iter::once(format!(
+                "CREATE FUNCTION {REFUSE_WRITES}() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN RAISE EXCEPTION '{WRITES_REFUSED}' USING ERRCODE = 'read_only_sql_transaction'; END $$"
+            ))
+            .chain(tables.iter().map(|table| {
+                format!(
+                    "CREATE TRIGGER {REFUSE_WRITES} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE
+                     ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {REFUSE_WRITES}()"
+                )
+            }))
+            .collect(),
+        };
+        self.administer(&statements).await;
+        Outage {
+            db: self.clone(),
+            kind: OutageKind::WritesRefused(tables),
+        }
+    }
+
+    /// PostgreSQL only: the database goes away for the hub until
+    /// [`Outage::end`], as in a server restart that does not come back:
+    /// `ALTER DATABASE … ALLOW_CONNECTIONS false`, then every session on it
+    /// is ended ([`TestDb::terminate_connections`]), so the hub's sessions
+    /// break and its reconnects are refused. [`TestDb::fetch`] and the other
+    /// helpers that connect fail too while this lasts. Panics on SQLite,
+    /// which has no connections to refuse: use [`TestDb::outage`].
+    pub async fn refuse_connections(&self) -> Outage {
+        let TestDb::Postgres { name, .. } = self else {
+            panic!(
+                "refuse_connections: SQLite has no server to refuse connections; use outage() \
+                 (every table away) or refuse_writes()"
+            );
+        };
+        self.on_admin(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            quote_ident(name)
+        ))
+        .await;
+        self.terminate_connections().await;
+        Outage {
+            db: self.clone(),
+            kind: OutageKind::ConnectionsRefused,
+        }
+    }
+
+    /// PostgreSQL only: ends every session on this database (the hub's
+    /// pool, as a server restart or a network cut would), with
+    /// `pg_terminate_backend`, and waits (up to 10 s) until they are gone;
+    /// returns how many there were. Nothing stops the hub from connecting
+    /// again at once: for an outage that lasts, see
+    /// [`TestDb::refuse_connections`]. Panics on SQLite, which has no
+    /// sessions to end.
+    pub async fn terminate_connections(&self) -> usize {
+        let TestDb::Postgres {
+            name, admin_url, ..
+        } = self
+        else {
+            panic!("terminate_connections: SQLite has no server sessions to end");
+        };
+        let mut connection = pg_connect(admin_url, None, &[])
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .fetch_all(&mut connection)
+        .await
+        .unwrap_or_else(|error| panic!("listing the sessions on {name}: {error}"));
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid")
+            .bind(&pids)
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("ending the sessions on {name}: {error}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                    .bind(&pids)
+                    .fetch_one(&mut connection)
+                    .await
+                    .unwrap_or_else(|error| panic!("watching the sessions on {name}: {error}"));
+            if left == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{left} sessions on {name} still there 10 s after pg_terminate_backend"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        connection.close().await.ok();
+        pids.len()
     }
 
     /// Runs `statements` as the test, in one transaction: for tests that
