@@ -72,12 +72,8 @@ impl Application {
         }
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new();
-        // Before the listener accepts anything: every commit from here on
-        // is followed.
-        let feed = store
-            .changes()
-            .await
-            .context("failed to follow the store's changes")?;
+        // Before the listener accepts anything: with a shared store, every
+        // commit from here on is followed.
         let hub = Hub::start(
             store.clone(),
             metrics.clone(),
@@ -86,8 +82,9 @@ impl Application {
                 max_queue: settings.max_queue,
                 campaign_idle: settings.campaign_idle,
             },
-            feed,
-        );
+        )
+        .await
+        .context("failed to follow the store's changes")?;
         if !settings.enable_webhook_verification {
             tracing::warn!(
                 "WEBHOOK SIGNATURE VERIFICATION IS DISABLED: anyone can post statuses; never run like this in production"
