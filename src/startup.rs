@@ -72,12 +72,8 @@ impl Application {
         }
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new();
-        // Before the listener accepts anything: every commit from here on
-        // is followed.
-        let feed = store
-            .changes()
-            .await
-            .context("failed to follow the store's changes")?;
+        // Before the listener accepts anything: with a shared store, every
+        // commit from here on is followed.
         let hub = Hub::start(
             store.clone(),
             metrics.clone(),
@@ -86,8 +82,9 @@ impl Application {
                 max_queue: settings.max_queue,
                 campaign_idle: settings.campaign_idle,
             },
-            feed,
-        );
+        )
+        .await
+        .context("failed to follow the store's changes")?;
         if !settings.enable_webhook_verification {
             tracing::warn!(
                 "WEBHOOK SIGNATURE VERIFICATION IS DISABLED: anyone can post statuses; never run like this in production"
@@ -178,14 +175,20 @@ impl Application {
     }
 }
 
+/// How long the outbox (PostgreSQL's `campaign_changes`) is kept: the
+/// change feeds of every instance read it within a second; an hour leaves
+/// room for one that was stalled.
+const OUTBOX_RETENTION: Duration = Duration::from_secs(3600);
+
 /// Applies retention every `retention.interval`: buffered statuses for
-/// unknown messages, timeline events and dead letters past their age go, in
-/// small batches (see [`crate::hub::Hub::prune`]).
+/// unknown messages, timeline events, dead letters and the outbox past
+/// their age go, in small batches (see [`crate::hub::Hub::prune`]).
 fn spawn_retention(hub: Hub, retention: Retention, metrics: Metrics) {
     let targets = [
         (PruneTarget::Unmatched, Some(retention.unmatched)),
         (PruneTarget::Events, retention.events),
         (PruneTarget::DeadLetters, retention.dead_letters),
+        (PruneTarget::Outbox, Some(OUTBOX_RETENTION)),
     ];
     actix_web::rt::spawn(async move {
         let mut interval = actix_web::rt::time::interval(retention.interval);

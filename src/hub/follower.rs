@@ -2,51 +2,100 @@
 //! (PostgreSQL), the one path by which commits (this instance's and every
 //! other's) reach this instance's subscribers and campaign actors.
 //!
-//! One task per instance reads the outbox (see
+//! One thread per instance reads the outbox (see
 //! [`crate::store::ChangeFeed`]) when woken, hands each page to the
 //! broadcaster once (streams take only the campaigns they follow), and
 //! tells running campaign actors of their campaigns' counters, so `GET
 //! …/metrics` on any instance follows commits made on any other. No
 //! connection polls or reads the database for this.
+//!
+//! The feed runs on a thread and runtime of its own, with connections of
+//! its own: reading the outbox never competes with webhooks for the
+//! actix workers, and the feed's connections are closed on the runtime
+//! that opened them when the hub goes away (the router's address
+//! disconnects), not dropped half-way by a runtime shutting down.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
+use tokio::sync::oneshot;
 
 use super::broadcast::{Broadcaster, CommitUpdate};
 use super::router::{Observe, Router};
 use crate::metrics::Metrics;
-use crate::store::{ChangeFeed, ChangePage};
+use crate::store::{ChangePage, FeedOpener, StoreError};
 
 /// How often the outbox is read without a wake-up: the bound on how late a
 /// change can be when notifications are lost (the listening connection
 /// dropped, or is reconnecting).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Starts following `feed` on the current actix system.
-pub(super) fn spawn(
-    mut feed: ChangeFeed,
+/// Starts following the store on a thread of its own; resolves once the
+/// feed follows (every commit from then on reaches subscribers).
+pub(super) async fn spawn(
+    opener: FeedOpener,
+    broadcaster: Broadcaster,
+    router: Addr<Router>,
+    metrics: Metrics,
+) -> Result<(), StoreError> {
+    let (ready, started) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("statushub-feed".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready.send(Err(StoreError::Io(error)));
+                    return;
+                }
+            };
+            runtime.block_on(follow(opener, ready, broadcaster, router, metrics));
+        });
+    if let Err(error) = thread {
+        return Err(StoreError::Io(error));
+    }
+    started.await.unwrap_or_else(|_| {
+        Err(StoreError::Corrupt(
+            "the change feed's thread ended before it started".to_owned(),
+        ))
+    })
+}
+
+/// The feed's loop, until the hub goes away.
+async fn follow(
+    opener: FeedOpener,
+    ready: oneshot::Sender<Result<(), StoreError>>,
     broadcaster: Broadcaster,
     router: Addr<Router>,
     metrics: Metrics,
 ) {
-    actix::spawn(async move {
+    let mut feed = match opener.open().await {
+        Ok(feed) => feed,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    while router.connected() {
+        feed.wait(POLL_INTERVAL).await;
         loop {
-            feed.wait(POLL_INTERVAL).await;
-            loop {
-                match feed.next_page().await {
-                    Ok(Some(page)) => hand_on(page, &broadcaster, &router, &metrics),
-                    Ok(None) => break,
-                    Err(error) => {
-                        metrics.feed_failures.inc();
-                        tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "reading the change feed failed; retrying");
-                        break;
-                    }
+            match feed.next_page().await {
+                Ok(Some(page)) => hand_on(page, &broadcaster, &router, &metrics),
+                Ok(None) => break,
+                Err(error) => {
+                    metrics.feed_failures.inc();
+                    tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "reading the change feed failed; retrying");
+                    break;
                 }
             }
         }
-    });
+    }
+    feed.close().await;
 }
 
 /// Hands a page on to the campaign actors and the streams.

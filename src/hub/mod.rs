@@ -36,8 +36,8 @@ pub use router::Router;
 use crate::domain::{CampaignCounters, Channel, StatusUpdate};
 use crate::metrics::Metrics;
 use crate::store::{
-    Buffer, ChangeFeed, DeadLetter, EnsureCampaign, MessageRef, NewMessage, Prune, PruneTarget,
-    RegisterReceipt, Store, UpdateOutcome,
+    Buffer, DeadLetter, EnsureCampaign, MessageRef, NewMessage, Prune, PruneTarget,
+    RegisterReceipt, Store, StoreError, UpdateOutcome,
 };
 use campaign_actor::{ApplyUpdates, GetCounters, RegisterMessages};
 use db_actor::{Persist, QueueDepth};
@@ -123,12 +123,12 @@ impl Hub {
     /// this instance's included, reaches subscribers through the feed, in
     /// the one order all instances agree on; without one (a store this
     /// process owns), the DB actor publishes each commit itself.
-    pub fn start(
+    pub async fn start(
         store: Store,
         metrics: Metrics,
         settings: HubSettings,
-        feed: Option<ChangeFeed>,
-    ) -> Self {
+    ) -> Result<Self, StoreError> {
+        let feed = store.feed_opener();
         let broadcaster = Broadcaster::new();
         let db = DbActor::new(
             store.clone(),
@@ -146,16 +146,16 @@ impl Hub {
         )
         .start();
         if let Some(feed) = feed {
-            follower::spawn(feed, broadcaster.clone(), router.clone(), metrics.clone());
+            follower::spawn(feed, broadcaster.clone(), router.clone(), metrics.clone()).await?;
         }
-        Hub {
+        Ok(Hub {
             store,
             router,
             db,
             metrics,
             broadcaster,
             max_batch: settings.max_batch,
-        }
+        })
     }
 
     /// Returns the broadcast point streams subscribe to.

@@ -20,7 +20,7 @@ pub use batch::{
     Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, NewMessage, Prune,
     PruneTarget, Register, RegisterReceipt, Registered, StatusChange, UpdateOutcome, Weight,
 };
-pub use postgres::{ChangeFeed, ChangePage, PgStore};
+pub use postgres::{ChangeFeed, ChangePage, FeedOpener, PgStore};
 pub use settings::{Backend, StoreSettings, Synchronous};
 pub use sqlite::SqliteStore;
 pub use types::{
@@ -70,13 +70,13 @@ impl Store {
         }
     }
 
-    /// Starts following every commit made to the store from now on, by any
+    /// Returns what opens a feed of every commit made to the store, by any
     /// instance; `None` for a store one process owns (SQLite), whose DB
     /// actor publishes its commits itself.
-    pub async fn changes(&self) -> Result<Option<ChangeFeed>, StoreError> {
+    pub fn feed_opener(&self) -> Option<FeedOpener> {
         match self {
-            Store::Sqlite(_) => Ok(None),
-            Store::Postgres(store) => Ok(Some(store.changes().await?)),
+            Store::Sqlite(_) => None,
+            Store::Postgres(store) => Some(store.feed_opener()),
         }
     }
 

@@ -16,6 +16,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("i/o error")]
+    Io(#[from] std::io::Error),
 }
 
 /// Where a known message lives.

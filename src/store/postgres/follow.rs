@@ -31,9 +31,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::Row as _;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use crate::domain::CampaignCounters;
 use crate::store::batch::StatusChange;
@@ -52,6 +51,28 @@ pub struct ChangePage {
     pub campaigns: Vec<(i64, CampaignCounters)>,
     /// The page's status changes, in `(xact, event_id)` order.
     pub changes: Vec<StatusChange>,
+}
+
+/// What opens a [`ChangeFeed`]: the feed holds connections of its own, so
+/// it can run on a runtime of its own (see `crate::hub::follower`).
+#[derive(Clone, Debug)]
+pub struct FeedOpener {
+    pub(super) options: PgConnectOptions,
+    pub(super) acquire_timeout: Duration,
+}
+
+impl FeedOpener {
+    /// Connects (one connection to LISTEN, one to read) and starts
+    /// following from now: changes committed before are history (streams
+    /// replay it from the store).
+    pub async fn open(self) -> Result<ChangeFeed, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(self.acquire_timeout)
+            .connect_with(self.options)
+            .await?;
+        ChangeFeed::start(pool).await
+    }
 }
 
 /// One instance's view of every change committed to the store.
@@ -73,9 +94,7 @@ pub(super) async fn horizon(pool: &PgPool) -> Result<i64, StoreError> {
 }
 
 impl ChangeFeed {
-    /// Starts following from now: changes committed before are history
-    /// (streams replay it from the store).
-    pub(super) async fn start(pool: PgPool) -> Result<Self, StoreError> {
+    async fn start(pool: PgPool) -> Result<Self, StoreError> {
         let cursor = horizon(&pool).await?;
         let mut feed = ChangeFeed {
             pool,
@@ -84,6 +103,14 @@ impl ChangeFeed {
         };
         feed.connect().await;
         Ok(feed)
+    }
+
+    /// Closes the feed's connections.
+    pub async fn close(mut self) {
+        if let Some(listener) = self.listener.take() {
+            drop(listener);
+        }
+        self.pool.close().await;
     }
 
     /// Opens the listening connection, if it can; the poll covers the time

@@ -23,7 +23,7 @@ use crate::store::commit::commit_in;
 use crate::store::settings::StoreSettings;
 use crate::store::types::StoreError;
 
-pub use follow::{ChangeFeed, ChangePage};
+pub use follow::{ChangeFeed, ChangePage, FeedOpener};
 use tx::PgTx;
 
 /// How many times a commit is tried when PostgreSQL aborts it for a
@@ -44,8 +44,10 @@ const SESSION_OPTIONS: [(&str, &str); 3] = [
 pub struct PgStore {
     /// Commits: one at a time per instance (the DB actor's).
     writer: PgPool,
-    /// Reads, the change feed's reads and the LISTEN connection.
+    /// Reads.
     reader: PgPool,
+    /// How the change feed connects (it has connections of its own).
+    feed: FeedOpener,
 }
 
 impl PgStore {
@@ -62,12 +64,19 @@ impl PgStore {
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&writer).await?;
         let reader = PgPoolOptions::new()
-            // The reads, plus the change feed's LISTEN connection.
-            .max_connections(settings.read_connections.max(1) + 1)
+            .max_connections(settings.read_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(PgStore { writer, reader })
+        let feed = FeedOpener {
+            options,
+            acquire_timeout: settings.acquire_timeout,
+        };
+        Ok(PgStore {
+            writer,
+            reader,
+            feed,
+        })
     }
 
     /// Closes both pools.
@@ -130,9 +139,9 @@ impl PgStore {
         Ok(())
     }
 
-    /// Starts following every instance's commits from now.
-    pub async fn changes(&self) -> Result<ChangeFeed, StoreError> {
-        ChangeFeed::start(self.reader.clone()).await
+    /// Returns what opens a feed of every instance's commits.
+    pub fn feed_opener(&self) -> FeedOpener {
+        self.feed.clone()
     }
 }
 

@@ -239,8 +239,12 @@ impl PgStore {
     }
 
     /// Returns where event `event_id` is in the tenant streams' order;
-    /// `None` when it is not stored (pruned, or never written).
+    /// `None` when it is not stored (pruned, or never written). Id 0 is the
+    /// position before every event (a snapshot taken before any).
     pub async fn event_position(&self, event_id: i64) -> Result<Option<EventPosition>, StoreError> {
+        if event_id == 0 {
+            return Ok(Some(EventPosition::default()));
+        }
         let xact: Option<i64> = sqlx::query_scalar("SELECT xact FROM status_events WHERE id = $1")
             .bind(event_id)
             .fetch_optional(&self.reader)
