@@ -23,9 +23,7 @@ use db::{Cell, TestDb};
 async fn test_store() -> (Store, TestDb, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::fresh_in(dir.path());
-    let store = Store::connect(&StoreSettings::new(db.url()))
-        .await
-        .unwrap();
+    let store = Store::connect(&StoreSettings::new(db.url())).await.unwrap();
     (store, db, dir)
 }
 

@@ -119,7 +119,10 @@ impl CommitUpdate {
                 .find(|(campaign_pk, _)| *campaign_pk == change.campaign_pk)
             else {
                 // Every change's commit wrote its campaign's counters.
-                tracing::warn!(campaign_pk = change.campaign_pk, "a change without counters in its page");
+                tracing::warn!(
+                    campaign_pk = change.campaign_pk,
+                    "a change without counters in its page"
+                );
                 continue;
             };
             update.changes.push(PublishedChange {
@@ -143,9 +146,8 @@ impl CommitUpdate {
     /// Puts the changes in commit-safe order: `(xact, event id)` (on SQLite
     /// `xact` is 0 and event ids follow commits).
     fn sort(&mut self) {
-        self.changes.sort_by_key(|published| {
-            (published.change.xact, published.change.event_id)
-        });
+        self.changes
+            .sort_by_key(|published| (published.change.xact, published.change.event_id));
     }
 }
 

@@ -125,8 +125,11 @@ pub(crate) trait CommitTx {
     async fn oldest(&mut self, target: PruneTarget, limit: u32) -> Result<Vec<OldRow>, StoreError>;
 
     /// Deletes the rows of `target` with ids up to `through`.
-    async fn delete_through(&mut self, target: PruneTarget, through: i64)
-    -> Result<u64, StoreError>;
+    async fn delete_through(
+        &mut self,
+        target: PruneTarget,
+        through: i64,
+    ) -> Result<u64, StoreError>;
 
     /// Raises each campaign's pruned version to at least the one given.
     async fn raise_pruned_versions(&mut self, versions: &[(i64, i64)]) -> Result<(), StoreError>;
@@ -241,7 +244,8 @@ pub(crate) async fn commit_in<T: CommitTx>(
     let mut drained: Vec<(usize, i64, StatusUpdate)> = Vec::new();
     for (index, registration) in batch.registrations.iter().enumerate() {
         let campaign_pk = registration.campaign_pk;
-        let (receipt, registered) = register(tx, campaign_pk, &registration.messages, now_ms).await?;
+        let (receipt, registered) =
+            register(tx, campaign_pk, &registration.messages, now_ms).await?;
         if receipt.registered > 0 {
             let delta = Tally::transition(None, &StatusSet::EMPTY);
             let entry = deltas.entry(campaign_pk).or_default();

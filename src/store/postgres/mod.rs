@@ -46,8 +46,9 @@ pub struct PgStore {
     writer: PgPool,
     /// Reads.
     reader: PgPool,
-    /// How the change feed connects (it has connections of its own).
-    feed: FeedOpener,
+    /// How the change feed connects (it has connections of its own);
+    /// shared, as the connect options are large.
+    feed: std::sync::Arc<FeedOpener>,
 }
 
 impl PgStore {
@@ -68,10 +69,10 @@ impl PgStore {
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.clone())
             .await?;
-        let feed = FeedOpener {
+        let feed = std::sync::Arc::new(FeedOpener {
             options,
             acquire_timeout: settings.acquire_timeout,
-        };
+        });
         Ok(PgStore {
             writer,
             reader,
@@ -141,7 +142,7 @@ impl PgStore {
 
     /// Returns what opens a feed of every instance's commits.
     pub fn feed_opener(&self) -> FeedOpener {
-        self.feed.clone()
+        FeedOpener::clone(&self.feed)
     }
 }
 

@@ -125,12 +125,13 @@ impl CommitTx for PgTx<'_> {
         .await?;
         // A new statement: it sees the campaign whether this transaction
         // inserted it or another instance committed it meanwhile.
-        let campaign_pk: i64 =
-            sqlx::query_scalar("SELECT id FROM campaigns WHERE tenant_id = $1 AND campaign_id = $2")
-                .bind(tenant_id)
-                .bind(campaign_id)
-                .fetch_one(&mut *conn)
-                .await?;
+        let campaign_pk: i64 = sqlx::query_scalar(
+            "SELECT id FROM campaigns WHERE tenant_id = $1 AND campaign_id = $2",
+        )
+        .bind(tenant_id)
+        .bind(campaign_id)
+        .fetch_one(&mut *conn)
+        .await?;
         sqlx::query(
             "INSERT INTO campaign_counters (campaign_pk, updated_at) VALUES ($1, $2)
              ON CONFLICT DO NOTHING",
@@ -172,7 +173,10 @@ impl CommitTx for PgTx<'_> {
         rows.iter()
             .map(|row| {
                 let channel: String = row.try_get("channel")?;
-                Ok((parse_channel(&channel)?, row.try_get("provider_message_id")?))
+                Ok((
+                    parse_channel(&channel)?,
+                    row.try_get("provider_message_id")?,
+                ))
             })
             .collect()
     }
@@ -251,9 +255,11 @@ impl CommitTx for PgTx<'_> {
             keys.push(update.idempotency_key.as_str());
             channels.push(update.channel.as_str());
             ids.push(update.provider_message_id.as_str());
-            json.push(serde_json::to_string(update).map_err(|error| {
-                StoreError::Corrupt(format!("unserializable update: {error}"))
-            })?);
+            json.push(
+                serde_json::to_string(update).map_err(|error| {
+                    StoreError::Corrupt(format!("unserializable update: {error}"))
+                })?,
+            );
         }
         let rows = sqlx::query(
             "INSERT INTO unmatched_statuses (idempotency_key, channel, provider_message_id,
@@ -654,10 +660,7 @@ impl CommitTx for PgTx<'_> {
         for column in &columns {
             query = query.bind(column);
         }
-        query
-            .bind(CHANGES_CHANNEL)
-            .execute(&mut *self.0)
-            .await?;
+        query.bind(CHANGES_CHANNEL).execute(&mut *self.0).await?;
         Ok(())
     }
 }

@@ -13,7 +13,9 @@ use crate::store::batch::{
 use crate::store::commit::{CommitTx, EventIds, OldRow};
 use crate::store::types::{MessageRef, StoreError};
 
-use super::rows::{ROWS_PER_STATEMENT, buffered_update, counter_row, failure, parse_channel, status_set};
+use super::rows::{
+    ROWS_PER_STATEMENT, buffered_update, counter_row, failure, parse_channel, status_set,
+};
 
 /// A commit's transaction on the writer connection.
 pub(super) struct SqliteTx<'c>(pub(super) &'c mut SqliteConnection);
@@ -275,10 +277,7 @@ impl CommitTx for SqliteTx<'_> {
             }
             PruneTarget::Unmatched | PruneTarget::Outbox => return Ok(Vec::new()),
         };
-        let rows = sqlx::query(sql)
-            .bind(limit)
-            .fetch_all(&mut *self.0)
-            .await?;
+        let rows = sqlx::query(sql).bind(limit).fetch_all(&mut *self.0).await?;
         rows.iter()
             .map(|row| {
                 let campaign_pk: Option<i64> = row.try_get("campaign_pk")?;
