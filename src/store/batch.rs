@@ -6,8 +6,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::domain::{
     CampaignCounters, Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally,
 };
@@ -258,17 +256,15 @@ impl std::ops::AddAssign for RegisterReceipt {
 }
 
 /// A committed change of one message's status set: what live dashboards are
-/// sent as `event: status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// sent as `event: status` (the SSE layer shapes the JSON).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusChange {
     /// Row id in `status_events`: a cursor across every campaign.
     pub event_id: i64,
     /// The commit-order key of the transaction that wrote it (PostgreSQL's
     /// transaction id; 0 on SQLite, whose event ids follow commit order):
     /// with `event_id`, the position tenant streams follow.
-    #[serde(skip)]
     pub xact: i64,
-    #[serde(skip)]
     pub campaign_pk: i64,
     /// The campaign's counters version right after this change.
     pub version: i64,
