@@ -471,56 +471,81 @@ async fn two_instances_fed_the_same_events_concurrently_end_where_one_instance_d
     let b = hub_on(&db.url()).await;
     let alone_db = TestDb::postgres_fresh();
     let alone = hub_on(&alone_db.url()).await;
-    let c1: Vec<String> = (0..30).map(|i| format!("wamid.so.c1.{i}")).collect();
-    let c2: Vec<String> = (0..30).map(|i| format!("wamid.so.c2.{i}")).collect();
-    let late: Vec<String> = (0..10).map(|i| format!("wamid.so.late.{i}")).collect();
+    let c1: Vec<String> = (0..24).map(|i| format!("wamid.so.c1.{i}")).collect();
+    let c2: Vec<String> = (0..24).map(|i| format!("wamid.so.c2.{i}")).collect();
+    let late: Vec<String> = (0..12).map(|i| format!("wamid.so.late.{i}")).collect();
     for hub in [&a, &alone] {
         hub.register_whatsapp("t1", "c1", &refs(&c1)).await;
         hub.register_whatsapp("t1", "c2", &refs(&c2)).await;
     }
     // Each message gets some of the values, each delivered one to three
-    // times (a redelivery is the same notification); shuffled, in calls of
-    // one to four statuses, each call to A or B and three in ten to both.
-    let odds = [0.8, 0.6, 0.4, 0.1, 0.2, 0.1];
+    // times (a redelivery is the same notification).
+    let odds = [0.9, 0.7, 0.5, 0.2, 0.3, 0.2];
     let mut events: Vec<(String, &str, i64)> = Vec::new();
     let mut sent: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    let mut firsts: Vec<Vec<(String, &str, i64)>> = Vec::new();
     for (n, id) in c1.iter().chain(&c2).chain(&late).enumerate() {
         let values = sent.entry(id.clone()).or_default();
+        let mut once = Vec::new();
         for (k, ((value, _), odds)) in VALUES.iter().zip(odds).enumerate() {
             if rng.gen_bool(odds) {
                 values.insert(value);
                 let ts = 1_700_000_000 + 100 * n as i64 + 10 * k as i64 + rng.gen_range(0..5);
+                once.push((id.clone(), *value, ts));
                 for _ in 0..rng.gen_range(1..=3) {
                     events.push((id.clone(), value, ts));
                 }
             }
         }
+        firsts.push(once);
     }
-    events.shuffle(&mut rng);
+    let call = |part: &[(String, &str, i64)]| {
+        let statuses: Vec<WaStatus<'_>> = part
+            .iter()
+            .map(|(id, value, ts)| (id.as_str(), *value, *ts))
+            .collect();
+        serde_json::to_vec(&whatsapp_payload(&statuses)).unwrap()
+    };
+    let pick = |rng: &mut StdRng| {
+        if rng.gen_bool(0.5) {
+            (Instance::A, Instance::B)
+        } else {
+            (Instance::B, Instance::A)
+        }
+    };
+    // First, a burst: for most messages, their values split over two calls
+    // sent at the same moment, one to A and one to B, so both instances
+    // change one message at once.
     let mut calls: Vec<(Instance, Vec<u8>)> = Vec::new();
-    for call in events.chunks(4) {
-        let size = rng.gen_range(1..=call.len());
-        for part in [&call[..size], &call[size..]] {
+    firsts.shuffle(&mut rng);
+    for mut once in firsts.into_iter().filter(|once| once.len() >= 2) {
+        if rng.gen_bool(0.7) {
+            once.shuffle(&mut rng);
+            let split = rng.gen_range(1..once.len());
+            let (first, second) = pick(&mut rng);
+            calls.push((first, call(&once[..split])));
+            calls.push((second, call(&once[split..])));
+        }
+    }
+    // Then every delivery, shuffled, in calls of one to four statuses, each
+    // call to A or B and three in ten to both, at different moments.
+    events.shuffle(&mut rng);
+    let mut rest: Vec<(Instance, Vec<u8>)> = Vec::new();
+    for four in events.chunks(4) {
+        let size = rng.gen_range(1..=four.len());
+        for part in [&four[..size], &four[size..]] {
             if part.is_empty() {
                 continue;
             }
-            let statuses: Vec<WaStatus<'_>> = part
-                .iter()
-                .map(|(id, value, ts)| (id.as_str(), *value, *ts))
-                .collect();
-            let body = serde_json::to_vec(&whatsapp_payload(&statuses)).unwrap();
-            let (first, second) = if rng.gen_bool(0.5) {
-                (Instance::A, Instance::B)
-            } else {
-                (Instance::B, Instance::A)
-            };
-            calls.push((first, body.clone()));
+            let (first, second) = pick(&mut rng);
+            rest.push((first, call(part)));
             if rng.gen_bool(0.3) {
-                calls.push((second, body));
+                rest.push((second, call(part)));
             }
         }
     }
-    calls.shuffle(&mut rng);
+    rest.shuffle(&mut rng);
+    calls.extend(rest);
 
     // Act: 24 calls in flight at a time, over both instances; the late
     // messages are registered on B a third of the way through.
@@ -541,10 +566,13 @@ async fn two_instances_fed_the_same_events_concurrently_end_where_one_instance_d
         .buffer_unordered(24)
         .collect::<Vec<()>>();
     let registration = async {
-        while done.load(Ordering::SeqCst) < calls.len() / 3 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        for (n, id) in late.iter().enumerate() {
+            while done.load(Ordering::SeqCst) < calls.len() * n / (2 * late.len()) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let hub = if n % 2 == 0 { &b } else { &a };
+            hub.register_whatsapp("t1", "c2", &[id.as_str()]).await;
         }
-        b.register_whatsapp("t1", "c2", &refs(&late)).await;
     };
     // The reference, meanwhile: the same calls one at a time, then the
     // registration.
