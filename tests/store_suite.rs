@@ -3,7 +3,9 @@
 //! a PostgreSQL database of its own with `STATUSHUB_TEST_BACKEND=postgres`),
 //! and checks the store's counters against the API tests' independent SQL
 //! recount. The last tests check the PostgreSQL side of [`TestDb`] itself,
-//! on `STATUSHUB_TEST_POSTGRES_URL`'s server whatever the backend.
+//! and two stores committing at once to one PostgreSQL database (as two
+//! instances do), on `STATUSHUB_TEST_POSTGRES_URL`'s server whatever the
+//! backend.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -337,4 +339,243 @@ async fn each_postgres_outage_breaks_a_live_session_and_end_mends_it() {
     assert!(new.is_err(), "a connection opened while they were refused");
     let mut hub = sqlx::PgConnection::connect(&db.url()).await.unwrap();
     assert_eq!(count(&mut hub).await.unwrap(), 1);
+}
+
+/// A WhatsApp-like update of `id` to `status`, keyed as the provider
+/// notification it stands for: the same on every store that receives it,
+/// with a timestamp fixed by the notification.
+fn notification(id: &str, status: Status) -> StatusUpdate {
+    let mut update = update(id, status, &format!("k:{id}:{}", status.as_str()));
+    update.timestamp_ms += 1_000 * mask_of(status);
+    update
+}
+
+/// The seen mask one status gives a message, by the spec's implications
+/// (clicked ⇒ read ⇒ delivered ⇒ sent, complained ⇒ delivered), in the
+/// bits of the `seen` column: sent 1, delivered 2, read 4, clicked 8,
+/// complained 16, failed 32.
+fn mask_of(status: Status) -> i64 {
+    match status {
+        Status::Sent => 1,
+        Status::Delivered => 1 | 2,
+        Status::Read => 1 | 2 | 4,
+        Status::Clicked => 1 | 2 | 4 | 8,
+        Status::Complained => 1 | 2 | 16,
+        Status::Failed => 32,
+    }
+}
+
+/// Two stores over one PostgreSQL database (two instances' worth: each its
+/// own writer connection, so their commits run at once) commit 200 batches
+/// each of updates to the same messages of the same two campaigns (the
+/// same notifications reaching both, campaigns in either order), while one
+/// registers new message ids and the other buffers statuses for those very
+/// ids, at the same moment. At the end the counters equal a recount of
+/// the messages, every message holds exactly what it was sent, and no
+/// buffered status is stranded for a registered message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_postgres_stores_committing_at_once_keep_counters_exact_and_strand_nothing() {
+    use rand::{Rng as _, SeedableRng as _};
+    use std::collections::BTreeMap;
+
+    // Arrange: two campaigns of 20 messages, registered through `one`.
+    let seed: u64 = rand::random();
+    let db = TestDb::postgres_fresh();
+    let settings = StoreSettings::new(db.url());
+    let one = Store::connect(&settings).await.unwrap();
+    let two = Store::connect(&settings).await.unwrap();
+    let ensure = Batch {
+        campaigns: ["c1", "c2"]
+            .map(|campaign_id| EnsureCampaign {
+                tenant_id: "t1".to_owned(),
+                campaign_id: campaign_id.to_owned(),
+            })
+            .into(),
+        ..Batch::default()
+    };
+    let campaigns = one.commit(&ensure, 1).await.unwrap().campaigns;
+    let mut known: Vec<(i64, i64, String)> = Vec::new();
+    for (n, campaign_pk) in campaigns.iter().enumerate() {
+        let ids: Vec<String> = (0..20).map(|i| format!("wamid.pg{n}.{i}")).collect();
+        let batch = Batch {
+            registrations: vec![Register {
+                campaign_pk: *campaign_pk,
+                messages: ids.iter().map(|id| message(id)).collect(),
+            }],
+            ..Batch::default()
+        };
+        one.commit(&batch, 2).await.unwrap();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        for (id, found) in one.resolve(Channel::Whatsapp, &refs).await.unwrap() {
+            known.push((found.campaign_pk, found.message_pk, id));
+        }
+    }
+    assert_eq!(known.len(), 40);
+
+    // Act: each store commits 200 batches of updates; meanwhile the two
+    // race 100 registrations (on one) against buffers of statuses for the
+    // same ids (on the other), alternating which store does which.
+    let applies = |store: Store, stream: u64| {
+        let known = known.clone();
+        let campaigns = campaigns.clone();
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ stream);
+            let mut sent: Vec<(String, Status)> = Vec::new();
+            for n in 0..200 {
+                let mut applies: Vec<Apply> = campaigns
+                    .iter()
+                    .map(|campaign_pk| Apply {
+                        campaign_pk: *campaign_pk,
+                        updates: Vec::new(),
+                    })
+                    .collect();
+                for _ in 0..rng.gen_range(2..=8) {
+                    let (campaign_pk, message_pk, id) = &known[rng.gen_range(0..known.len())];
+                    let status = Status::ALL[rng.gen_range(0..Status::ALL.len())];
+                    sent.push((id.clone(), status));
+                    let apply = applies
+                        .iter_mut()
+                        .find(|apply| apply.campaign_pk == *campaign_pk)
+                        .unwrap();
+                    apply.updates.push((*message_pk, notification(id, status)));
+                }
+                applies.retain(|apply| !apply.updates.is_empty());
+                if rng.gen_bool(0.5) {
+                    applies.reverse();
+                }
+                let batch = Batch {
+                    applies,
+                    ..Batch::default()
+                };
+                store
+                    .commit(&batch, 10 + n)
+                    .await
+                    .unwrap_or_else(|error| panic!("seed {seed}: batch {n}: {error:?}"));
+            }
+            sent
+        })
+    };
+    let races = {
+        let (one, two) = (one.clone(), two.clone());
+        let campaign_pk = campaigns[0];
+        tokio::spawn(async move {
+            let mut buffered: Vec<(String, Status)> = Vec::new();
+            for round in 0..100 {
+                let ids: Vec<String> = (0..3).map(|i| format!("wamid.race{round}.{i}")).collect();
+                let (registering, buffering) = if round % 2 == 0 {
+                    (&one, &two)
+                } else {
+                    (&two, &one)
+                };
+                let register = Batch {
+                    registrations: vec![Register {
+                        campaign_pk,
+                        messages: ids.iter().map(|id| message(id)).collect(),
+                    }],
+                    ..Batch::default()
+                };
+                let statuses = [Status::Delivered, Status::Read, Status::Failed];
+                let updates: Vec<StatusUpdate> = ids
+                    .iter()
+                    .zip(statuses)
+                    .map(|(id, status)| notification(id, status))
+                    .collect();
+                let buffer = Batch {
+                    buffers: vec![Buffer {
+                        updates: updates.clone(),
+                    }],
+                    ..Batch::default()
+                };
+                let (registered, outcomes) = tokio::join!(
+                    registering.commit(&register, 1_000 + round),
+                    buffering.commit(&buffer, 1_000 + round)
+                );
+                let registered = registered.unwrap();
+                assert_eq!(registered.registrations[0].receipt.registered, 3);
+                // What found its message registered meanwhile is applied
+                // to it, as the hub routes it again.
+                for (update, outcome) in updates.into_iter().zip(&outcomes.unwrap().buffers[0]) {
+                    buffered.push((update.provider_message_id.clone(), update.status.unwrap()));
+                    match outcome {
+                        UpdateOutcome::Buffered => {}
+                        UpdateOutcome::Known(found) => {
+                            let batch = Batch {
+                                applies: vec![Apply {
+                                    campaign_pk: found.campaign_pk,
+                                    updates: vec![(found.message_pk, update)],
+                                }],
+                                ..Batch::default()
+                            };
+                            let applied = buffering.commit(&batch, 2_000 + round).await.unwrap();
+                            assert!(matches!(
+                                applied.applies[0].outcomes[0],
+                                UpdateOutcome::Applied { changed: true }
+                            ));
+                        }
+                        other => panic!("round {round}: buffered as {other:?}"),
+                    }
+                }
+            }
+            buffered
+        })
+    };
+    let (by_one, by_two, raced) =
+        tokio::join!(applies(one.clone(), 1), applies(two.clone(), 2), races);
+    let sent: Vec<(String, Status)> = [by_one.unwrap(), by_two.unwrap(), raced.unwrap()].concat();
+
+    // Assert: counters are a recount, on both stores.
+    for (campaign_pk, campaign) in campaigns.iter().zip(["c1", "c2"]) {
+        let counts = db.recount(campaign).await.checked(campaign);
+        for store in [&one, &two] {
+            let counters = store
+                .campaign_counters(*campaign_pk)
+                .await
+                .unwrap()
+                .unwrap();
+            let mut live = serde_json::to_value(&counters).unwrap();
+            for key in ["tenant_id", "campaign_id", "version", "updated_at"] {
+                live.as_object_mut().unwrap().remove(key);
+            }
+            assert_eq!(live, counts, "seed {seed}: {campaign}");
+        }
+    }
+    // Nothing is left buffered: every status raced with its registration
+    // reached its message.
+    let stranded: Vec<String> = db
+        .fetch(
+            "SELECT provider_message_id FROM unmatched_statuses ORDER BY id",
+            &[],
+        )
+        .await
+        .iter()
+        .map(|row| row[0].text().to_owned())
+        .collect();
+    assert!(
+        stranded.is_empty(),
+        "seed {seed}: buffered statuses stranded for registered messages: {stranded:?}"
+    );
+    // Every message holds exactly the statuses sent to it, whichever store
+    // took them.
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for (id, status) in &sent {
+        *expected.entry(id.clone()).or_default() |= mask_of(*status);
+    }
+    let stored: BTreeMap<String, i64> = db
+        .fetch("SELECT provider_message_id, seen FROM messages", &[])
+        .await
+        .iter()
+        .map(|row| (row[0].text().to_owned(), row[1].int()))
+        .collect();
+    assert_eq!(stored.len(), 40 + 300);
+    for (id, seen) in &stored {
+        let expected = expected.get(id).copied().unwrap_or(0);
+        assert_eq!(*seen, expected, "seed {seed}: {id}");
+    }
+    for round in [0, 1, 50, 99] {
+        let id = format!("wamid.race{round}.1");
+        assert_eq!(db.buffered("whatsapp", &id).await, 0);
+        let view = one.message(Channel::Whatsapp, &id).await.unwrap().unwrap();
+        assert_eq!(view.status, "read", "{id}");
+        assert_eq!(view.timeline.len(), 1, "{id}");
+    }
 }

@@ -16,6 +16,7 @@ mod model;
 mod registration;
 mod retention;
 mod robustness;
+mod scale_out;
 mod ses;
 mod simulate;
 mod sse;
