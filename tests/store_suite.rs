@@ -575,7 +575,7 @@ async fn two_postgres_stores_committing_at_once_keep_counters_exact_and_strand_n
         let id = format!("wamid.race{round}.1");
         assert_eq!(db.buffered("whatsapp", &id).await, 0);
         let view = one.message(Channel::Whatsapp, &id).await.unwrap().unwrap();
-        assert_eq!(view.status, "read", "{id}");
+        assert_eq!(view.status, statushub::domain::CurrentStatus::Read, "{id}");
         assert_eq!(view.timeline.len(), 1, "{id}");
     }
 }
