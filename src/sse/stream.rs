@@ -264,7 +264,15 @@ impl Connection {
         {
             let change = &published.change;
             let key = self.id_mode.key(change);
-            if key <= self.floor {
+            // Covered by the snapshot or the replay: at or below the floor,
+            // or within the counters version the client already has (on
+            // PostgreSQL a tenant snapshot can include commits above its
+            // floor, those of transactions that ended after the horizon).
+            let covered = self
+                .sent_versions
+                .get(&change.campaign_pk)
+                .is_some_and(|version| change.version <= *version);
+            if key <= self.floor || covered {
                 continue;
             }
             if self.include_statuses
