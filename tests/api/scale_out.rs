@@ -1569,3 +1569,49 @@ async fn readyz_is_503_on_postgres_when_reads_work_but_writes_do_not() {
     assert_eq!(app.message("whatsapp", "wamid.ro").await["status"], "read");
     app.assert_counts_agree("c1").await;
 }
+
+/// The outbox every instance follows (`campaign_changes`) is history kept
+/// for an hour (the schema says so; SPEC: bounded stored history), not
+/// forever: retention prunes its rows older than that, as it prunes the
+/// timeline, and keeps the newer ones.
+#[actix_web::test]
+async fn retention_prunes_outbox_rows_older_than_an_hour() {
+    let db = TestDb::postgres_fresh();
+    let url = db.url();
+    let app = spawn_app_with(move |settings| {
+        settings.database_url = url;
+        settings.retention.interval = Duration::from_millis(200);
+    })
+    .await;
+    app.register_whatsapp("t1", "c1", &["wamid.outbox1", "wamid.outbox2"])
+        .await;
+    deliver(&app, &[("wamid.outbox1", "sent", 1_700_000_000)]).await;
+    deliver(&app, &[("wamid.outbox2", "read", 1_700_000_001)]).await;
+    let rows = db.count_rows("campaign_changes").await;
+    assert_eq!(rows, 3, "one outbox row per commit that changed c1");
+
+    // Every row but the newest was written two hours ago.
+    db.tamper(&[
+        "UPDATE campaign_changes SET updated_at = updated_at - 7200000
+         WHERE id < (SELECT MAX(id) FROM campaign_changes)",
+    ])
+    .await;
+
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let left = db.count_rows("campaign_changes").await;
+        if left == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} outbox rows left {HANG_GUARD:?} after {} of them got two hours old \
+             (retention runs every 200 ms)",
+            rows - 1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The hub goes on following its commits.
+    deliver(&app, &[("wamid.outbox1", "read", 1_700_000_002)]).await;
+    assert_eq!(converged(&app, &db, "c1", HANG_GUARD).await["read"], 2);
+}
