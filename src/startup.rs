@@ -90,7 +90,13 @@ impl Application {
                 "WEBHOOK SIGNATURE VERIFICATION IS DISABLED: anyone can post statuses; never run like this in production"
             );
         }
-        spawn_retention(hub.clone(), settings.retention, metrics.clone());
+        let shared_store = store.feed_opener().is_some();
+        spawn_retention(
+            hub.clone(),
+            settings.retention,
+            shared_store,
+            metrics.clone(),
+        );
         let authenticator = web::Data::new(Authenticator::new(
             &settings.secrets.auth_secret,
             &settings.secrets.admin_token,
@@ -175,20 +181,24 @@ impl Application {
     }
 }
 
-/// How long the outbox (PostgreSQL's `campaign_changes`) is kept: the
-/// change feeds of every instance read it within a second; an hour leaves
-/// room for one that was stalled.
+/// How long the outbox that instances sharing a store follow
+/// (`campaign_changes`, PostgreSQL) is kept: far longer than any follower
+/// lags while it can reach the database.
 const OUTBOX_RETENTION: Duration = Duration::from_secs(3600);
 
 /// Applies retention every `retention.interval`: buffered statuses for
-/// unknown messages, timeline events, dead letters and the outbox past
-/// their age go, in small batches (see [`crate::hub::Hub::prune`]).
-fn spawn_retention(hub: Hub, retention: Retention, metrics: Metrics) {
+/// unknown messages, timeline events and dead letters past their age go, in
+/// small batches (see [`crate::hub::Hub::prune`]), and, on a store several
+/// instances share, outbox rows older than [`OUTBOX_RETENTION`].
+fn spawn_retention(hub: Hub, retention: Retention, shared_store: bool, metrics: Metrics) {
     let targets = [
         (PruneTarget::Unmatched, Some(retention.unmatched)),
         (PruneTarget::Events, retention.events),
         (PruneTarget::DeadLetters, retention.dead_letters),
-        (PruneTarget::Outbox, Some(OUTBOX_RETENTION)),
+        (
+            PruneTarget::Outbox,
+            shared_store.then_some(OUTBOX_RETENTION),
+        ),
     ];
     actix_web::rt::spawn(async move {
         let mut interval = actix_web::rt::time::interval(retention.interval);
