@@ -274,6 +274,8 @@ async fn tenant_stream(
     }
     if overflow {
         connection.reset();
+    } else if resume.is_some() && include_statuses {
+        connection.resumed();
     }
     // Always snapshot: registrations and new campaigns change counters
     // without a status event, so the cursor cannot tell whether they moved.

@@ -106,6 +106,12 @@ pub(super) struct Connection {
     cursor: EventPosition,
     /// Set when the broadcast lagged: counters are re-read from the store.
     resync: bool,
+    /// Whether a live change the client's snapshot already counts is
+    /// skipped: true for a stream that starts from a snapshot; false for a
+    /// resumed status stream, which gets every change after its
+    /// `Last-Event-ID` (by replay, or live when the replay could not see it
+    /// yet), whatever the snapshot counts.
+    skip_counted: bool,
     /// When the caller's token expires (Unix seconds): the stream ends then.
     expires_at: Option<u64>,
 }
@@ -130,6 +136,7 @@ impl Connection {
             floor: EventPosition::default(),
             cursor: EventPosition::default(),
             resync: false,
+            skip_counted: true,
             expires_at: None,
         }
     }
@@ -159,6 +166,12 @@ impl Connection {
     pub(super) fn advance_cursor(&mut self, cursor: EventPosition) {
         self.floor = self.floor.max(cursor);
         self.cursor = self.cursor.max(cursor);
+    }
+
+    /// Sends every change after the resume point, also those the snapshot
+    /// already counts (see `skip_counted`).
+    pub(super) fn resumed(&mut self) {
+        self.skip_counted = false;
     }
 
     /// Queues `event: reset`: the client drops its state; snapshots follow.
@@ -265,13 +278,15 @@ impl Connection {
             let change = &published.change;
             let key = self.id_mode.key(change);
             // Covered by the snapshot or the replay: at or below the floor,
-            // or within the counters version the client already has (on
-            // PostgreSQL a tenant snapshot can include commits above its
-            // floor, those of transactions that ended after the horizon).
-            let covered = self
-                .sent_versions
-                .get(&change.campaign_pk)
-                .is_some_and(|version| change.version <= *version);
+            // or, for a stream that started from a snapshot, within the
+            // counters version the client already has (on PostgreSQL a
+            // tenant snapshot can include commits above its floor: those of
+            // transactions that ended after the horizon).
+            let covered = self.skip_counted
+                && self
+                    .sent_versions
+                    .get(&change.campaign_pk)
+                    .is_some_and(|version| change.version <= *version);
             if key <= self.floor || covered {
                 continue;
             }
