@@ -49,6 +49,13 @@ const FOLLOW_MARGIN: Duration = Duration::from_millis(250);
 /// on speed.
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
+/// Taken by the tests that time how fast changes are followed (shared) and
+/// by those that hold a transaction open on purpose (exclusive): an open
+/// transaction anywhere on the server holds every follower back (see
+/// src/store/postgres/follow.rs), so one test's would count against the
+/// other's one-second bound.
+static HORIZON: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// WhatsApp status values the tests send, with the statuses each puts in
 /// a message's seen set (SPEC: `played` counts as `read`; read ⇒ delivered
 /// ⇒ sent; a value statushub does not know changes no status).
@@ -756,6 +763,7 @@ fn assert_campaign_stream_in_order(log: &[(Instant, Event)], changes: &BTreeSet<
 /// follows all along.
 #[actix_web::test]
 async fn changes_on_one_instance_reach_the_other_instances_streams_in_time_and_after_reconnects() {
+    let _timing = HORIZON.read().await;
     // Arrange: A on the database, B through a relay the test can cut; B's
     // streams open and live (their snapshots arrived).
     let db = TestDb::postgres_fresh();
@@ -915,6 +923,7 @@ async fn resumed_changes(app: &TestApp, token: &str, after: i64) -> Vec<(String,
 /// the live order.
 #[actix_web::test]
 async fn events_committed_out_of_id_order_reach_live_and_resuming_tenant_streams() {
+    let _holding = HORIZON.write().await;
     // Arrange: two campaigns of one tenant, one event before everything,
     // and a live tenant stream.
     let db = TestDb::postgres_fresh();
@@ -1310,6 +1319,7 @@ impl Call {
 /// through.
 #[actix_web::test]
 async fn with_postgres_unreachable_webhooks_get_503_and_the_hub_recovers_by_itself() {
+    let _timing = HORIZON.read().await;
     // Arrange: 150 messages, a stream, a ready hub; every notification
     // the providers will send is a distinct one (a message id and a
     // status), so that a status acknowledged but lost is never sent again.
@@ -1625,6 +1635,7 @@ async fn retention_prunes_outbox_rows_older_than_an_hour() {
 /// for the milliseconds a wake-up takes, and a reconnect can fall in them.
 #[actix_web::test]
 async fn resuming_on_an_instance_that_has_not_followed_yet_never_goes_back() {
+    let _holding = HORIZON.write().await;
     // Arrange: B follows c1 (its campaign actor runs); a transaction of
     // some other client stays open, so no follower moves.
     let db = TestDb::postgres_fresh();
@@ -1659,7 +1670,7 @@ async fn resuming_on_an_instance_that_has_not_followed_yet_never_goes_back() {
         ADMIN_TOKEN,
         Some(&had.to_string()),
     );
-    let while_lagging = on_b.during(Duration::from_millis(1000)).await;
+    let while_lagging = on_b.during(Duration::from_millis(300)).await;
     open.commit().await.unwrap();
     session.close().await.unwrap();
     deliver(&a, &[("wamid.lag2", "read", 1_700_000_001)]).await;
