@@ -161,6 +161,18 @@ async fn campaign_stream(
     // Subscribe before reading the snapshot: nothing committed in between is missed.
     let updates = state.hub.broadcaster().subscribe();
     let snapshot = state.hub.counters(campaign.campaign_pk).await?;
+    // On a store several instances share, this instance may not have
+    // followed a change that the client saw on another one yet: a client
+    // resuming from a later version gets the committed counters, never
+    // older ones than it has.
+    let snapshot = match resume {
+        Some(after) if after > snapshot.version => store
+            .campaign_counters(campaign.campaign_pk)
+            .await?
+            .filter(|stored| stored.version > snapshot.version)
+            .unwrap_or(snapshot),
+        _ => snapshot,
+    };
     let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
     let mut connection = Connection::new(
         tx,

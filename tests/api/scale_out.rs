@@ -49,6 +49,13 @@ const FOLLOW_MARGIN: Duration = Duration::from_millis(250);
 /// on speed.
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
+/// Taken by the tests that time how fast changes are followed (shared) and
+/// by those that hold a transaction open on purpose (exclusive): an open
+/// transaction anywhere on the server holds every follower back (see
+/// src/store/postgres/follow.rs), so one test's would count against the
+/// other's one-second bound.
+static HORIZON: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// WhatsApp status values the tests send, with the statuses each puts in
 /// a message's seen set (SPEC: `played` counts as `read`; read ⇒ delivered
 /// ⇒ sent; a value statushub does not know changes no status).
@@ -756,6 +763,7 @@ fn assert_campaign_stream_in_order(log: &[(Instant, Event)], changes: &BTreeSet<
 /// follows all along.
 #[actix_web::test]
 async fn changes_on_one_instance_reach_the_other_instances_streams_in_time_and_after_reconnects() {
+    let _timing = HORIZON.read().await;
     // Arrange: A on the database, B through a relay the test can cut; B's
     // streams open and live (their snapshots arrived).
     let db = TestDb::postgres_fresh();
@@ -915,6 +923,7 @@ async fn resumed_changes(app: &TestApp, token: &str, after: i64) -> Vec<(String,
 /// the live order.
 #[actix_web::test]
 async fn events_committed_out_of_id_order_reach_live_and_resuming_tenant_streams() {
+    let _holding = HORIZON.write().await;
     // Arrange: two campaigns of one tenant, one event before everything,
     // and a live tenant stream.
     let db = TestDb::postgres_fresh();
@@ -1310,6 +1319,7 @@ impl Call {
 /// through.
 #[actix_web::test]
 async fn with_postgres_unreachable_webhooks_get_503_and_the_hub_recovers_by_itself() {
+    let _timing = HORIZON.read().await;
     // Arrange: 150 messages, a stream, a ready hub; every notification
     // the providers will send is a distinct one (a message id and a
     // status), so that a status acknowledged but lost is never sent again.
@@ -1614,4 +1624,70 @@ async fn retention_prunes_outbox_rows_older_than_an_hour() {
     // The hub goes on following its commits.
     deliver(&app, &[("wamid.outbox1", "read", 1_700_000_002)]).await;
     assert_eq!(converged(&app, &db, "c1", HANG_GUARD).await["read"], 2);
+}
+
+/// A dashboard that had version `v` of a campaign on A and reconnects to
+/// B (A went away, or the load balancer chose B) never gets an older
+/// snapshot than `v` there, nor `v`'s status again, even while B has not
+/// followed `v` yet; it then gets what comes after. B lags here for as
+/// long as a transaction elsewhere in the cluster stays open, which holds
+/// every follower back (src/store/postgres/follow.rs); without one it lags
+/// for the milliseconds a wake-up takes, and a reconnect can fall in them.
+#[actix_web::test]
+async fn resuming_on_an_instance_that_has_not_followed_yet_never_goes_back() {
+    let _holding = HORIZON.write().await;
+    // Arrange: B follows c1 (its campaign actor runs); a transaction of
+    // some other client stays open, so no follower moves.
+    let db = TestDb::postgres_fresh();
+    let a = hub_on(&db.url()).await;
+    let b = hub_on(&db.url()).await;
+    a.register_whatsapp("t1", "c1", &["wamid.lag1", "wamid.lag2"])
+        .await;
+    converged(&b, &db, "c1", HANG_GUARD).await;
+    let mut session = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    let mut open = session.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    // A change on A; a dashboard on A gets its counters (A's own commit).
+    deliver(&a, &[("wamid.lag1", "sent", 1_700_000_000)]).await;
+    let mut on_a = Recorder::start(
+        &a,
+        "/api/v1/campaigns/c1/stream?include=statuses",
+        ADMIN_TOKEN,
+        None,
+    );
+    let (_, snapshot) = on_a.until(HANG_GUARD, |_| true).await.remove(0);
+    assert_eq!(snapshot.event, "snapshot");
+    let had: i64 = snapshot.id.parse().unwrap();
+
+    // Act: it reconnects to B, resuming from that version; later the open
+    // transaction ends and one more change comes.
+    let mut on_b = Recorder::start(
+        &b,
+        "/api/v1/campaigns/c1/stream?include=statuses",
+        ADMIN_TOKEN,
+        Some(&had.to_string()),
+    );
+    let while_lagging = on_b.during(Duration::from_millis(300)).await;
+    open.commit().await.unwrap();
+    session.close().await.unwrap();
+    deliver(&a, &[("wamid.lag2", "read", 1_700_000_001)]).await;
+    let next = ("wamid.lag2".to_owned(), "read".to_owned());
+    on_b.changes(HANG_GUARD, &BTreeSet::from([next])).await;
+
+    // Assert: nothing older than what it had, nor what it had again.
+    let events: Vec<&Event> = on_b.log.iter().map(|(_, event)| event).collect();
+    for event in &events {
+        let id: i64 = event.id.parse().unwrap_or(i64::MAX);
+        assert!(
+            id > had || (id == had && event.event != "status"),
+            "resumed from {had} on B, got {} {}: {:#?} (while B lagged: {:#?})",
+            event.event,
+            event.id,
+            describe(events.iter().copied()),
+            describe(&while_lagging)
+        );
+    }
 }
