@@ -31,6 +31,9 @@ pub struct Metrics {
     pub feed_failures: IntCounter,
     /// Writes refused because the queue was full (answered 503).
     pub db_queue_rejections: IntCounter,
+    /// Message ids looked up in the hub's directory, by result (`hit`:
+    /// routed without reading the store; `miss`: read from the store).
+    pub directory_lookups: IntCounterVec,
     /// Campaign actors running.
     pub active_campaign_actors: IntGauge,
     /// Rows per table, read when `/metrics` is scraped.
@@ -95,6 +98,14 @@ impl Metrics {
             "Writes refused with 503 because the queue was full",
         )
         .expect("valid metric definition");
+        let directory_lookups = IntCounterVec::new(
+            Opts::new(
+                "id_directory_lookups_total",
+                "Message ids routed from memory (hit) or read from the store (miss)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric definition");
         let active_campaign_actors =
             IntGauge::new("active_campaign_actors", "Campaign actors running")
                 .expect("valid metric definition");
@@ -127,6 +138,7 @@ impl Metrics {
             feed_pages,
             feed_failures,
             db_queue_rejections,
+            directory_lookups,
             active_campaign_actors,
             table_rows,
             pruned_rows,
@@ -144,6 +156,7 @@ impl Metrics {
             Box::new(metrics.feed_pages.clone()),
             Box::new(metrics.feed_failures.clone()),
             Box::new(metrics.db_queue_rejections.clone()),
+            Box::new(metrics.directory_lookups.clone()),
             Box::new(metrics.active_campaign_actors.clone()),
             Box::new(metrics.table_rows.clone()),
             Box::new(metrics.pruned_rows.clone()),

@@ -81,6 +81,7 @@ impl Application {
                 max_batch: settings.max_batch,
                 max_queue: settings.max_queue,
                 campaign_idle: settings.campaign_idle,
+                directory_capacity: settings.id_directory_capacity,
             },
         )
         .await

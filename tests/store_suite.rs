@@ -58,7 +58,11 @@ async fn campaign(store: &Store) -> i64 {
         }],
         ..Batch::default()
     };
-    store.commit(&batch, 1).await.unwrap().campaigns[0]
+    store
+        .commit(std::sync::Arc::new(batch.clone()), 1)
+        .await
+        .unwrap()
+        .campaigns[0]
 }
 
 #[tokio::test]
@@ -78,7 +82,10 @@ async fn a_status_buffered_in_the_same_commit_as_its_registration_is_routed_agai
         ..Batch::default()
     };
 
-    let outcome = store.commit(&batch, 2).await.unwrap();
+    let outcome = store
+        .commit(std::sync::Arc::new(batch.clone()), 2)
+        .await
+        .unwrap();
 
     let buffered = &outcome.buffers[0];
     assert!(
@@ -108,7 +115,10 @@ async fn buffered_statuses_apply_in_the_registering_commit_with_consecutive_vers
         }],
         ..Batch::default()
     };
-    store.commit(&buffer, 2).await.unwrap();
+    store
+        .commit(std::sync::Arc::new(buffer.clone()), 2)
+        .await
+        .unwrap();
     let batch = Batch {
         registrations: vec![Register {
             campaign_pk,
@@ -121,7 +131,10 @@ async fn buffered_statuses_apply_in_the_registering_commit_with_consecutive_vers
         ..Batch::default()
     };
 
-    let outcome = store.commit(&batch, 3).await.unwrap();
+    let outcome = store
+        .commit(std::sync::Arc::new(batch.clone()), 3)
+        .await
+        .unwrap();
 
     let registered = &outcome.registrations[0];
     let (receipt, counters, changes) = (
@@ -172,7 +185,12 @@ async fn a_failed_commit_leaves_nothing_behind() {
         ..Batch::default()
     };
 
-    assert!(store.commit(&batch, 2).await.is_err());
+    assert!(
+        store
+            .commit(std::sync::Arc::new(batch.clone()), 2)
+            .await
+            .is_err()
+    );
 
     assert_eq!(store.stats().await.unwrap().messages, 0);
     let counters = store.campaign_counters(campaign_pk).await.unwrap().unwrap();
@@ -206,7 +224,7 @@ async fn commits_fail_and_reads_work_while_the_store_refuses_writes() {
     };
 
     let outage = db.refuse_writes().await;
-    let refused = store.commit(&batch, 2).await;
+    let refused = store.commit(std::sync::Arc::new(batch.clone()), 2).await;
     let counters = store.campaign_counters(campaign_pk).await;
     outage.end().await;
 
@@ -216,7 +234,10 @@ async fn commits_fail_and_reads_work_while_the_store_refuses_writes() {
     );
     let counters = counters.expect("reads work while writes are refused");
     assert_eq!(counters.unwrap().total, 0);
-    store.commit(&batch, 3).await.unwrap();
+    store
+        .commit(std::sync::Arc::new(batch.clone()), 3)
+        .await
+        .unwrap();
     assert_eq!(db.recount("c1").await.checked("c1")["total"], 1);
 }
 
@@ -393,7 +414,11 @@ async fn two_postgres_stores_committing_at_once_keep_counters_exact_and_strand_n
             .into(),
         ..Batch::default()
     };
-    let campaigns = one.commit(&ensure, 1).await.unwrap().campaigns;
+    let campaigns = one
+        .commit(std::sync::Arc::new(ensure.clone()), 1)
+        .await
+        .unwrap()
+        .campaigns;
     let mut known: Vec<(i64, i64, String)> = Vec::new();
     for (n, campaign_pk) in campaigns.iter().enumerate() {
         let ids: Vec<String> = (0..20).map(|i| format!("wamid.pg{n}.{i}")).collect();
@@ -404,7 +429,9 @@ async fn two_postgres_stores_committing_at_once_keep_counters_exact_and_strand_n
             }],
             ..Batch::default()
         };
-        one.commit(&batch, 2).await.unwrap();
+        one.commit(std::sync::Arc::new(batch.clone()), 2)
+            .await
+            .unwrap();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         for (id, found) in one.resolve(Channel::Whatsapp, &refs).await.unwrap() {
             known.push((found.campaign_pk, found.message_pk, id));
@@ -448,7 +475,7 @@ async fn two_postgres_stores_committing_at_once_keep_counters_exact_and_strand_n
                     ..Batch::default()
                 };
                 store
-                    .commit(&batch, 10 + n)
+                    .commit(std::sync::Arc::new(batch.clone()), 10 + n)
                     .await
                     .unwrap_or_else(|error| panic!("seed {seed}: batch {n}: {error:?}"));
             }
@@ -487,8 +514,8 @@ async fn two_postgres_stores_committing_at_once_keep_counters_exact_and_strand_n
                     ..Batch::default()
                 };
                 let (registered, outcomes) = tokio::join!(
-                    registering.commit(&register, 1_000 + round),
-                    buffering.commit(&buffer, 1_000 + round)
+                    registering.commit(std::sync::Arc::new(register.clone()), 1_000 + round),
+                    buffering.commit(std::sync::Arc::new(buffer.clone()), 1_000 + round)
                 );
                 let registered = registered.unwrap();
                 assert_eq!(registered.registrations[0].receipt.registered, 3);
@@ -506,7 +533,10 @@ async fn two_postgres_stores_committing_at_once_keep_counters_exact_and_strand_n
                                 }],
                                 ..Batch::default()
                             };
-                            let applied = buffering.commit(&batch, 2_000 + round).await.unwrap();
+                            let applied = buffering
+                                .commit(std::sync::Arc::new(batch.clone()), 2_000 + round)
+                                .await
+                                .unwrap();
                             assert!(matches!(
                                 applied.applies[0].outcomes[0],
                                 UpdateOutcome::Applied { changed: true }

@@ -23,7 +23,7 @@ use super::error::HubError;
 use super::group::OneInFlight;
 use super::router::Router;
 use super::router::Stopped;
-use crate::domain::{CampaignCounters, StatusUpdate};
+use crate::domain::{CampaignCounters, Channel, StatusUpdate};
 use crate::store::{
     Applied, Apply, NewMessage, Register, RegisterReceipt, Registered, Store, UpdateOutcome,
 };
@@ -40,9 +40,11 @@ pub struct ApplyUpdates {
     pub updates: Vec<(i64, StatusUpdate)>,
 }
 
-/// Asks a campaign actor to register messages; replies after commit.
+/// Asks a campaign actor to register messages; replies after commit with
+/// the receipt and the campaign's registered messages (see
+/// [`Registered::messages`]).
 #[derive(Message, Debug)]
-#[rtype(result = "Result<RegisterReceipt, HubError>")]
+#[rtype(result = "Result<(RegisterReceipt, Vec<(Channel, String, i64)>), HubError>")]
 pub struct RegisterMessages {
     pub messages: Vec<NewMessage>,
 }
@@ -247,7 +249,7 @@ impl Handler<ApplyUpdates> for CampaignActor {
 }
 
 impl Handler<RegisterMessages> for CampaignActor {
-    type Result = ResponseFuture<Result<RegisterReceipt, HubError>>;
+    type Result = ResponseFuture<Result<(RegisterReceipt, Vec<(Channel, String, i64)>), HubError>>;
 
     /// Handler for `RegisterMessages`: queues the registration (buffered
     /// statuses of the messages are applied in the same transaction);
@@ -259,7 +261,11 @@ impl Handler<RegisterMessages> for CampaignActor {
         };
         let (reply, outcome) = oneshot::channel();
         self.enqueue(CampaignWrite::Register(register, reply), ctx);
-        Box::pin(async move { settled(outcome).await.map(|registered| registered.receipt) })
+        Box::pin(async move {
+            settled(outcome)
+                .await
+                .map(|registered| (registered.receipt, registered.messages))
+        })
     }
 }
 

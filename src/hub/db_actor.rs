@@ -8,6 +8,7 @@
 //! reply, of the write's own outcome type, so a webhook is answered only
 //! after the commit that holds it, and never with another write's outcome.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -217,11 +218,12 @@ impl DbActor {
         };
         self.set_depth_metric();
         let (batch, replies) = split(group);
+        let batch = Arc::new(batch);
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         let commit = async move {
             let started = Instant::now();
-            let result = store.commit(&batch, now_ms()).await;
+            let result = store.commit(Arc::clone(&batch), now_ms()).await;
             metrics
                 .db_commit_seconds
                 .observe(started.elapsed().as_secs_f64());

@@ -15,12 +15,14 @@
 pub mod broadcast;
 mod campaign_actor;
 mod db_actor;
+mod directory;
 mod error;
 mod follower;
 mod group;
 mod router;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -30,8 +32,9 @@ use serde::Serialize;
 pub use broadcast::{Broadcaster, CommitUpdate, IncomingEvent, PublishedCampaign, PublishedChange};
 pub use campaign_actor::CampaignActor;
 pub use db_actor::{DbActor, Write};
+pub use directory::Directory;
 pub use error::HubError;
-pub use router::Router;
+pub use router::{Addresses, Router};
 
 use crate::domain::{CampaignCounters, Channel, StatusUpdate};
 use crate::metrics::Metrics;
@@ -96,15 +99,22 @@ pub struct HubSettings {
     pub max_queue: usize,
     /// Idle time after which a campaign actor stops.
     pub campaign_idle: Duration,
+    /// Message ids whose campaign is kept in memory (0: none).
+    pub directory_capacity: usize,
 }
 
 /// The handle the HTTP layer holds. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Hub {
-    /// Reads what routing needs (which campaign a message id belongs to).
+    /// Reads what routing needs (which campaign a message id belongs to)
+    /// when the directory does not know it.
     store: Store,
-    /// Finds or starts a campaign's actor.
+    /// Which campaign known message ids belong to, in memory.
+    directory: Arc<Directory>,
+    /// Starts a campaign's actor when it has none.
     router: Addr<Router>,
+    /// The running campaign actors, found without asking the router.
+    addresses: Addresses,
     /// Commits every write.
     db: Addr<DbActor>,
     /// Counts statuses by outcome.
@@ -138,19 +148,23 @@ impl Hub {
             feed.is_none().then(|| broadcaster.clone()),
         )
         .start();
+        let addresses = Addresses::default();
         let router = Router::new(
             store.clone(),
             db.clone(),
             settings.campaign_idle,
             metrics.clone(),
+            addresses.clone(),
         )
         .start();
         if let Some(feed) = feed {
             follower::spawn(feed, broadcaster.clone(), router.clone(), metrics.clone()).await?;
         }
         Ok(Hub {
+            directory: Arc::new(Directory::new(settings.directory_capacity, metrics.clone())),
             store,
             router,
+            addresses,
             db,
             metrics,
             broadcaster,
@@ -250,11 +264,22 @@ impl Hub {
     ) -> Result<RegisterReceipt, HubError> {
         let mut total = RegisterReceipt::default();
         for chunk in messages.chunks(self.max_batch.max(1)) {
-            total += self
+            let (receipt, registered) = self
                 .on_campaign(campaign_pk, || RegisterMessages {
                     messages: chunk.to_vec(),
                 })
                 .await??;
+            for (channel, id, message_pk) in &registered {
+                self.directory.insert(
+                    *channel,
+                    id,
+                    MessageRef {
+                        message_pk: *message_pk,
+                        campaign_pk,
+                    },
+                );
+            }
+            total += receipt;
         }
         Ok(total)
     }
@@ -323,11 +348,14 @@ impl Hub {
         CampaignActor: Handler<M>,
     {
         for _ in 0..MAX_REROUTES {
-            let actor = self
-                .router
-                .send(Locate { campaign_pk })
-                .await
-                .map_err(|_| HubError::Unavailable)?;
+            let actor = match self.addresses.get(campaign_pk) {
+                Some(actor) => actor,
+                None => self
+                    .router
+                    .send(Locate { campaign_pk })
+                    .await
+                    .map_err(|_| HubError::Unavailable)?,
+            };
             match actor.send(message()).await {
                 Ok(result) => return Ok(result),
                 // The actor stopped between `Locate` and `send`: locate again.
@@ -337,13 +365,32 @@ impl Hub {
         Err(HubError::Unavailable)
     }
 
-    /// Splits updates into known messages (grouped by campaign) and unknown ones.
+    /// Splits updates into known messages (grouped by campaign) and unknown
+    /// ones. The directory answers for the ids it knows; the store is read
+    /// only for the others, in one query per channel.
     async fn resolve(
         &self,
         updates: Vec<StatusUpdate>,
     ) -> Result<(HashMap<i64, Vec<(i64, StatusUpdate)>>, Vec<StatusUpdate>), HubError> {
+        let mut known: HashMap<i64, Vec<(i64, StatusUpdate)>> = HashMap::new();
+        let mut missed = Vec::new();
+        for update in updates {
+            match self
+                .directory
+                .get(update.channel, &update.provider_message_id)
+            {
+                Some(message) => known
+                    .entry(message.campaign_pk)
+                    .or_default()
+                    .push((message.message_pk, update)),
+                None => missed.push(update),
+            }
+        }
+        if missed.is_empty() {
+            return Ok((known, missed));
+        }
         let mut by_channel: HashMap<Channel, Vec<&str>> = HashMap::new();
-        for update in &updates {
+        for update in &missed {
             by_channel
                 .entry(update.channel)
                 .or_default()
@@ -355,11 +402,13 @@ impl Hub {
                 tracing::error!(error = %error, "failed to resolve message ids");
                 HubError::Unavailable
             })?;
+            for (id, message) in &found {
+                self.directory.insert(channel, id, *message);
+            }
             refs.insert(channel, found.into_iter().collect());
         }
-        let mut known: HashMap<i64, Vec<(i64, StatusUpdate)>> = HashMap::new();
         let mut unknown = Vec::new();
-        for update in updates {
+        for update in missed {
             let found = refs
                 .get(&update.channel)
                 .and_then(|messages| messages.get(update.provider_message_id.as_str()));

@@ -2,6 +2,7 @@
 //! forgets actors that stopped.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -41,6 +42,37 @@ pub struct Observe {
     pub counters: std::sync::Arc<crate::domain::CampaignCounters>,
 }
 
+/// The addresses of the running campaign actors, readable from every HTTP
+/// worker: the hub sends a webhook's updates straight to its campaign's
+/// actor, and asks the router (one more round trip to the actor thread)
+/// only when the campaign has no running actor. Only the router writes it.
+#[derive(Clone, Debug, Default)]
+pub struct Addresses(Arc<RwLock<HashMap<i64, Addr<CampaignActor>>>>);
+
+impl Addresses {
+    /// The campaign's running actor, if there is one.
+    pub fn get(&self, campaign_pk: i64) -> Option<Addr<CampaignActor>> {
+        let map = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&campaign_pk)
+            .filter(|addr| addr.connected())
+            .cloned()
+    }
+
+    fn set(&self, campaign_pk: i64, addr: Option<Addr<CampaignActor>>) {
+        let mut map = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match addr {
+            Some(addr) => map.insert(campaign_pk, addr),
+            None => map.remove(&campaign_pk),
+        };
+    }
+}
+
 /// The router actor. It is the only place campaign actors are started, so
 /// there is never more than one actor per campaign in this process.
 #[derive(Debug)]
@@ -59,11 +91,19 @@ pub struct Router {
     idle_timeout: Duration,
     /// The running campaign actors gauge.
     metrics: Metrics,
+    /// The live actors' addresses, shared with the hub.
+    addresses: Addresses,
 }
 
 impl Router {
     /// Returns a router that starts campaign actors over `store` and `db`.
-    pub fn new(store: Store, db: Addr<DbActor>, idle_timeout: Duration, metrics: Metrics) -> Self {
+    pub fn new(
+        store: Store,
+        db: Addr<DbActor>,
+        idle_timeout: Duration,
+        metrics: Metrics,
+        addresses: Addresses,
+    ) -> Self {
         Router {
             actors: HashMap::new(),
             next_generation: 0,
@@ -71,6 +111,7 @@ impl Router {
             db,
             idle_timeout,
             metrics,
+            addresses,
         }
     }
 }
@@ -104,6 +145,7 @@ impl Handler<Locate> for Router {
         let addr = actor.start();
         self.actors
             .insert(campaign_pk, (self.next_generation, addr.clone()));
+        self.addresses.set(campaign_pk, Some(addr.clone()));
         self.metrics
             .active_campaign_actors
             .set(self.actors.len() as i64);
@@ -129,6 +171,7 @@ impl Handler<Stopped> for Router {
             .is_some_and(|(live, _)| *live == generation)
         {
             self.actors.remove(&campaign_pk);
+            self.addresses.set(campaign_pk, None);
         }
         self.metrics
             .active_campaign_actors

@@ -91,7 +91,7 @@ impl PruneTarget {
 /// Within a commit, kinds are applied in this order: campaigns,
 /// registrations (with the buffered statuses they release), buffers, dead
 /// letters, pruning, then the updates of `applies`.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub campaigns: Vec<EnsureCampaign>,
     pub registrations: Vec<Register>,
@@ -120,6 +120,10 @@ pub struct BatchOutcome {
 #[derive(Clone, Debug)]
 pub struct Registered {
     pub receipt: RegisterReceipt,
+    /// The registration's messages of this campaign (new or already
+    /// there), as `(channel, provider id, message key)`: what the hub's
+    /// directory of message ids learns.
+    pub messages: Vec<(Channel, String, i64)>,
     /// The campaign's counters after the commit.
     pub counters: Arc<CampaignCounters>,
     /// Changes made by the buffered statuses the registration released.

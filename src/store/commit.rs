@@ -241,6 +241,7 @@ pub(crate) async fn commit_in<T: CommitTx>(
         outcome.campaigns.push(campaign_pk);
     }
     let mut registrations: Vec<Building<RegisterReceipt>> = Vec::new();
+    let mut registered_messages: Vec<Vec<(Channel, String, i64)>> = Vec::new();
     let mut drained: Vec<(usize, i64, StatusUpdate)> = Vec::new();
     for (index, registration) in batch.registrations.iter().enumerate() {
         let campaign_pk = registration.campaign_pk;
@@ -275,6 +276,7 @@ pub(crate) async fn commit_in<T: CommitTx>(
             result: receipt,
             changes: Vec::new(),
         });
+        registered_messages.push(registered);
     }
     for buffered in &batch.buffers {
         outcome
@@ -337,10 +339,11 @@ pub(crate) async fn commit_in<T: CommitTx>(
             StoreError::Corrupt(format!("campaign {campaign_pk} has no counters row"))
         })
     };
-    for building in registrations {
+    for (building, messages) in registrations.into_iter().zip(registered_messages) {
         outcome.registrations.push(Registered {
             counters: counters_of(building.campaign_pk)?,
             receipt: building.result,
+            messages,
             changes: building.changes,
         });
     }

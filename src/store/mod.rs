@@ -28,6 +28,8 @@ pub use types::{
     StoredDeadLetter, StoredEvent, StoredMessage,
 };
 
+use std::sync::Arc;
+
 use crate::domain::{CampaignCounters, Channel};
 
 /// The store, over whichever backend `DATABASE_URL` selects.
@@ -81,9 +83,14 @@ impl Store {
     }
 
     /// Commits a batch of writes in one transaction and returns their
-    /// outcomes, kind by kind, in the batch's order.
-    pub async fn commit(&self, batch: &Batch, now_ms: i64) -> Result<BatchOutcome, StoreError> {
-        dispatch!(self, store => store.commit(batch, now_ms).await)
+    /// outcomes, kind by kind, in the batch's order. The batch is shared,
+    /// not copied: SQLite commits it on its writer thread, and the caller
+    /// keeps it to publish what changed.
+    pub async fn commit(&self, batch: Arc<Batch>, now_ms: i64) -> Result<BatchOutcome, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.commit(batch, now_ms).await,
+            Store::Postgres(store) => store.commit(&batch, now_ms).await,
+        }
     }
 
     /// Finds the registered messages among `provider_message_ids`.

@@ -10,6 +10,12 @@ use crate::domain::{Channel, CurrentStatus, Failure, Status, StatusSet};
 pub enum StoreError {
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// An error of the SQLite writer's own connection.
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store was closed (or its writer thread is gone).
+    #[error("the store is closed")]
+    Closed,
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url: {0}")]

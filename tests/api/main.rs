@@ -11,6 +11,7 @@ mod debug_page;
 mod durability;
 mod fuzz;
 mod harness;
+mod hot_path;
 mod limits;
 mod model;
 mod registration;

@@ -8,9 +8,10 @@
 //! - [`rows`]: mapping rows to types, and statement sizing.
 
 mod rows;
-mod tx;
+mod writer;
 
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -26,22 +27,22 @@ use crate::store::types::{
     StoredDeadLetter, StoredMessage,
 };
 
-use crate::store::commit::commit_in;
 use rows::{
     ROWS_PER_STATEMENT, buffered_update, channel_of, counter_row, current_status_of, failure,
     status_change, status_of, status_set, stored_dead_letter, stored_event,
 };
-use tx::SqliteTx;
+use writer::{MMAP_BYTES, WRITER_CACHE_KIB, Writer};
 
 /// How long a statement waits for a lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The SQLite store. Cloning is cheap (pools are reference-counted).
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    /// One connection, used only by [`SqliteStore::commit`]: SQLite has one
+    /// One connection on a thread of its own, used only by
+    /// [`SqliteStore::commit`] and the readiness probe: SQLite has one
     /// writer at a time anyway, and a single connection means the DB actor
     /// never waits on a lock held by another connection of ours.
-    writer: SqlitePool,
+    writer: Writer,
     /// Readers; never used for writes.
     reader: SqlitePool,
 }
@@ -58,33 +59,39 @@ impl SqliteStore {
             })
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
+        // The migrations run on a connection of their own, closed before
+        // the writer opens.
+        let migrator = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&migrator).await?;
+        migrator.close().await;
+        let writer = Writer::open(options.get_filename(), settings.sqlite_synchronous)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(settings.read_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options.read_only(true))
+            .connect_with(
+                options
+                    .read_only(true)
+                    // A quarter of the writer's cache each; see `writer`.
+                    .pragma("cache_size", format!("-{}", WRITER_CACHE_KIB / 4))
+                    .pragma("mmap_size", MMAP_BYTES.to_string()),
+            )
             .await?;
         Ok(SqliteStore { writer, reader })
     }
 
-    /// Closes both pools.
+    /// Closes the readers and the writer.
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
     }
 
-    /// Commits `ops` in one transaction; see [`super::Store::commit`].
-    pub async fn commit(&self, batch: &Batch, now_ms: i64) -> Result<BatchOutcome, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let outcome = commit_in(&mut SqliteTx(&mut tx), batch, now_ms).await?;
-        tx.commit().await?;
-        Ok(outcome)
+    /// Commits `batch` in one transaction; see [`super::Store::commit`].
+    pub async fn commit(&self, batch: Arc<Batch>, now_ms: i64) -> Result<BatchOutcome, StoreError> {
+        self.writer.commit(batch, now_ms).await
     }
 
     /// Finds registered messages by provider id.
@@ -362,15 +369,7 @@ impl SqliteStore {
         // The write path too: a file that can be read but not written (a
         // full disk, a read-only mount, lost permissions) is not ready. The
         // mark is written in a transaction that is rolled back.
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO store_marks (name, value) VALUES ('ready_probe', 0)
-             ON CONFLICT (name) DO UPDATE SET value = value + 1",
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.rollback().await?;
-        Ok(())
+        self.writer.probe().await
     }
 
     /// Returns the changes of a campaign after `after_version`, oldest first.
