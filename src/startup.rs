@@ -81,6 +81,7 @@ impl Application {
                 max_batch: settings.max_batch,
                 max_queue: settings.max_queue,
                 campaign_idle: settings.campaign_idle,
+                sse_coalesce: settings.sse_coalesce,
             },
         )
         .await

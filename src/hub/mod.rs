@@ -14,6 +14,7 @@
 
 pub mod broadcast;
 mod campaign_actor;
+mod coalesce;
 mod db_actor;
 mod error;
 mod follower;
@@ -27,7 +28,10 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-pub use broadcast::{Broadcaster, CommitUpdate, IncomingEvent, PublishedCampaign, PublishedChange};
+pub use broadcast::{
+    Broadcaster, CommitUpdate, FanoutSettings, Follow, IncomingEvent, Live, PublishedCampaign,
+    PublishedChange, StatusBatch, Subscription,
+};
 pub use campaign_actor::CampaignActor;
 pub use db_actor::{DbActor, Write};
 pub use error::HubError;
@@ -96,6 +100,9 @@ pub struct HubSettings {
     pub max_queue: usize,
     /// Idle time after which a campaign actor stops.
     pub campaign_idle: Duration,
+    /// Least time between two fan-outs of metrics to streams
+    /// (`STATUSHUB_SSE_COALESCE_MS`).
+    pub sse_coalesce: Duration,
 }
 
 /// The handle the HTTP layer holds. Cheap to clone.
@@ -129,7 +136,13 @@ impl Hub {
         settings: HubSettings,
     ) -> Result<Self, StoreError> {
         let feed = store.feed_opener();
-        let broadcaster = Broadcaster::new();
+        let broadcaster = Broadcaster::new(
+            FanoutSettings {
+                window: settings.sse_coalesce,
+                pressure_rows: settings.max_batch,
+            },
+            metrics.clone(),
+        )?;
         let db = DbActor::new(
             store.clone(),
             settings.max_batch,

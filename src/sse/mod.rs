@@ -38,10 +38,10 @@ pub use limiter::{StreamLimiter, StreamPermit};
 use crate::access::resolve_campaign;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::hub::CommitUpdate;
+use crate::hub::{Follow, Subscription};
 use crate::state::AppState;
 use crate::store::{EventPosition, Store};
-use stream::{Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope};
+use stream::{Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope, StreamCounters};
 
 /// Events buffered per connection between its task and the socket. A client
 /// that lets this fill is slow: it skips to the latest metrics, or is
@@ -129,7 +129,7 @@ fn spawn(
     mut connection: Connection,
     caller: &Caller,
     permit: StreamPermit,
-    updates: tokio::sync::broadcast::Receiver<std::sync::Arc<CommitUpdate>>,
+    live: Subscription,
     state: &AppState,
     store: &Store,
 ) {
@@ -140,7 +140,7 @@ fn spawn(
     let store = store.clone();
     actix_web::rt::spawn(async move {
         let _permit = permit;
-        connection.run(updates, hub, store).await;
+        connection.run(live, hub, store).await;
     });
 }
 
@@ -159,7 +159,10 @@ async fn campaign_stream(
     let include_statuses = query.include_statuses();
     let resume = last_event_id(&req, &query);
     // Subscribe before reading the snapshot: nothing committed in between is missed.
-    let updates = state.hub.broadcaster().subscribe();
+    let live = state
+        .hub
+        .broadcaster()
+        .subscribe(Follow::Campaign(campaign.campaign_pk), include_statuses);
     let snapshot = state.hub.counters(campaign.campaign_pk).await?;
     // On a store several instances share, this instance may not have
     // followed a change that the client saw on another one yet: a client
@@ -179,7 +182,7 @@ async fn campaign_stream(
         Scope::Campaign(campaign.campaign_pk),
         include_statuses,
         IdMode::Version,
-        state.settings.sse_coalesce,
+        StreamCounters::new(&state.metrics),
     );
     match resume {
         // The client is up to date: nothing to send until the next change.
@@ -217,7 +220,7 @@ async fn campaign_stream(
         xact: 0,
         event_id: snapshot.version,
     });
-    spawn(connection, &caller, permit, updates, &state, &store);
+    spawn(connection, &caller, permit, live, &state, &store);
     Ok(respond(rx, &state))
 }
 
@@ -244,8 +247,15 @@ async fn tenant_stream(
     let permit = acquire(&state, &limiter, &caller)?;
     let include_statuses = query.include_statuses();
     let resume = last_event_id(&req, &query);
-    // Subscribe before reading the snapshot: nothing committed in between is missed.
-    let updates = state.hub.broadcaster().subscribe();
+    // Subscribe before reading the snapshot: nothing committed in between
+    // is missed. A tenant's streams follow the tenant's topic (a restricted
+    // token's keep its campaigns); the admin's without `tenant_id`, every
+    // campaign.
+    let follow = match &tenant {
+        Some(tenant) => Follow::Tenant(tenant.clone()),
+        None => Follow::Everything,
+    };
+    let live = state.hub.broadcaster().subscribe(follow, include_statuses);
     let (covered, campaigns) = store
         .tenant_snapshot(tenant.as_deref(), MAX_SNAPSHOT_CAMPAIGNS)
         .await?;
@@ -259,7 +269,7 @@ async fn tenant_stream(
         scope.clone(),
         include_statuses,
         IdMode::EventCursor,
-        state.settings.sse_coalesce,
+        StreamCounters::new(&state.metrics),
     );
     let mut replay = Vec::new();
     let mut overflow = false;
@@ -302,7 +312,7 @@ async fn tenant_stream(
             connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
         }
     }
-    spawn(connection, &caller, permit, updates, &state, &store);
+    spawn(connection, &caller, permit, live, &state, &store);
     Ok(respond(rx, &state))
 }
 
