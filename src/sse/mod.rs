@@ -19,6 +19,15 @@
 //! timeline's retention, `event: reset` and a snapshot). Comment heartbeats
 //! keep proxies from closing idle connections.
 //!
+//! Each stream subscribes to one topic of the hub's broadcaster
+//! ([`crate::hub::broadcast`]) before reading its snapshot: its campaign,
+//! its tenant, or every campaign (the admin without `tenant_id`). Metrics
+//! arrive already coalesced, once per campaign per window for all streams,
+//! so a connection keeps no timer and is woken only when its topic changed.
+//! The one periodic cost of an idle stream is actix-web-lab's keep-alive: a
+//! fixed-period timer per response (not reset by events) that writes the
+//! heartbeat comment.
+//!
 //! A stream ends when its token expires, after `event: expired`: the client
 //! reconnects with a fresh token. Open streams are capped in total, per
 //! tenant and per token ([`StreamLimiter`]); beyond a cap, 429 with
