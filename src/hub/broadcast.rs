@@ -391,6 +391,9 @@ impl Broadcaster {
             }),
             ready: Condvar::new(),
         });
+        metrics
+            .sse_fanout_window_seconds
+            .set(settings.window.as_secs_f64());
         let shared = Arc::new(Shared {
             registry: Mutex::new(Registry::default()),
             subscriptions: AtomicUsize::new(0),
