@@ -25,7 +25,8 @@
 //! - [`hub`]: the cloneable [`hub::Hub`] handle over the actors: the
 //!   router, one campaign actor per active campaign, the DB actor (group
 //!   commit, one group in flight), and the broadcast point each commit is
-//!   published to once.
+//!   published to once, which fans out to the streams' topics once per
+//!   coalescing window.
 //! - [`store`]: the database: migrations, the batched commit of typed
 //!   writes, reads.
 //! - [`domain`]: the status algebra (seen sets, current status, counter

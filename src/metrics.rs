@@ -1,8 +1,8 @@
 //! Prometheus metrics: one registry, named metrics as fields.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric statushub exports. Cheap to clone (the metrics are shared).
@@ -44,6 +44,18 @@ pub struct Metrics {
     pub sse_streams: IntGauge,
     /// SSE streams refused because a cap was reached (answered 429).
     pub sse_streams_refused: IntCounter,
+    /// Topics (campaigns, tenants, everything) that streams follow.
+    pub sse_topics: IntGauge,
+    /// Coalescing windows the fan-out handed to the topics.
+    pub sse_fanout_windows: IntCounter,
+    /// The fan-out's current window, seconds (longer than configured while
+    /// ingestion is backed up).
+    pub sse_fanout_window_seconds: Gauge,
+    /// Times a stream was woken with something for it.
+    pub sse_wakeups: IntCounter,
+    /// Live events serialized, by kind (`metrics`, `status`): once each,
+    /// whatever the number of streams that send it.
+    pub sse_frames_encoded: IntCounterVec,
 }
 
 impl Metrics {
@@ -126,6 +138,38 @@ impl Metrics {
             "SSE streams refused with 429 because a cap was reached",
         )
         .expect("valid metric definition");
+        let sse_topics = IntGauge::new(
+            "sse_topics",
+            "Campaigns, tenants and the everything topic followed by SSE streams",
+        )
+        .expect("valid metric definition");
+        let sse_fanout_windows = IntCounter::new(
+            "sse_fanout_windows_total",
+            "Coalescing windows the SSE fan-out handed to the topics",
+        )
+        .expect("valid metric definition");
+        let sse_fanout_window_seconds = Gauge::new(
+            "sse_fanout_window_seconds",
+            "Current SSE coalescing window (stretched while ingestion is backed up)",
+        )
+        .expect("valid metric definition");
+        let sse_wakeups = IntCounter::new(
+            "sse_wakeups_total",
+            "SSE streams woken with something for them",
+        )
+        .expect("valid metric definition");
+        let sse_frames_encoded = IntCounterVec::new(
+            Opts::new(
+                "sse_frames_encoded_total",
+                "Live SSE events serialized (once each, shared by every stream)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric definition");
+        // Both kinds show from the start, at 0.
+        for kind in ["metrics", "status"] {
+            sse_frames_encoded.with_label_values(&[kind]);
+        }
         let metrics = Metrics {
             registry,
             http_requests,
@@ -144,6 +188,11 @@ impl Metrics {
             pruned_rows,
             sse_streams,
             sse_streams_refused,
+            sse_topics,
+            sse_fanout_windows,
+            sse_fanout_window_seconds,
+            sse_wakeups,
+            sse_frames_encoded,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_requests.clone()),
@@ -162,6 +211,11 @@ impl Metrics {
             Box::new(metrics.pruned_rows.clone()),
             Box::new(metrics.sse_streams.clone()),
             Box::new(metrics.sse_streams_refused.clone()),
+            Box::new(metrics.sse_topics.clone()),
+            Box::new(metrics.sse_fanout_windows.clone()),
+            Box::new(metrics.sse_fanout_window_seconds.clone()),
+            Box::new(metrics.sse_wakeups.clone()),
+            Box::new(metrics.sse_frames_encoded.clone()),
         ];
         for collector in collectors {
             metrics

@@ -82,6 +82,7 @@ impl Application {
                 max_queue: settings.max_queue,
                 campaign_idle: settings.campaign_idle,
                 directory_capacity: settings.id_directory_capacity,
+                sse_coalesce: settings.sse_coalesce,
             },
         )
         .await

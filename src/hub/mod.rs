@@ -14,6 +14,7 @@
 
 pub mod broadcast;
 mod campaign_actor;
+mod coalesce;
 mod db_actor;
 mod directory;
 mod error;
@@ -29,7 +30,10 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-pub use broadcast::{Broadcaster, CommitUpdate, IncomingEvent, PublishedCampaign, PublishedChange};
+pub use broadcast::{
+    Broadcaster, CommitUpdate, FanoutSettings, Follow, IncomingEvent, Live, PublishedCampaign,
+    PublishedChange, StatusBatch, Subscription,
+};
 pub use campaign_actor::CampaignActor;
 pub use db_actor::{DbActor, Write};
 pub use directory::Directory;
@@ -101,6 +105,9 @@ pub struct HubSettings {
     pub campaign_idle: Duration,
     /// Message ids whose campaign is kept in memory (0: none).
     pub directory_capacity: usize,
+    /// Least time between two fan-outs of metrics to streams
+    /// (`STATUSHUB_SSE_COALESCE_MS`).
+    pub sse_coalesce: Duration,
 }
 
 /// The handle the HTTP layer holds. Cheap to clone.
@@ -139,7 +146,13 @@ impl Hub {
         settings: HubSettings,
     ) -> Result<Self, StoreError> {
         let feed = store.feed_opener();
-        let broadcaster = Broadcaster::new();
+        let broadcaster = Broadcaster::new(
+            FanoutSettings {
+                window: settings.sse_coalesce,
+                pressure_rows: settings.max_batch,
+            },
+            metrics.clone(),
+        )?;
         let db = DbActor::new(
             store.clone(),
             settings.max_batch,

@@ -1,8 +1,12 @@
-//! What SSE events carry, encoded once per commit for every stream: the
-//! hub publishes data, and the first stream that sends a campaign's
-//! counters or a change encodes it into the update's shared cell.
+//! What SSE events carry. The hub publishes data; live events are encoded
+//! once, by the first stream that sends them, into the published item's
+//! shared cell: a change once, a campaign's counters once per coalescing
+//! window, whatever the number of streams (`statushub_sse_frames_encoded_total`
+//! counts these encodings). Snapshots and replays, which are per stream,
+//! are encoded per stream.
 
 use bytestring::ByteString;
+use prometheus::IntCounter;
 use serde::Serialize;
 
 use crate::clock::format_ms;
@@ -47,11 +51,13 @@ pub(super) fn counters_json(counters: &CampaignCounters) -> ByteString {
     ByteString::from(serde_json::to_string(counters).unwrap_or_default())
 }
 
-/// The `data:` of a published change's `status` event, encoded once.
-pub(super) fn status_data(published: &PublishedChange) -> ByteString {
+/// The `data:` of a published change's `status` event, encoded once
+/// (counted in `encoded`).
+pub(super) fn status_data(published: &PublishedChange, encoded: &IntCounter) -> ByteString {
     published
         .encoded
         .get_or_init(|| {
+            encoded.inc();
             status_json(
                 &published.counters.tenant_id,
                 &published.counters.campaign_id,
@@ -61,10 +67,14 @@ pub(super) fn status_data(published: &PublishedChange) -> ByteString {
         .clone()
 }
 
-/// The `data:` of a published campaign's `metrics` event, encoded once.
-pub(super) fn metrics_data(published: &PublishedCampaign) -> ByteString {
+/// The `data:` of a published campaign's `metrics` event, encoded once
+/// (counted in `encoded`).
+pub(super) fn metrics_data(published: &PublishedCampaign, encoded: &IntCounter) -> ByteString {
     published
         .encoded
-        .get_or_init(|| counters_json(&published.counters))
+        .get_or_init(|| {
+            encoded.inc();
+            counters_json(&published.counters)
+        })
         .clone()
 }

@@ -19,6 +19,15 @@
 //! timeline's retention, `event: reset` and a snapshot). Comment heartbeats
 //! keep proxies from closing idle connections.
 //!
+//! Each stream subscribes to one topic of the hub's broadcaster
+//! ([`crate::hub::broadcast`]) before reading its snapshot: its campaign,
+//! its tenant, or every campaign (the admin without `tenant_id`). Metrics
+//! arrive already coalesced, once per campaign per window for all streams,
+//! so a connection keeps no timer and is woken only when its topic changed.
+//! The one periodic cost of an idle stream is actix-web-lab's keep-alive: a
+//! fixed-period timer per response (not reset by events) that writes the
+//! heartbeat comment.
+//!
 //! A stream ends when its token expires, after `event: expired`: the client
 //! reconnects with a fresh token. Open streams are capped in total, per
 //! tenant and per token ([`StreamLimiter`]); beyond a cap, 429 with
@@ -38,10 +47,10 @@ pub use limiter::{StreamLimiter, StreamPermit};
 use crate::access::resolve_campaign;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::hub::CommitUpdate;
+use crate::hub::{Follow, Subscription};
 use crate::state::AppState;
 use crate::store::{EventPosition, Store};
-use stream::{Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope};
+use stream::{Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope, StreamCounters};
 
 /// Events buffered per connection between its task and the socket. A client
 /// that lets this fill is slow: it skips to the latest metrics, or is
@@ -129,7 +138,7 @@ fn spawn(
     mut connection: Connection,
     caller: &Caller,
     permit: StreamPermit,
-    updates: tokio::sync::broadcast::Receiver<std::sync::Arc<CommitUpdate>>,
+    live: Subscription,
     state: &AppState,
     store: &Store,
 ) {
@@ -140,7 +149,7 @@ fn spawn(
     let store = store.clone();
     actix_web::rt::spawn(async move {
         let _permit = permit;
-        connection.run(updates, hub, store).await;
+        connection.run(live, hub, store).await;
     });
 }
 
@@ -159,7 +168,10 @@ async fn campaign_stream(
     let include_statuses = query.include_statuses();
     let resume = last_event_id(&req, &query);
     // Subscribe before reading the snapshot: nothing committed in between is missed.
-    let updates = state.hub.broadcaster().subscribe();
+    let live = state
+        .hub
+        .broadcaster()
+        .subscribe(Follow::Campaign(campaign.campaign_pk), include_statuses);
     let snapshot = state.hub.counters(campaign.campaign_pk).await?;
     // On a store several instances share, this instance may not have
     // followed a change that the client saw on another one yet: a client
@@ -179,7 +191,7 @@ async fn campaign_stream(
         Scope::Campaign(campaign.campaign_pk),
         include_statuses,
         IdMode::Version,
-        state.settings.sse_coalesce,
+        StreamCounters::new(&state.metrics),
     );
     match resume {
         // The client is up to date: nothing to send until the next change.
@@ -217,7 +229,7 @@ async fn campaign_stream(
         xact: 0,
         event_id: snapshot.version,
     });
-    spawn(connection, &caller, permit, updates, &state, &store);
+    spawn(connection, &caller, permit, live, &state, &store);
     Ok(respond(rx, &state))
 }
 
@@ -244,8 +256,15 @@ async fn tenant_stream(
     let permit = acquire(&state, &limiter, &caller)?;
     let include_statuses = query.include_statuses();
     let resume = last_event_id(&req, &query);
-    // Subscribe before reading the snapshot: nothing committed in between is missed.
-    let updates = state.hub.broadcaster().subscribe();
+    // Subscribe before reading the snapshot: nothing committed in between
+    // is missed. A tenant's streams follow the tenant's topic (a restricted
+    // token's keep its campaigns); the admin's without `tenant_id`, every
+    // campaign.
+    let follow = match &tenant {
+        Some(tenant) => Follow::Tenant(tenant.clone()),
+        None => Follow::Everything,
+    };
+    let live = state.hub.broadcaster().subscribe(follow, include_statuses);
     let (covered, campaigns) = store
         .tenant_snapshot(tenant.as_deref(), MAX_SNAPSHOT_CAMPAIGNS)
         .await?;
@@ -259,7 +278,7 @@ async fn tenant_stream(
         scope.clone(),
         include_statuses,
         IdMode::EventCursor,
-        state.settings.sse_coalesce,
+        StreamCounters::new(&state.metrics),
     );
     let mut replay = Vec::new();
     let mut overflow = false;
@@ -302,7 +321,7 @@ async fn tenant_stream(
             connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
         }
     }
-    spawn(connection, &caller, permit, updates, &state, &store);
+    spawn(connection, &caller, permit, live, &state, &store);
     Ok(respond(rx, &state))
 }
 

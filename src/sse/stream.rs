@@ -1,19 +1,26 @@
-//! One SSE connection: filters the broadcast for what its caller may see,
-//! coalesces metrics, forwards status changes, and copes with slowness on
-//! either side without ever blocking the publisher.
+//! One SSE connection: reads the topic it follows (see
+//! [`crate::hub::broadcast`]), keeps what its caller may see, and copes with
+//! slowness on either side without ever blocking the publisher.
+//!
+//! A connection has no timer of its own (besides its token's expiry and
+//! the SSE layer's heartbeat): metrics come already coalesced, once per
+//! window per campaign, so it is woken only when its topic changed, and
+//! sends each frame at once. A metrics frame that finds the buffer full
+//! waits, latest wins, until the client makes room.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web_lab::sse;
 use bytestring::ByteString;
-use tokio::sync::broadcast::{self, error::RecvError};
+use prometheus::IntCounter;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::encode::{counters_json, metrics_data, status_data, status_json};
 use crate::domain::CampaignCounters;
-use crate::hub::{CommitUpdate, Hub};
+use crate::hub::{Hub, Live, PublishedCampaign, StatusBatch, Subscription};
+use crate::metrics::Metrics;
 use crate::store::{EventPosition, StatusChange, Store};
 
 /// How long a status stream may take nothing from its buffer before it is
@@ -77,6 +84,27 @@ impl IdMode {
     }
 }
 
+/// The counters a connection moves.
+#[derive(Clone, Debug)]
+pub(super) struct StreamCounters {
+    /// Times the connection was woken with something for it.
+    wakeups: IntCounter,
+    /// Live `metrics` data encoded (once per frame, by whichever stream first sends it).
+    encoded_metrics: IntCounter,
+    /// Live `status` data encoded (once per change).
+    encoded_statuses: IntCounter,
+}
+
+impl StreamCounters {
+    pub(super) fn new(metrics: &Metrics) -> Self {
+        StreamCounters {
+            wakeups: metrics.sse_wakeups.clone(),
+            encoded_metrics: metrics.sse_frames_encoded.with_label_values(&["metrics"]),
+            encoded_statuses: metrics.sse_frames_encoded.with_label_values(&["status"]),
+        }
+    }
+}
+
 /// One connection's state; [`Connection::run`] drives it.
 #[derive(Debug)]
 pub(super) struct Connection {
@@ -88,15 +116,10 @@ pub(super) struct Connection {
     include_statuses: bool,
     /// What the `id:` of events is on this stream.
     id_mode: IdMode,
-    /// Minimum time between two `metrics` events of one campaign.
-    window: Duration,
     /// Latest counters version the client has per campaign: older ones are skipped.
     sent_versions: HashMap<i64, i64>,
-    /// Counters (version, JSON) waiting for their campaign's window to pass;
-    /// only the latest is kept.
-    pending: HashMap<i64, (i64, ByteString)>,
-    /// When each campaign's last `metrics` went out.
-    last_sent: HashMap<i64, Instant>,
+    /// Frames waiting for room in the buffer; only the latest per campaign.
+    pending: HashMap<i64, Arc<PublishedCampaign>>,
     /// Highest position (version, or event position, per `id_mode`) that
     /// the snapshot and replay cover: live changes at or below it are not
     /// sent again.
@@ -104,8 +127,6 @@ pub(super) struct Connection {
     /// Highest event position delivered: its event id is the `id:` of
     /// metrics on tenant streams.
     cursor: EventPosition,
-    /// Set when the broadcast lagged: counters are re-read from the store.
-    resync: bool,
     /// Whether a live change the client's snapshot already counts is
     /// skipped: true for a stream that starts from a snapshot; false for a
     /// resumed status stream, which gets every change after its
@@ -114,6 +135,7 @@ pub(super) struct Connection {
     skip_counted: bool,
     /// When the caller's token expires (Unix seconds): the stream ends then.
     expires_at: Option<u64>,
+    counters: StreamCounters,
 }
 
 impl Connection {
@@ -122,22 +144,20 @@ impl Connection {
         scope: Scope,
         include_statuses: bool,
         id_mode: IdMode,
-        window: Duration,
+        counters: StreamCounters,
     ) -> Self {
         Connection {
             tx,
             scope,
             include_statuses,
             id_mode,
-            window,
             sent_versions: HashMap::new(),
             pending: HashMap::new(),
-            last_sent: HashMap::new(),
             floor: EventPosition::default(),
             cursor: EventPosition::default(),
-            resync: false,
             skip_counted: true,
             expires_at: None,
+            counters,
         }
     }
 
@@ -217,9 +237,10 @@ impl Connection {
     /// Queues `event: status` of a live change, waiting for room in the
     /// connection's buffer (one slot is kept for `event: lagged`), so that a
     /// commit with more changes than the buffer holds reaches a client that
-    /// reads. Waiting holds up only this connection: the publisher never
-    /// waits, and while this one waits, the broadcast channel keeps the
-    /// commits for it (bounded; beyond, it lags and is closed). A client
+    /// reads. Waiting holds up only this connection: the publisher and the
+    /// fan-out never wait, and while this one waits, its topic's status
+    /// channel keeps the windows for it (bounded; beyond, it lags and is
+    /// closed). A client
     /// that takes nothing for [`SLOW_CLIENT_GRACE`] is too slow: it gets
     /// `event: lagged` and is closed. `false` ends the connection.
     async fn status_waiting(&mut self, json: ByteString, id: i64) -> bool {
@@ -259,22 +280,22 @@ impl Connection {
             .try_send(sse::Data::new(data).event("lagged").into());
     }
 
-    /// Takes one published commit; `false` ends the connection.
-    async fn take(&mut self, update: &CommitUpdate) -> bool {
-        let admitted: Vec<i64> = update
-            .campaigns
-            .iter()
-            .filter(|campaign| self.scope.admits(campaign.campaign_pk, &campaign.counters))
-            .map(|campaign| campaign.campaign_pk)
-            .collect();
-        if admitted.is_empty() {
-            return true;
+    /// Takes a window's batch of the topic (status streams); `false` ends
+    /// the connection. Its changes come first, then the counters they led
+    /// to, so a `metrics` event never overtakes the status events of its
+    /// own commit, and ids never go back.
+    async fn take_batch(&mut self, batch: &StatusBatch) -> bool {
+        if batch.gap {
+            self.lagged("missed status changes");
+            return false;
         }
-        for published in update
-            .changes
-            .iter()
-            .filter(|published| admitted.contains(&published.campaign_pk()))
-        {
+        for published in &batch.changes {
+            if !self
+                .scope
+                .admits(published.campaign_pk(), &published.counters)
+            {
+                continue;
+            }
             let change = &published.change;
             let key = self.id_mode.key(change);
             // Covered by the snapshot or the replay: at or below the floor,
@@ -290,63 +311,63 @@ impl Connection {
             if key <= self.floor || covered {
                 continue;
             }
-            if self.include_statuses
-                && !self
-                    .status_waiting(status_data(published), key.event_id)
-                    .await
-            {
+            let data = status_data(published, &self.counters.encoded_statuses);
+            if !self.status_waiting(data, key.event_id).await {
                 return false;
             }
             self.cursor = self.cursor.max(change.position());
         }
-        for campaign in update
-            .campaigns
-            .iter()
-            .filter(|campaign| admitted.contains(&campaign.campaign_pk))
-        {
-            let version = campaign.counters.version;
-            let known = self
-                .sent_versions
-                .get(&campaign.campaign_pk)
-                .copied()
-                .unwrap_or(-1);
-            if version > known {
-                self.pending
-                    .insert(campaign.campaign_pk, (version, metrics_data(campaign)));
-            }
-        }
+        self.take_frames(&batch.campaigns, false);
         true
     }
 
-    /// Sends the pending metrics whose window has passed. A full buffer
-    /// keeps them pending: the client skips to the latest state later.
+    /// Keeps the frames this caller may see and does not have yet, latest
+    /// per campaign, for [`Connection::flush`]. `advance` moves the cursor
+    /// to their changes' positions (streams without statuses, whose ids
+    /// follow the frames).
+    fn take_frames(&mut self, frames: &[Arc<PublishedCampaign>], advance: bool) {
+        for frame in frames {
+            if !self.scope.admits(frame.campaign_pk, &frame.counters) {
+                continue;
+            }
+            if advance {
+                self.cursor = self.cursor.max(frame.position);
+            }
+            let known = self
+                .sent_versions
+                .get(&frame.campaign_pk)
+                .copied()
+                .unwrap_or(-1);
+            let newer_than_pending = self
+                .pending
+                .get(&frame.campaign_pk)
+                .is_none_or(|pending| pending.counters.version < frame.counters.version);
+            if frame.counters.version > known && newer_than_pending {
+                self.pending.insert(frame.campaign_pk, Arc::clone(frame));
+            }
+        }
+    }
+
+    /// Sends the pending metrics. A full buffer keeps them pending: the
+    /// client skips to the latest state once it makes room.
     fn flush(&mut self) {
-        let now = Instant::now();
-        let due: Vec<i64> = self
-            .pending
-            .keys()
-            .filter(|campaign_pk| {
-                self.last_sent
-                    .get(campaign_pk)
-                    .is_none_or(|last| now.duration_since(*last) >= self.window)
-            })
-            .copied()
-            .collect();
-        for campaign_pk in due {
-            let Some((version, json)) = self.pending.remove(&campaign_pk) else {
+        let campaigns: Vec<i64> = self.pending.keys().copied().collect();
+        for campaign_pk in campaigns {
+            let Some(frame) = self.pending.remove(&campaign_pk) else {
                 continue;
             };
+            let version = frame.counters.version;
             let id = self.id_for(version);
+            let data = metrics_data(&frame, &self.counters.encoded_metrics);
             match self
                 .tx
-                .try_send(sse::Data::new(json.clone()).event("metrics").id(id).into())
+                .try_send(sse::Data::new(data).event("metrics").id(id).into())
             {
                 Ok(()) => {
                     self.sent_versions.insert(campaign_pk, version);
-                    self.last_sent.insert(campaign_pk, now);
                 }
                 Err(TrySendError::Full(_)) => {
-                    self.pending.insert(campaign_pk, (version, json));
+                    self.pending.insert(campaign_pk, frame);
                     return;
                 }
                 Err(TrySendError::Closed(_)) => return,
@@ -354,10 +375,10 @@ impl Connection {
         }
     }
 
-    /// Re-reads counters after the broadcast lagged, so the client ends on
-    /// the latest state even though it missed updates.
+    /// Re-reads counters after the topic dropped frames this stream had not
+    /// read, so the client ends on the latest state even though it missed
+    /// updates.
     async fn resync(&mut self, hub: &Hub, store: &Store) {
-        self.resync = false;
         let fresh: Vec<(i64, CampaignCounters)> = match &self.scope {
             Scope::Campaign(campaign_pk) => match hub.counters(*campaign_pk).await {
                 Ok(counters) => vec![(*campaign_pk, counters)],
@@ -373,34 +394,31 @@ impl Connection {
                 }
             }
         };
-        for (campaign_pk, counters) in fresh {
-            if !self.scope.admits(campaign_pk, &counters) {
-                continue;
-            }
-            let known = self.sent_versions.get(&campaign_pk).copied().unwrap_or(-1);
-            if counters.version > known {
-                let json = counters_json(&counters);
-                self.pending.insert(campaign_pk, (counters.version, json));
-            }
-        }
+        let frames: Vec<Arc<PublishedCampaign>> = fresh
+            .into_iter()
+            .map(|(campaign_pk, counters)| {
+                let encoded = counters_json(&counters);
+                Arc::new(PublishedCampaign {
+                    campaign_pk,
+                    counters: Arc::new(counters),
+                    position: EventPosition::default(),
+                    encoded: encoded.into(),
+                })
+            })
+            .collect();
+        self.take_frames(&frames, false);
     }
 
-    /// Runs until the client goes away, the hub stops, or a status
-    /// subscriber falls too far behind.
-    pub(super) async fn run(
-        mut self,
-        mut updates: broadcast::Receiver<Arc<CommitUpdate>>,
-        hub: Hub,
-        store: Store,
-    ) {
-        let tick_every = (self.window / 4).max(Duration::from_millis(5));
-        let mut tick = tokio::time::interval(tick_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Runs until the client goes away, its token expires, the hub stops,
+    /// or a status subscriber falls too far behind. Wakes only for its
+    /// topic, the expiry, and room in a full buffer when metrics wait.
+    pub(super) async fn run(mut self, mut live: Subscription, hub: Hub, store: Store) {
         let expires = self.expires_at;
         let expiry = tokio::time::sleep(until_unix(expires.unwrap_or(u64::MAX)));
         tokio::pin!(expiry);
         loop {
             tokio::select! {
+                biased;
                 _ = self.tx.closed() => return,
                 () = &mut expiry, if expires.is_some() => {
                     // Use the slot a full buffer may not have: the stream ends anyway.
@@ -409,26 +427,30 @@ impl Connection {
                     );
                     return;
                 }
-                received = updates.recv() => match received {
-                    Ok(update) => {
-                        if !self.take(&update).await {
+                received = live.next() => {
+                    self.counters.wakeups.inc();
+                    match received {
+                        Live::Frames(frames) => self.take_frames(&frames, true),
+                        Live::Batch(batch) => {
+                            if !self.take_batch(&batch).await {
+                                return;
+                            }
+                        }
+                        Live::Behind if self.include_statuses => {
+                            self.lagged("missed status changes");
                             return;
                         }
+                        Live::Behind => self.resync(&hub, &store).await,
+                        Live::Closed => return,
                     }
-                    Err(RecvError::Lagged(_)) if self.include_statuses => {
-                        self.lagged("missed status changes");
+                    self.flush();
+                }
+                // Room again (the permit is given back at once): send the latest metrics.
+                open = async { self.tx.reserve().await.is_ok() }, if !self.pending.is_empty() => {
+                    if !open {
                         return;
                     }
-                    Err(RecvError::Lagged(_)) => self.resync = true,
-                    Err(RecvError::Closed) => return,
-                },
-                _ = tick.tick() => {
-                    if self.resync {
-                        self.resync(&hub, &store).await;
-                    }
-                    if !self.pending.is_empty() {
-                        self.flush();
-                    }
+                    self.flush();
                 }
             }
         }

@@ -5,6 +5,7 @@
 
 mod access;
 mod basics;
+mod fanout;
 mod resume;
 mod slow;
 
