@@ -4,6 +4,13 @@ use clap::Parser as _;
 
 use statushub::cli::{Cli, Command};
 
+/// mimalloc instead of glibc's malloc: at saturation, glibc's allocator
+/// (`_int_malloc`, `malloc_consolidate`, `_int_free`) took about a fifth of
+/// the hub's CPU, every request allocating and freeing across the HTTP
+/// workers, the actor thread and the SQLite writer (`BENCHMARKS.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     let subscriber = statushub::telemetry::get_subscriber("info", std::io::stderr);
