@@ -12,6 +12,7 @@ mod durability;
 mod fuzz;
 mod harness;
 mod limits;
+mod loadgen;
 mod model;
 mod registration;
 mod retention;

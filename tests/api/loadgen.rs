@@ -1,0 +1,14 @@
+//! The load generator (`benches/loadgen/`): its modules, compiled here with
+//! their unit tests, since a harness-less bench runs no tests.
+//!
+//! No timing is asserted here: figures go in BENCHMARKS.md.
+
+// Parts of these serve the generator's run, which is not included yet.
+#[allow(dead_code)]
+#[path = "../../benches/loadgen/histogram.rs"]
+mod histogram;
+#[allow(dead_code)]
+#[path = "../../benches/loadgen/options.rs"]
+mod options;
+#[path = "../../benches/loadgen/rate.rs"]
+mod rate;
