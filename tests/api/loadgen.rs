@@ -10,5 +10,11 @@ mod histogram;
 #[allow(dead_code)]
 #[path = "../../benches/loadgen/options.rs"]
 mod options;
+#[allow(dead_code)]
+#[path = "../../benches/loadgen/payload.rs"]
+mod payload;
+#[allow(dead_code)]
+#[path = "../../benches/loadgen/plan.rs"]
+mod plan;
 #[path = "../../benches/loadgen/rate.rs"]
 mod rate;
