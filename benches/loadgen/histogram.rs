@@ -84,9 +84,10 @@ impl Histogram {
         Duration::from_micros(self.micros.max())
     }
 
-    /// p50, p90, p99, p99.9, max and mean, in milliseconds.
+    /// p50, p90, p99, p99.9, max and mean, in milliseconds (to the
+    /// microsecond).
     pub fn percentiles(&self) -> Percentiles {
-        let ms = |value: Duration| value.as_secs_f64() * 1_000.0;
+        let ms = |value: Duration| value.as_micros() as f64 / 1_000.0;
         Percentiles {
             count: self.count(),
             p50_ms: ms(self.quantile(0.50)),
@@ -97,7 +98,7 @@ impl Histogram {
             mean_ms: if self.micros.is_empty() {
                 0.0
             } else {
-                self.micros.mean() / 1_000.0
+                self.micros.mean().round() / 1_000.0
             },
         }
     }

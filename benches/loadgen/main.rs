@@ -48,7 +48,9 @@
 //!      closed loop's requests/s.
 //!
 //!    SES notifications are signed before the clock starts (RSA costs the
-//!    generator about a millisecond each): all that the run may send.
+//!    generator about 2 ms of CPU each): those the run may send, up to
+//!    `--presign` (100,000); any beyond are signed as they are sent, and the
+//!    report counts them.
 //! 5. Reads every campaign's counters and compares them with the counters
 //!    the acknowledged statuses make (the specification's status rules,
 //!    written out in `plan.rs`), and the webhook receipts' totals with

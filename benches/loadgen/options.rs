@@ -82,6 +82,11 @@ pub struct Options {
     /// Registration requests in flight at once.
     #[arg(long, default_value_t = 4)]
     pub register_parallel: usize,
+    /// SES: most notifications signed before the clock starts (RSA costs
+    /// the generator about 2 ms of CPU each, and each takes about 3 KB);
+    /// any more the run sends are signed as they go, and counted.
+    #[arg(long, default_value_t = 100_000)]
+    pub presign: usize,
     /// Seed of the shuffles (random when absent; printed).
     #[arg(long)]
     pub seed: Option<u64>,

@@ -286,7 +286,7 @@ impl Payloads {
 
     /// Signs the SNS notifications of `numbers` (distinct notification
     /// numbers of `plan`) on every core, before the clock starts: RSA
-    /// signing costs the generator about a millisecond each, which must not
+    /// signing costs the generator about 2 ms of CPU each, which must not
     /// compete with the hub during the measurement. Returns the bodies by
     /// notification number (`None` where not asked for).
     pub fn presign(&self, plan: &Plan, numbers: &[u32]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {

@@ -184,11 +184,17 @@ pub fn ingest_line(ingest: &Ingest, per_request: usize, concurrency: usize) -> S
         (Some(planned), false) => format!("{} of {planned} planned requests", ingest.requests),
         (None, _) => "laps until the clock ran out".to_owned(),
     };
-    let errors = if ingest.errors_by_kind.is_empty() {
+    let mut errors = if ingest.errors_by_kind.is_empty() {
         "0 errors".to_owned()
     } else {
         format!("{} errors {:?}", ingest.errors, ingest.errors_by_kind)
     };
+    if ingest.signed_during_run > 0 {
+        errors.push_str(&format!(
+            "; {} sns notifications signed during the run (beyond --presign)",
+            ingest.signed_during_run
+        ));
+    }
     format!(
         "ingest ({how}; {concurrency} connections, {per_request} statuses per request): {} requests sent, {} answered 200, {} statuses acknowledged in {:.2} s ({planned}): {:.0} statuses/s, {:.0} requests/s; latency from {}: {}; {errors}",
         ingest.requests,

@@ -27,8 +27,6 @@ use super::sse::{Kind, Replies, Seen, Streams, Subscribers};
 
 /// Time allowed for one webhook call.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most SNS notifications signed before a run (about a millisecond each).
-const MAX_PRESIGNED: usize = 2_000_000;
 /// Mismatching campaigns described in the report at most.
 const MISMATCHES_SHOWN: usize = 5;
 /// Time the hub's memory is left to settle before it is read.
@@ -226,18 +224,21 @@ async fn load(
     let (presigned, presign_seconds) = match options.channel {
         Channel::Ses => {
             let started = Instant::now();
-            let numbers = first_notifications(&plan, sendable);
-            anyhow::ensure!(
-                numbers.len() <= MAX_PRESIGNED,
-                "the run may send {} distinct sns notifications; more than {MAX_PRESIGNED} take \
-                 too long to sign: give fewer messages or an open-loop --rate",
-                numbers.len()
-            );
+            let numbers = first_notifications(&plan, sendable, options.presign);
             println!(
                 "signing {} sns notifications before the clock starts…",
                 numbers.len()
             );
             let bodies = payloads.presign(&plan, &numbers)?;
+            println!(
+                "signed in {:.1} s{}",
+                started.elapsed().as_secs_f64(),
+                if numbers.len() == options.presign {
+                    " (--presign): any beyond are signed as they are sent, and counted"
+                } else {
+                    ""
+                }
+            );
             (Some(bodies), started.elapsed().as_secs_f64())
         }
         Channel::Whatsapp => (None, 0.0),
@@ -383,19 +384,23 @@ async fn load(
     Ok(())
 }
 
-/// The distinct notifications the first `requests` requests of a one-status
-/// plan carry (all of one lap when unbounded).
-fn first_notifications(plan: &Plan, requests: Option<usize>) -> Vec<u32> {
+/// The distinct notifications the first `requests` requests carry (of one
+/// lap when unbounded), in the order they are sent, at most `most`.
+fn first_notifications(plan: &Plan, requests: Option<usize>, most: usize) -> Vec<u32> {
     let plays = requests.map_or(plan.plays.len(), |requests| {
         (requests * plan.per_request).min(plan.plays.len())
     });
     let mut wanted = vec![false; plan.notifications.len()];
+    let mut first = Vec::new();
     for &number in &plan.plays[..plays] {
-        wanted[number as usize] = true;
+        if first.len() == most {
+            break;
+        }
+        if !std::mem::replace(&mut wanted[number as usize], true) {
+            first.push(number);
+        }
     }
-    (0..plan.notifications.len() as u32)
-        .filter(|&number| wanted[number as usize])
-        .collect()
+    first
 }
 
 /// Compares the hub's counters with the expected ones, campaign by
@@ -704,14 +709,27 @@ mod tests {
         let plan = Plan::new(Channel::Ses, 1, 20, Order::Duplicated, 1, 3);
         let count = plan.notifications.len();
         // Unbounded (closed loop, laps): every notification once.
-        assert_eq!(first_notifications(&plan, None).len(), count);
-        // Open loop: the distinct ones among the first plays.
-        let first: Vec<u32> = first_notifications(&plan, Some(10));
-        let mut expected: Vec<u32> = plan.plays[..10].to_vec();
-        expected.sort_unstable();
-        expected.dedup();
-        assert_eq!(first, expected);
-        assert_eq!(first_notifications(&plan, Some(10 * count)).len(), count);
+        let all = first_notifications(&plan, None, usize::MAX);
+        assert_eq!(all.len(), count);
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), count);
+        // Open loop: the distinct ones among the first plays, in play order.
+        let mut expected: Vec<u32> = Vec::new();
+        for &number in &plan.plays[..30] {
+            if !expected.contains(&number) {
+                expected.push(number);
+            }
+        }
+        assert!(expected.len() < 30, "duplicated plays repeat some");
+        assert_eq!(first_notifications(&plan, Some(30), usize::MAX), expected);
+        assert_eq!(
+            first_notifications(&plan, Some(10 * count), usize::MAX).len(),
+            count
+        );
+        // At most `--presign`: the first ones sent.
+        assert_eq!(first_notifications(&plan, None, 7), expected[..7]);
     }
 
     #[test]
