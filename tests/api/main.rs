@@ -13,6 +13,7 @@ mod fuzz;
 mod harness;
 mod hot_path;
 mod limits;
+mod loadgen;
 mod model;
 mod registration;
 mod retention;
