@@ -77,7 +77,7 @@ async fn a_status_buffered_in_the_same_commit_as_its_registration_is_routed_agai
             messages: vec![message("wamid.race")],
         }],
         buffers: vec![Buffer {
-            updates: vec![update("wamid.race", Status::Read, "k1")],
+            updates: vec![update("wamid.race", Status::Read, "k1").into()],
         }],
         ..Batch::default()
     };
@@ -108,9 +108,9 @@ async fn buffered_statuses_apply_in_the_registering_commit_with_consecutive_vers
     let buffer = Batch {
         buffers: vec![Buffer {
             updates: vec![
-                update("wamid.1", Status::Delivered, "k1"),
-                update("wamid.1", Status::Read, "k2"),
-                update("wamid.2", Status::Sent, "k3"),
+                update("wamid.1", Status::Delivered, "k1").into(),
+                update("wamid.1", Status::Read, "k2").into(),
+                update("wamid.2", Status::Sent, "k3").into(),
             ],
         }],
         ..Batch::default()
@@ -464,7 +464,9 @@ async fn two_postgres_stores_committing_at_once_keep_counters_exact_and_strand_n
                         .iter_mut()
                         .find(|apply| apply.campaign_pk == *campaign_pk)
                         .unwrap();
-                    apply.updates.push((*message_pk, notification(id, status)));
+                    apply
+                        .updates
+                        .push((*message_pk, notification(id, status).into()));
                 }
                 applies.retain(|apply| !apply.updates.is_empty());
                 if rng.gen_bool(0.5) {
@@ -509,7 +511,7 @@ async fn two_postgres_stores_committing_at_once_keep_counters_exact_and_strand_n
                     .collect();
                 let buffer = Batch {
                     buffers: vec![Buffer {
-                        updates: updates.clone(),
+                        updates: updates.iter().cloned().map(Into::into).collect(),
                     }],
                     ..Batch::default()
                 };
@@ -529,7 +531,7 @@ async fn two_postgres_stores_committing_at_once_keep_counters_exact_and_strand_n
                             let batch = Batch {
                                 applies: vec![Apply {
                                     campaign_pk: found.campaign_pk,
-                                    updates: vec![(found.message_pk, update)],
+                                    updates: vec![(found.message_pk, update.into())],
                                 }],
                                 ..Batch::default()
                             };

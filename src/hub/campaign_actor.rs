@@ -37,7 +37,7 @@ const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 #[rtype(result = "Result<Vec<UpdateOutcome>, HubError>")]
 pub struct ApplyUpdates {
     /// `(message_pk, update)` pairs, all of this actor's campaign.
-    pub updates: Vec<(i64, StatusUpdate)>,
+    pub updates: Vec<(i64, Arc<StatusUpdate>)>,
 }
 
 /// Asks a campaign actor to register messages; replies after commit with

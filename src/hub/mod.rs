@@ -50,6 +50,13 @@ use campaign_actor::{ApplyUpdates, GetCounters, RegisterMessages};
 use db_actor::{Persist, QueueDepth};
 use router::{CountActive, Locate};
 
+/// Updates split by where they go: known messages grouped by campaign
+/// (`(message_pk, update)` pairs), and unknown ones.
+type Routed = (
+    HashMap<i64, Vec<(i64, Arc<StatusUpdate>)>>,
+    Vec<Arc<StatusUpdate>>,
+);
+
 /// How many times an update is routed again when its message turned out to
 /// be registered meanwhile, or its campaign actor stopped under it.
 const MAX_REROUTES: usize = 3;
@@ -193,16 +200,21 @@ impl Hub {
     /// Applies verified updates and returns the receipt once every one of
     /// them is durably committed (applied, recognised as duplicate, or
     /// buffered), with each update and what became of it.
+    ///
+    /// Each update is put behind an `Arc` once, here: the campaign actor,
+    /// the DB actor's batch and the commit share it, and a retry (an actor
+    /// that stopped, a message registered meanwhile) costs a reference
+    /// count, not a copy.
     pub async fn apply(
         &self,
         updates: Vec<StatusUpdate>,
-    ) -> Result<(WebhookReceipt, Vec<(StatusUpdate, Settlement)>), HubError> {
+    ) -> Result<(WebhookReceipt, Vec<(Arc<StatusUpdate>, Settlement)>), HubError> {
         let mut receipt = WebhookReceipt {
             received: updates.len(),
             ..WebhookReceipt::default()
         };
         let mut settled = Vec::with_capacity(updates.len());
-        let mut to_route = updates;
+        let mut to_route: Vec<Arc<StatusUpdate>> = updates.into_iter().map(Arc::new).collect();
         for _ in 0..MAX_REROUTES {
             if to_route.is_empty() {
                 break;
@@ -381,11 +393,8 @@ impl Hub {
     /// Splits updates into known messages (grouped by campaign) and unknown
     /// ones. The directory answers for the ids it knows; the store is read
     /// only for the others, in one query per channel.
-    async fn resolve(
-        &self,
-        updates: Vec<StatusUpdate>,
-    ) -> Result<(HashMap<i64, Vec<(i64, StatusUpdate)>>, Vec<StatusUpdate>), HubError> {
-        let mut known: HashMap<i64, Vec<(i64, StatusUpdate)>> = HashMap::new();
+    async fn resolve(&self, updates: Vec<Arc<StatusUpdate>>) -> Result<Routed, HubError> {
+        let mut known: HashMap<i64, Vec<(i64, Arc<StatusUpdate>)>> = HashMap::new();
         let mut missed = Vec::new();
         for update in updates {
             match self
@@ -439,8 +448,8 @@ impl Hub {
     async fn apply_to_campaign(
         &self,
         campaign_pk: i64,
-        updates: Vec<(i64, StatusUpdate)>,
-    ) -> Result<(Vec<StatusUpdate>, Vec<UpdateOutcome>), HubError> {
+        updates: Vec<(i64, Arc<StatusUpdate>)>,
+    ) -> Result<(Vec<Arc<StatusUpdate>>, Vec<UpdateOutcome>), HubError> {
         let outcomes = self
             .on_campaign(campaign_pk, || ApplyUpdates {
                 updates: updates.clone(),
@@ -457,9 +466,9 @@ impl Hub {
 /// message became known are queued for another round.
 fn settle(
     receipt: &mut WebhookReceipt,
-    settled: &mut Vec<(StatusUpdate, Settlement)>,
-    again: &mut Vec<StatusUpdate>,
-    updates: Vec<StatusUpdate>,
+    settled: &mut Vec<(Arc<StatusUpdate>, Settlement)>,
+    again: &mut Vec<Arc<StatusUpdate>>,
+    updates: Vec<Arc<StatusUpdate>>,
     outcomes: Vec<UpdateOutcome>,
 ) {
     for (update, outcome) in updates.into_iter().zip(outcomes) {

@@ -33,15 +33,16 @@ pub struct Register {
 #[derive(Clone, Debug)]
 pub struct Apply {
     pub campaign_pk: i64,
-    /// `(message_pk, update)` pairs.
-    pub updates: Vec<(i64, StatusUpdate)>,
+    /// `(message_pk, update)` pairs. Shared, not copied, on their way from
+    /// the webhook through the actors to the commit and back.
+    pub updates: Vec<(i64, Arc<StatusUpdate>)>,
 }
 
 /// Buffers updates for message ids nobody registered (yet); commits to one
 /// [`UpdateOutcome`] per update.
 #[derive(Clone, Debug)]
 pub struct Buffer {
-    pub updates: Vec<StatusUpdate>,
+    pub updates: Vec<Arc<StatusUpdate>>,
 }
 
 /// Deletes at most `limit` of the oldest rows of `target` received before

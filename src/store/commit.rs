@@ -428,7 +428,7 @@ async fn register<T: CommitTx>(
 /// (then the update is to be routed to it).
 async fn buffer<T: CommitTx>(
     tx: &mut T,
-    updates: &[StatusUpdate],
+    updates: &[Arc<StatusUpdate>],
     now_ms: i64,
 ) -> Result<Vec<UpdateOutcome>, StoreError> {
     let keys: Vec<(Channel, &str)> = updates

@@ -50,8 +50,8 @@ pub(crate) async fn apply_and_reply(
             broadcaster.publish_incoming(IncomingEvent {
                 received_at: received_at.clone(),
                 channel: update.channel.as_str().to_owned(),
-                provider_message_id: Some(update.provider_message_id),
-                event: Some(update.event),
+                provider_message_id: Some(update.provider_message_id.clone()),
+                event: Some(update.event.clone()),
                 status: update.status.map(|status| status.as_str().to_owned()),
                 outcome: settlement.as_str(),
                 reason: None,

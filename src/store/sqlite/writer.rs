@@ -195,14 +195,21 @@ struct WriteTx<'c>(&'c Connection);
 const STATE_COLUMNS: &str = "campaign_pk, seen, sent_at, delivered_at, read_at, clicked_at,
      complained_at, failed_at, error_code, error_title";
 
+/// A message's state as its row holds it.
+struct StateRow {
+    campaign_pk: i64,
+    seen: i64,
+    first: [Option<i64>; 6],
+    error_code: Option<String>,
+    error_title: Option<String>,
+}
+
 /// Reads a message's state from a row of [`STATE_COLUMNS`].
-fn read_state(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(i64, i64, [Option<i64>; 6], Option<String>, Option<String>)> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        [
+fn read_state(row: &rusqlite::Row<'_>) -> rusqlite::Result<StateRow> {
+    Ok(StateRow {
+        campaign_pk: row.get(0)?,
+        seen: row.get(1)?,
+        first: [
             row.get(2)?,
             row.get(3)?,
             row.get(4)?,
@@ -210,9 +217,9 @@ fn read_state(
             row.get(6)?,
             row.get(7)?,
         ],
-        row.get(8)?,
-        row.get(9)?,
-    ))
+        error_code: row.get(8)?,
+        error_title: row.get(9)?,
+    })
 }
 
 /// The counters columns, in [`read_counters`]'s order.
@@ -517,19 +524,17 @@ impl CommitTx for WriteTx<'_> {
         ))?;
         let mut states = HashMap::with_capacity(message_pks.len());
         for message_pk in message_pks {
-            let Some((campaign_pk, seen, first, code, title)) =
-                statement.query_row([message_pk], read_state).optional()?
-            else {
+            let Some(row) = statement.query_row([message_pk], read_state).optional()? else {
                 continue;
             };
             states.insert(
                 *message_pk,
                 LoadedMessage {
-                    campaign_pk,
-                    set: StatusSet::from_parts(mask(seen)?, first),
-                    failure: code.map(|code| Failure {
+                    campaign_pk: row.campaign_pk,
+                    set: StatusSet::from_parts(mask(row.seen)?, row.first),
+                    failure: row.error_code.map(|code| Failure {
                         code,
-                        title: title.unwrap_or_default(),
+                        title: row.error_title.unwrap_or_default(),
                     }),
                     dirty: false,
                 },
