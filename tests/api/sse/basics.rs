@@ -41,7 +41,9 @@ async fn metrics_are_coalesced_to_one_per_window_and_end_on_the_final_counters()
     // 100 ms tick, well under WINDOW - TOLERANCE.
     const TOLERANCE: Duration = Duration::from_millis(200);
     let app = spawn_app_with(|settings| settings.sse_coalesce = WINDOW).await;
-    let ids = ids(200);
+    // Enough changes for five windows of sequential single-status commits
+    // on a fast hub (a commit takes well under a millisecond).
+    let ids = ids(3000);
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     app.register_whatsapp("t1", "burst", &refs).await;
     let mut recorder = Recorder::start(&app, "/api/v1/campaigns/burst/stream", ADMIN_TOKEN);
