@@ -39,6 +39,14 @@ pub struct StoreArgs {
     #[arg(long, env = "STATUSHUB_DB_READ_CONNECTIONS", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub db_read_connections: u32,
+
+    /// The SQLite writer's page cache, MiB. Every connection also maps up
+    /// to 1 GiB of the file, so pages the cache does not hold are read
+    /// from memory, not with a system call; the cache costs a little at
+    /// every commit (SQLite walks it), so bigger is not always faster.
+    #[arg(long, env = "STATUSHUB_SQLITE_CACHE_MIB", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub sqlite_cache_mib: u32,
 }
 
 impl StoreArgs {
@@ -47,6 +55,7 @@ impl StoreArgs {
         StoreSettings {
             sqlite_synchronous: self.sqlite_synchronous,
             read_connections: self.db_read_connections,
+            sqlite_cache_mib: self.sqlite_cache_mib,
             ..StoreSettings::new(self.database_url.clone())
         }
     }
@@ -193,6 +202,8 @@ pub struct Settings {
     pub sqlite_synchronous: SqliteSynchronous,
     /// Database connections serving reads.
     pub db_read_connections: u32,
+    /// The SQLite writer's page cache, MiB.
+    pub sqlite_cache_mib: u32,
     /// Where generated secrets are kept.
     pub data_dir: PathBuf,
     /// The four secrets every hub has, checked for strength at start.
@@ -296,6 +307,7 @@ impl Settings {
         StoreSettings {
             sqlite_synchronous: self.sqlite_synchronous,
             read_connections: self.db_read_connections,
+            sqlite_cache_mib: self.sqlite_cache_mib,
             ..StoreSettings::new(self.database_url.clone())
         }
     }
@@ -326,6 +338,7 @@ impl Settings {
             database_url: args.store.database_url,
             sqlite_synchronous: args.store.sqlite_synchronous,
             db_read_connections: args.store.db_read_connections,
+            sqlite_cache_mib: args.store.sqlite_cache_mib,
             data_dir: args.store.data_dir,
             secrets,
             ses_webhook_secret: args.ses_webhook_secret,

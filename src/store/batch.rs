@@ -289,10 +289,14 @@ pub(crate) fn details_json(update: &StatusUpdate) -> Option<String> {
     if update.details.is_null() && update.failure.is_none() {
         return None;
     }
+    let Some(failure) = &update.failure else {
+        // The common case, serialized in place: no copy of the details.
+        return Some(update.details.to_string());
+    };
     let mut details = update.details.clone();
-    if let (Some(failure), Some(object)) = (&update.failure, details.as_object_mut()) {
+    if let Some(object) = details.as_object_mut() {
         object.insert("failure".to_owned(), serde_json::json!(failure));
-    } else if let Some(failure) = &update.failure {
+    } else {
         details = serde_json::json!({ "failure": failure });
     }
     Some(details.to_string())

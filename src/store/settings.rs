@@ -19,6 +19,8 @@ pub struct StoreSettings {
     pub read_connections: u32,
     /// How long a read waits for a free connection before failing (503).
     pub acquire_timeout: Duration,
+    /// The SQLite writer's page cache, MiB (readers get a quarter each).
+    pub sqlite_cache_mib: u32,
 }
 
 impl StoreSettings {
@@ -29,6 +31,7 @@ impl StoreSettings {
             sqlite_synchronous: Synchronous::Full,
             read_connections: 4,
             acquire_timeout: Duration::from_secs(5),
+            sqlite_cache_mib: 16,
         }
     }
 

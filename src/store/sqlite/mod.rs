@@ -31,7 +31,7 @@ use rows::{
     ROWS_PER_STATEMENT, buffered_update, channel_of, counter_row, current_status_of, failure,
     status_change, status_of, status_set, stored_dead_letter, stored_event,
 };
-use writer::{MMAP_BYTES, WRITER_CACHE_KIB, Writer};
+use writer::{MMAP_BYTES, Writer};
 
 /// How long a statement waits for a lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,7 +68,12 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&migrator).await?;
         migrator.close().await;
-        let writer = Writer::open(options.get_filename(), settings.sqlite_synchronous)?;
+        let cache_kib = i64::from(settings.sqlite_cache_mib.max(1)) * 1024;
+        let writer = Writer::open(
+            options.get_filename(),
+            settings.sqlite_synchronous,
+            cache_kib,
+        )?;
         let reader = SqlitePoolOptions::new()
             .max_connections(settings.read_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
@@ -76,7 +81,7 @@ impl SqliteStore {
                 options
                     .read_only(true)
                     // A quarter of the writer's cache each; see `writer`.
-                    .pragma("cache_size", format!("-{}", WRITER_CACHE_KIB / 4))
+                    .pragma("cache_size", format!("-{}", cache_kib / 4))
                     .pragma("mmap_size", MMAP_BYTES.to_string()),
             )
             .await?;

@@ -35,12 +35,6 @@ use crate::store::types::{MessageRef, StoreError};
 use super::BUSY_TIMEOUT;
 use super::rows::mask;
 
-/// The writer's page cache, in KiB (SQLite's default is 2 MiB). The pages a
-/// commit touches at random are the interior and leaf pages of the unique
-/// indexes (message ids, idempotency keys); with a cache far below the
-/// index, a large store reads them back for every status.
-pub(super) const WRITER_CACHE_KIB: i64 = 64 * 1024;
-
 /// How much of the file every connection maps into memory: reads of pages
 /// not in the cache are then memory accesses, not `read` system calls.
 pub(super) const MMAP_BYTES: i64 = 1 << 30;
@@ -74,8 +68,12 @@ pub(super) struct Writer {
 impl Writer {
     /// Opens the write connection on `path` (the migrations have run) and
     /// starts its thread.
-    pub(super) fn open(path: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
-        let connection = open(path, synchronous)?;
+    pub(super) fn open(
+        path: &Path,
+        synchronous: Synchronous,
+        cache_kib: i64,
+    ) -> Result<Self, StoreError> {
+        let connection = open(path, synchronous, cache_kib)?;
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
@@ -119,7 +117,13 @@ impl Writer {
 }
 
 /// Opens and configures the write connection.
-fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+/// The page cache (`cache_kib`; SQLite's default is 2 MiB) holds the pages a
+/// commit touches at random: the unique indexes' interior and leaf pages
+/// (message ids, idempotency keys). Pages it does not hold come from the
+/// mapping ([`MMAP_BYTES`]). SQLite walks the cache's hash table at the end
+/// of every transaction, so a cache far larger than the working set costs
+/// commit time for nothing (measured in `BENCHMARKS.md`).
+fn open(path: &Path, synchronous: Synchronous, cache_kib: i64) -> Result<Connection, StoreError> {
     let connection = Connection::open(path)?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -128,7 +132,7 @@ fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError>
     connection.execute_batch(&format!(
         "PRAGMA synchronous = {};
          PRAGMA foreign_keys = ON;
-         PRAGMA cache_size = -{WRITER_CACHE_KIB};
+         PRAGMA cache_size = -{cache_kib};
          PRAGMA mmap_size = {MMAP_BYTES};",
         match synchronous {
             Synchronous::Full => "FULL",
