@@ -628,6 +628,9 @@ impl Drop for Subscription {
 fn fan_out(core: &Core, shared: &Weak<Shared>) {
     let mut last: Option<Instant> = None;
     let mut window = Duration::ZERO;
+    // Streams the last fan-out woke: the next window keeps their wake-ups
+    // within the budget (see `coalesce::budget_window`).
+    let mut woken = 0;
     loop {
         {
             let mut gathering = lock(&core.gathering);
@@ -646,7 +649,8 @@ fn fan_out(core: &Core, shared: &Weak<Shared>) {
         };
         let settings = shared.settings;
         let queued = usize::try_from(shared.metrics.db_queue_depth.get()).unwrap_or(0);
-        window = coalesce::next_window(settings.window, window, queued > settings.pressure_rows);
+        window = coalesce::next_window(settings.window, window, queued > settings.pressure_rows)
+            .max(coalesce::budget_window(woken));
         shared
             .metrics
             .sse_fanout_window_seconds
@@ -658,7 +662,7 @@ fn fan_out(core: &Core, shared: &Weak<Shared>) {
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
         let taken = lock(&core.gathering).pending.take();
-        shared.deliver(taken);
+        woken = shared.deliver(taken);
         shared.metrics.sse_fanout_windows.inc();
         last = Some(Instant::now());
     }
@@ -676,8 +680,8 @@ struct Target {
 impl Shared {
     /// Hands a window to the topics that follow its campaigns: frames to
     /// their boards (waking their metrics subscribers once), and one batch
-    /// to each status channel.
-    fn deliver(&self, window: Window) {
+    /// to each status channel. Returns how many streams it woke.
+    fn deliver(&self, window: Window) -> usize {
         let Window {
             campaigns,
             changes,
@@ -748,9 +752,11 @@ impl Shared {
             }
         }
         let now = Instant::now();
+        let mut woken = 0;
         for target in targets {
             // Statuses first, then the counters they led to.
             if let Some(statuses) = &target.statuses {
+                woken += statuses.receiver_count();
                 let _ = statuses.send(Arc::new(StatusBatch {
                     changes: target.changes,
                     campaigns: target.frames.clone(),
@@ -766,8 +772,10 @@ impl Shared {
                     board.prune(now, BOARD_KEEP_FOR, MAX_BOARD_FRAMES);
                     board.head()
                 };
+                woken += target.topic.wake.receiver_count();
                 target.topic.wake.send_replace(head);
             }
         }
+        woken
     }
 }

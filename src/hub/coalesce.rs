@@ -218,6 +218,25 @@ pub(super) fn next_window(configured: Duration, current: Duration, pressured: bo
     }
 }
 
+/// Stream wake-ups per second the fan-out aims to stay under. Each is a
+/// stream polled and a frame written to its socket (tens of microseconds of
+/// CPU with the reader's share), so 20,000 a second is a fraction of one of
+/// this machine's two cores: the rest stays with the webhooks.
+pub(super) const WAKEUPS_PER_SECOND: f64 = 20_000.0;
+
+/// Longest window the wake-up budget may stretch to.
+pub(super) const MAX_BUDGET_WINDOW: Duration = Duration::from_secs(2);
+
+/// Returns the window that keeps a fan-out of `woken` streams per window
+/// under [`WAKEUPS_PER_SECOND`] (at most [`MAX_BUDGET_WINDOW`]): with 1,000
+/// subscribers of changing campaigns it is 50 ms, under the default
+/// window, so nothing changes; with 10,000 it is 500 ms, so each dashboard
+/// gets two `metrics` events a second instead of ten, still ending on the
+/// latest counters, and the audience never starves the webhooks.
+pub(super) fn budget_window(woken: usize) -> Duration {
+    Duration::from_secs_f64(woken as f64 / WAKEUPS_PER_SECOND).min(MAX_BUDGET_WINDOW)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::OnceLock;
@@ -416,5 +435,13 @@ mod tests {
             next_window(Duration::ZERO, Duration::ZERO, true),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn the_wake_up_budget_widens_the_window_only_for_large_audiences() {
+        assert_eq!(budget_window(0), Duration::ZERO);
+        assert_eq!(budget_window(1_000), Duration::from_millis(50));
+        assert_eq!(budget_window(10_000), Duration::from_millis(500));
+        assert_eq!(budget_window(1_000_000), MAX_BUDGET_WINDOW);
     }
 }
