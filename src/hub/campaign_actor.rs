@@ -1,11 +1,12 @@
 //! The campaign actor: one per active campaign. It serializes the
 //! campaign's writes and owns its live counters.
 //!
-//! Writes are serialized by sending them to the DB actor in groups, one
-//! group in flight at a time: everything that arrives while a group commits
-//! goes out together as the next group, right after it. A hot campaign thus
-//! never has two of its commits racing, and under load its writes reach the
-//! DB actor already batched. Transitions themselves are computed by the store
+//! Writes are serialized by sending them to the DB actor in groups, at most
+//! [`GROUPS_IN_FLIGHT`] out at a time: everything that arrives meanwhile
+//! goes out together as the next group. The DB actor commits in arrival
+//! order, one commit at a time, so a hot campaign never has two of its
+//! commits racing, and under load its writes reach the DB actor already
+//! batched. Transitions themselves are computed by the store
 //! inside the commit, from the rows read there (see [`crate::store`]); the
 //! actor keeps the counters each commit returns, so reads of a campaign's
 //! metrics never touch the database.
@@ -27,6 +28,14 @@ use crate::domain::{CampaignCounters, Channel, StatusUpdate};
 use crate::store::{
     Applied, Apply, NewMessage, Register, RegisterReceipt, Registered, Store, UpdateOutcome,
 };
+
+/// Groups of one campaign out at the DB actor at once. With one, the DB
+/// actor sat idle after each commit of a hot campaign until the campaign
+/// actor had its reply and sent the next group (two hops between threads);
+/// with two, the next group already waits in the DB actor's queue. Order is
+/// kept: the DB actor commits its queue first in, first out, one commit at
+/// a time, so two groups of a campaign never commit at once.
+const GROUPS_IN_FLIGHT: usize = 2;
 
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -89,8 +98,9 @@ pub struct CampaignActor {
     db: Addr<DbActor>,
     /// Told when this actor stops, so it forgets the address.
     router: Addr<Router>,
-    /// Writes waiting for the next group, one group at the DB actor at a
-    /// time. Bounded by the webhooks in flight, which the HTTP server bounds.
+    /// Writes waiting for the next group, [`GROUPS_IN_FLIGHT`] groups at the
+    /// DB actor at a time. Bounded by the webhooks in flight, which the HTTP
+    /// server bounds.
     queue: OneInFlight<CampaignWrite>,
     /// Last time a message arrived; the actor stops after `idle_timeout`
     /// without one and with nothing queued or committing.
@@ -116,7 +126,7 @@ impl CampaignActor {
             store,
             db,
             router,
-            queue: OneInFlight::new(),
+            queue: OneInFlight::with_limit(GROUPS_IN_FLIGHT),
             last_activity: Instant::now(),
             idle_timeout,
         }
@@ -139,8 +149,8 @@ impl CampaignActor {
         self.send_group(ctx);
     }
 
-    /// Sends every queued write to the DB actor as one group, unless a group
-    /// is already committing; when it is done, sends the next.
+    /// Sends every queued write to the DB actor as one group, unless
+    /// [`GROUPS_IN_FLIGHT`] groups are out; when one is done, sends the next.
     fn send_group(&mut self, ctx: &mut Context<Self>) {
         let Some((group, _)) = self.queue.next_group(usize::MAX) else {
             return;
