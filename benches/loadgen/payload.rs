@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use statushub::clock::format_ms;
 use statushub::simulate::sns_signer::{SignatureVersion, SnsSigner};
+use statushub::simulate::{SesEmail, ses_event_json};
 use statushub::webhooks::whatsapp::{envelope, signature};
 
 use super::options::Channel;
@@ -38,12 +39,6 @@ use super::plan::{Notification, Plan, Stage};
 
 /// The `Subject` SES gives its event notifications.
 const SES_SUBJECT: &str = "Amazon SES Email Event Notification";
-/// The AWS account of the SES identity.
-const AWS_ACCOUNT: &str = "123456789012";
-/// The SMTP server that reports deliveries and bounces.
-const REPORTING_MTA: &str = "a8-30.smtp-out.amazonses.com";
-/// The mail client that opens and clicks.
-const USER_AGENT: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";
 /// The sender.
 const FROM: &str = "Statushub Load <load@example.com>";
 /// Milliseconds between an event and SNS's notification of it.
@@ -170,7 +165,8 @@ impl Payloads {
         status
     }
 
-    /// The SES event of a notification (the SNS `Message`).
+    /// The SES event of a notification (the SNS `Message`), written by the
+    /// library's builder, the one `statushub simulate` uses.
     pub fn ses_event(&self, notification: &Notification) -> Value {
         let Notification {
             campaign,
@@ -179,90 +175,19 @@ impl Payloads {
         } = *notification;
         let id = message_id(Channel::Ses, &self.run, campaign, index);
         let to = recipient(Channel::Ses, index);
-        let campaign_id = &self.campaigns[campaign as usize];
-        let at = format_ms(self.at_ms(stage));
         let feedback_id = format!("{}-000000", sns_message_id("feedback", notification));
-        let subject = format!("Your {campaign_id} update");
-        let mut event = json!({
-            "eventType": stage.event(Channel::Ses),
-            "mail": {
-                "timestamp": format_ms(self.sent_ms),
-                "source": FROM,
-                "sourceArn": format!("arn:aws:ses:us-east-1:{AWS_ACCOUNT}:identity/example.com"),
-                "sendingAccountId": AWS_ACCOUNT,
-                "messageId": id,
-                "destination": [to],
-                "headersTruncated": false,
-                "headers": [
-                    {"name": "From", "value": FROM},
-                    {"name": "To", "value": to},
-                    {"name": "Subject", "value": subject},
-                    {"name": "MIME-Version", "value": "1.0"},
-                    {"name": "Content-Type", "value": "text/html; charset=UTF-8"},
-                ],
-                "commonHeaders": {"from": [FROM], "to": [to], "messageId": id, "subject": subject},
-                "tags": {
-                    "ses:configuration-set": ["statushub-loadgen"],
-                    "ses:from-domain": ["example.com"],
-                    "campaign": [campaign_id],
-                },
-            },
-        });
-        let (key, object) = match stage {
-            Stage::Sent => ("send", json!({})),
-            Stage::Delivered => (
-                "delivery",
-                json!({
-                    "timestamp": at,
-                    "processingTimeMillis": stage.offset_seconds() * 1_000,
-                    "recipients": [to],
-                    "smtpResponse": "250 2.6.0 Message received",
-                    "reportingMTA": REPORTING_MTA,
-                }),
-            ),
-            Stage::Read => (
-                "open",
-                json!({"ipAddress": "192.0.2.1", "timestamp": at, "userAgent": USER_AGENT}),
-            ),
-            Stage::Clicked => (
-                "click",
-                json!({
-                    "ipAddress": "192.0.2.1",
-                    "link": "https://example.com/offers",
-                    "linkTags": {"campaign": [campaign_id]},
-                    "timestamp": at,
-                    "userAgent": USER_AGENT,
-                }),
-            ),
-            Stage::Complained => (
-                "complaint",
-                json!({
-                    "complainedRecipients": [{"emailAddress": to}],
-                    "timestamp": at,
-                    "feedbackId": feedback_id,
-                    "complaintFeedbackType": "abuse",
-                    "arrivalDate": at,
-                }),
-            ),
-            Stage::Failed => (
-                "bounce",
-                json!({
-                    "bounceType": "Permanent",
-                    "bounceSubType": "General",
-                    "bouncedRecipients": [{
-                        "emailAddress": to,
-                        "action": "failed",
-                        "status": "5.1.1",
-                        "diagnosticCode": "smtp; 550 5.1.1 user unknown",
-                    }],
-                    "timestamp": at,
-                    "feedbackId": feedback_id,
-                    "reportingMTA": format!("dsn; {REPORTING_MTA}"),
-                }),
-            ),
-        };
-        event[key] = object;
-        event
+        ses_event_json(&SesEmail {
+            event_type: stage.event(Channel::Ses),
+            message_id: &id,
+            recipient: &to,
+            from: FROM,
+            campaign: &self.campaigns[campaign as usize],
+            sender: "statushub-loadgen",
+            sent_ms: self.sent_ms,
+            at_ms: self.at_ms(stage),
+            feedback_id: &feedback_id,
+        })
+        .expect("every stage has an SES event")
     }
 
     /// The signed SNS `Notification` of a notification, as SNS posts it.

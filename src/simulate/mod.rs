@@ -43,6 +43,7 @@ use serde_json::Value;
 
 pub use args::{SNS_TOPIC_ARN, SimulateArgs, SimulateChannel};
 pub use cert_dir::{SNS_CERT_NAME, SNS_KEY_NAME};
+pub use payloads::{SesEmail, ses_event_json};
 
 use crate::clock::now_ms;
 use cert_dir::CertOrigin;

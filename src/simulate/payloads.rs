@@ -114,35 +114,71 @@ pub(super) fn ses_event(play: &Play, track: &Track) -> anyhow::Result<Value> {
         .get(play.message)
         .copied()
         .unwrap_or(play.timestamp_ms);
-    let (key, object) = ses_event_object(play, track, sent_ms)?;
+    let recipient = Feed::Email.recipient(play.message);
+    let feedback_id = format!(
+        "{}-000000",
+        sns_message_id("feedback", &track.campaign, play.message, play.status)
+    );
+    ses_event_json(&SesEmail {
+        event_type: play.status,
+        message_id: &track.ids[play.message],
+        recipient: &recipient,
+        from: "Statushub Demo <demo@example.com>",
+        campaign: &track.campaign,
+        sender: "statushub-simulate",
+        sent_ms,
+        at_ms: play.timestamp_ms,
+        feedback_id: &feedback_id,
+    })
+}
+
+/// One email's SES event, what [`ses_event_json`] needs to write it.
+#[derive(Clone, Copy, Debug)]
+pub struct SesEmail<'a> {
+    /// `Send`, `Delivery`, `Open`, `Click`, `Bounce` or `Complaint`.
+    pub event_type: &'a str,
+    /// The SES message id (`mail.messageId`).
+    pub message_id: &'a str,
+    pub recipient: &'a str,
+    /// The `From` address.
+    pub from: &'a str,
+    /// The campaign, as a message tag and a link tag.
+    pub campaign: &'a str,
+    /// Who sends (the configuration set and caller identity tags).
+    pub sender: &'a str,
+    /// When the email was sent, Unix ms.
+    pub sent_ms: i64,
+    /// When the event happened, Unix ms.
+    pub at_ms: i64,
+    /// The feedback id of a bounce or complaint.
+    pub feedback_id: &'a str,
+}
+
+/// Returns the SES event-publishing JSON (the SNS `Message`) of `email`,
+/// shaped like AWS's documented examples: what `statushub simulate` and the
+/// load generator send.
+pub fn ses_event_json(email: &SesEmail<'_>) -> anyhow::Result<Value> {
+    let (key, object) = ses_event_object(email)?;
     let mut event = json!({
-        "eventType": play.status,
-        "mail": ses_mail(play, track, sent_ms),
+        "eventType": email.event_type,
+        "mail": ses_mail(email),
     });
     event[key] = object;
     Ok(event)
 }
 
-/// Returns the key and the object of the event `play` names (`delivery`,
-/// `open`, …), about an email sent at `sent_ms`.
-fn ses_event_object(
-    play: &Play,
-    track: &Track,
-    sent_ms: i64,
-) -> anyhow::Result<(&'static str, Value)> {
-    let recipient = Feed::Email.recipient(play.message);
-    let at = format_ms(play.timestamp_ms);
-    let feedback_id = format!(
-        "{}-000000",
-        sns_message_id("feedback", &track.campaign, play.message, play.status)
-    );
-    Ok(match play.status {
+/// Returns the key and the object of the event (`delivery`, `open`, …).
+fn ses_event_object(email: &SesEmail<'_>) -> anyhow::Result<(&'static str, Value)> {
+    let recipient = email.recipient;
+    let at = format_ms(email.at_ms);
+    let feedback_id = email.feedback_id;
+    Ok(match email.event_type {
         "Send" => ("send", json!({})),
         "Delivery" => (
             "delivery",
             json!({
                 "timestamp": at,
-                "processingTimeMillis": (play.timestamp_ms - sent_ms).max(0),
+                "processingTimeMillis": (email.at_ms - email.sent_ms).max(0),
                 "recipients": [recipient],
                 "smtpResponse": "250 2.6.0 Message received",
                 "reportingMTA": REPORTING_MTA,
@@ -157,7 +193,7 @@ fn ses_event_object(
             json!({
                 "ipAddress": "192.0.2.1",
                 "link": "https://example.com/offers",
-                "linkTags": {"campaign": [track.campaign]},
+                "linkTags": {"campaign": [email.campaign]},
                 "timestamp": at,
                 "userAgent": MAIL_USER_AGENT,
             }),
@@ -193,14 +229,14 @@ fn ses_event_object(
     })
 }
 
-/// Returns the event's `mail` object: the email of `play`, sent at `sent_ms`.
-fn ses_mail(play: &Play, track: &Track, sent_ms: i64) -> Value {
-    let id = &track.ids[play.message];
-    let recipient = Feed::Email.recipient(play.message);
-    let from = "Statushub Demo <demo@example.com>";
-    let subject = format!("Your {} update", track.campaign);
+/// Returns the event's `mail` object.
+fn ses_mail(email: &SesEmail<'_>) -> Value {
+    let id = email.message_id;
+    let recipient = email.recipient;
+    let from = email.from;
+    let subject = format!("Your {} update", email.campaign);
     json!({
-        "timestamp": format_ms(sent_ms),
+        "timestamp": format_ms(email.sent_ms),
         "source": from,
         "sourceArn": format!("arn:aws:ses:us-east-1:{AWS_ACCOUNT}:identity/example.com"),
         "sendingAccountId": AWS_ACCOUNT,
@@ -221,11 +257,11 @@ fn ses_mail(play: &Play, track: &Track, sent_ms: i64) -> Value {
             "subject": subject,
         },
         "tags": {
-            "ses:configuration-set": ["statushub-simulate"],
+            "ses:configuration-set": [email.sender],
             "ses:source-ip": ["192.0.2.0"],
             "ses:from-domain": ["example.com"],
-            "ses:caller-identity": ["statushub-simulate"],
-            "campaign": [track.campaign],
+            "ses:caller-identity": [email.sender],
+            "campaign": [email.campaign],
         },
     })
 }
