@@ -1,9 +1,14 @@
 //! The single HTTP error type: maps every failure to the status the spec
 //! requires, with a small JSON body and no internals.
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::hub::HubError;
 use crate::store::StoreError;
@@ -27,6 +32,24 @@ pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     std::borrow::Cow::Owned(format!("{}…", &text[..end]))
+}
+
+/// The body of every error answer (4xx and 5xx): one short, human-readable
+/// line that never holds internals.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": "no such campaign"}))]
+pub struct ErrorBody {
+    /// What went wrong, at most [`MAX_ERROR_TEXT`] bytes (and a `…`).
+    pub error: String,
+}
+
+impl ErrorBody {
+    /// Returns the body for `text`, clipped.
+    pub fn new(text: &str) -> Self {
+        ErrorBody {
+            error: clip(text).into_owned(),
+        }
+    }
 }
 
 /// Errors an endpoint can answer with.
@@ -86,8 +109,48 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unavailable | ApiError::TooManyStreams(_)) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
         }
-        response.json(serde_json::json!({ "error": clip(&self.to_string()) }))
+        response.json(ErrorBody::new(&self.to_string()))
     }
+}
+
+/// Gives every error answer the [`ErrorBody`] shape, as the OpenAPI document
+/// says: the router's 404 and 405, and the extractors' refusals (a query or
+/// path that does not parse, a body over its limit), which actix-web answers
+/// in plain text or with no body at all, get `{"error": …}` with the same
+/// status and headers. JSON answers and successes pass untouched.
+pub async fn json_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody + 'static>>, actix_web::Error> {
+    let response = next.call(req).await?;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return Ok(response.map_into_left_body());
+    }
+    let text = match response.response().error() {
+        Some(error) => error.to_string(),
+        None => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    let (req, original) = response.into_parts();
+    let mut replaced = HttpResponse::build(status).json(ErrorBody::new(&text));
+    // Keeps a forced close: a body left unread ends its connection.
+    replaced
+        .head_mut()
+        .set_connection_type(original.head().connection_type());
+    for (name, value) in original.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            replaced.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    Ok(ServiceResponse::new(req, replaced).map_into_right_body())
 }
 
 #[cfg(test)]

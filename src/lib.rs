@@ -21,7 +21,8 @@
 //!   page), sharing [`state`] (the hub, settings, metrics), [`access`]
 //!   (what a caller may read), [`auth`] (tokens), [`error`] (the one HTTP
 //!   error type) and [`limits`] (request deadline, no compressed bodies,
-//!   connections below the descriptor limit).
+//!   connections below the descriptor limit); [`openapi`] documents them
+//!   all (`GET /api/v1/openapi.json`).
 //! - [`hub`]: the cloneable [`hub::Hub`] handle over the actors: the
 //!   router, one campaign actor per active campaign, the DB actor (group
 //!   commit, one group in flight), and the broadcast point each commit is
@@ -46,6 +47,7 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod secrets;
 pub mod simulate;

@@ -6,15 +6,16 @@
 use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::auth::Caller;
 use crate::clock::format_ms;
 use crate::domain::{Channel, Status};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::sse::StreamLimiter;
 use crate::state::AppState;
 use crate::store::{RecentEvent, RecentKind, Store, StoreStats, StoredDeadLetter};
-use crate::webhooks::ses::SnsSubscriptions;
+use crate::webhooks::ses::{PendingConfirmation, SnsSubscriptions, SubscriptionOutcome};
 
 /// Most events `/webhooks/events` returns.
 const MAX_EVENTS: u32 = 1000;
@@ -30,6 +31,21 @@ const LISTED_BODY_BYTES: u32 = 1024;
 /// Events `/webhooks/health` includes.
 const HEALTH_RECENT_EVENTS: u32 = 10;
 
+/// The OpenAPI description of the routes [`configure`] registers: a route
+/// added there is annotated with `#[utoipa::path]` and listed here.
+#[derive(Debug, OpenApi)]
+#[openapi(paths(
+    debug_page,
+    healthz,
+    readyz,
+    metrics,
+    health,
+    events,
+    dead_letters,
+    dead_letter
+))]
+pub struct Doc;
+
 /// Registers the ops routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(debug_page))
@@ -42,18 +58,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/webhooks/dead-letters/{id}", web::get().to(dead_letter));
 }
 
+/// The debug page: holds no data, asks for the admin token.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "ops",
+    responses((status = 200, description = "The debug page (self-contained HTML)", body = String, content_type = "text/html"))
+)]
 async fn debug_page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::html())
         .body(include_str!("../static/index.html"))
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain", example = "ok"))
+)]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::plaintext())
         .body("ok")
 }
 
+/// Readiness: every table of the store answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "`ready`", body = String, content_type = "text/plain", example = "ready"),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 async fn readyz(store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
     store.ping().await?;
     Ok(HttpResponse::Ok()
@@ -61,6 +101,18 @@ async fn readyz(store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
         .body("ready"))
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    security(("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = crate::openapi::ADMIN_ONLY, body = ErrorBody),
+    )
+)]
 async fn metrics(
     state: web::Data<AppState>,
     store: web::Data<Store>,
@@ -95,6 +147,18 @@ async fn metrics(
         .body(state.metrics.render()))
 }
 
+/// The hub's state at a glance, for the debug page.
+#[utoipa::path(
+    get,
+    path = "/webhooks/health",
+    tag = "ops",
+    security(("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "The hub's state; `status` is `degraded` when the store cannot read or write", body = HealthView),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = crate::openapi::ADMIN_ONLY, body = ErrorBody),
+    )
+)]
 async fn health(
     state: web::Data<AppState>,
     store: web::Data<Store>,
@@ -115,28 +179,70 @@ async fn health(
             "unavailable"
         }
     };
-    let body = serde_json::json!({
-        "status": if database == "ok" { "ok" } else { "degraded" },
-        "uptime_seconds": state.started_at.elapsed().as_secs(),
-        "database": database,
-        "backend": store.backend().as_str(),
-        "verification_enabled": state.settings.enable_webhook_verification,
-        "stats": stats.ok().map(StatsView::from),
-        "active_campaign_actors": state.hub.active_campaigns().await,
-        "queue_depth": state.hub.queue_depth().await,
-        "recent_events": recent.map(event_views).unwrap_or_default(),
-        "sns_subscriptions": subscriptions.recent(),
-        "sns_pending_confirmations": subscriptions.pending(),
-    });
+    let body = HealthView {
+        status: if database == "ok" { "ok" } else { "degraded" },
+        uptime_seconds: state.started_at.elapsed().as_secs(),
+        database,
+        backend: store.backend().as_str(),
+        verification_enabled: state.settings.enable_webhook_verification,
+        stats: stats.ok().map(StatsView::from),
+        active_campaign_actors: state.hub.active_campaigns().await,
+        queue_depth: state.hub.queue_depth().await,
+        recent_events: recent.map(event_views).unwrap_or_default(),
+        sns_subscriptions: subscriptions.recent(),
+        sns_pending_confirmations: subscriptions.pending(),
+    };
     Ok(HttpResponse::Ok().json(body))
 }
 
+/// What `/webhooks/health` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct HealthView {
+    /// `ok`, or `degraded` when the store cannot read or write.
+    status: &'static str,
+    uptime_seconds: u64,
+    /// `ok` or `unavailable`.
+    database: &'static str,
+    /// `sqlite` or `postgres`.
+    backend: &'static str,
+    /// Whether webhook signatures are checked.
+    verification_enabled: bool,
+    /// Row counts; `null` when the store cannot count.
+    stats: Option<StatsView>,
+    active_campaign_actors: usize,
+    /// Writes waiting for the store.
+    queue_depth: usize,
+    /// The newest stored events.
+    recent_events: Vec<RecentEventView>,
+    /// What happened to the last SNS (un)subscription messages, newest first.
+    sns_subscriptions: Vec<SubscriptionOutcome>,
+    /// SNS subscriptions held for the admin to confirm.
+    sns_pending_confirmations: Vec<PendingConfirmation>,
+}
+
 /// `?limit=N`, at most [`MAX_EVENTS`].
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LimitQuery {
+    /// How many, newest first: 100 by default, 1 to 1000 (beyond: the nearest bound).
     limit: Option<u32>,
 }
 
+/// The newest stored events (applied and unmatched), newest first.
+#[utoipa::path(
+    get,
+    path = "/webhooks/events",
+    tag = "ops",
+    params(LimitQuery),
+    security(("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "Events, newest first", body = Vec<RecentEventView>),
+        (status = 400, description = "A query that does not parse", body = ErrorBody),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = crate::openapi::ADMIN_ONLY, body = ErrorBody),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 async fn events(
     store: web::Data<Store>,
     caller: Caller,
@@ -149,8 +255,10 @@ async fn events(
 }
 
 /// `?limit=N&before=ID`: a page of dead letters, newest first.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// Page size: 50 by default, 1 to 200 (beyond: the nearest bound).
     limit: Option<u32>,
     /// Only ids below this one: pass the last id of the previous page.
     before: Option<i64>,
@@ -159,6 +267,20 @@ struct PageQuery {
 /// Lists dead letters, newest first, [`MAX_DEAD_LETTERS`] a page at most,
 /// bodies cut to [`LISTED_BODY_BYTES`]; `?before=` the last id of the
 /// previous page gives the next.
+#[utoipa::path(
+    get,
+    path = "/webhooks/dead-letters",
+    tag = "ops",
+    params(PageQuery),
+    security(("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "A page of dead letters, newest first, bodies cut to 1 KiB", body = Vec<DeadLetterView>),
+        (status = 400, description = "A query that does not parse", body = ErrorBody),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = crate::openapi::ADMIN_ONLY, body = ErrorBody),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 async fn dead_letters(
     store: web::Data<Store>,
     caller: Caller,
@@ -174,6 +296,20 @@ async fn dead_letters(
 }
 
 /// One dead letter with its whole body.
+#[utoipa::path(
+    get,
+    path = "/webhooks/dead-letters/{id}",
+    tag = "ops",
+    params(("id" = i64, Path, description = "The dead letter's id", example = 1)),
+    security(("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "The dead letter with its whole body", body = DeadLetterView),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = crate::openapi::ADMIN_ONLY, body = ErrorBody),
+        (status = 404, description = "No such dead letter (or an id that is not an integer)", body = ErrorBody),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 async fn dead_letter(
     store: web::Data<Store>,
     caller: Caller,
@@ -188,7 +324,7 @@ async fn dead_letter(
 }
 
 /// Row counts, as `stats` in `/webhooks/health`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct StatsView {
     campaigns: i64,
     messages: i64,
@@ -210,7 +346,7 @@ impl From<StoreStats> for StatsView {
 }
 
 /// One stored event, as `/webhooks/events` and `/webhooks/health` list it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct RecentEventView {
     id: i64,
     /// `applied` (in a message's timeline) or `unmatched` (buffered).
@@ -222,7 +358,9 @@ struct RecentEventView {
     event: String,
     status: Option<Status>,
     changed: bool,
+    #[schema(format = DateTime)]
     provider_at: String,
+    #[schema(format = DateTime)]
     received_at: String,
 }
 
@@ -252,7 +390,7 @@ fn event_views(events: Vec<RecentEvent>) -> Vec<RecentEventView> {
 }
 
 /// A dead letter, as the debug page shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct DeadLetterView {
     id: i64,
     channel: Channel,
@@ -266,6 +404,7 @@ struct DeadLetterView {
     /// Whether `body` is cut (listings; `GET /webhooks/dead-letters/{id}`
     /// gives the whole body).
     body_truncated: bool,
+    #[schema(format = DateTime)]
     received_at: String,
 }
 

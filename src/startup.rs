@@ -142,6 +142,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 // Outermost is last: `observe` sees the guard's 408 and 415.
+                .wrap(from_fn(crate::error::json_errors))
                 .wrap(from_fn(crate::limits::guard))
                 .wrap(from_fn(observe))
                 .app_data(deadline.clone())
@@ -156,6 +157,8 @@ impl Application {
                 .configure(crate::sse::configure)
                 .configure(|cfg| crate::api::configure(cfg, api_body_limit))
                 .configure(crate::ops::configure)
+                .configure(crate::openapi::configure)
+                .default_service(web::to(crate::openapi::unmatched))
         })
         .client_request_timeout(Duration::from_secs(10))
         .shutdown_timeout(10)

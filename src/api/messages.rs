@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::clock::format_ms;
 use crate::domain::{Channel, CurrentStatus, Failure, Status};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::store::{NewMessage, RegisterReceipt, Store, StoredEvent, StoredMessage};
 
@@ -17,17 +18,57 @@ use crate::store::{NewMessage, RegisterReceipt, Store, StoredEvent, StoredMessag
 const MAX_ID_LEN: usize = 256;
 
 /// One message to register, as senders post it: a JSON object with exactly
-/// these keys. (serde's derive would also take the values as an array, by
-/// position; [`Registration`]'s own `Deserialize` accepts objects only.)
-#[derive(Deserialize)]
+/// these keys. Each id is 1 to 256 bytes (UTF-8) without control
+/// characters.
+// serde's derive would also take the values as an array, by position;
+// [`Entry`]'s own `Deserialize` accepts objects only.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Registration {
+pub(super) struct Registration {
+    /// Created on first use; a tenant token may only name its own.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     tenant_id: String,
+    /// Created on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     campaign_id: String,
+    /// `whatsapp` or `email`.
+    #[schema(value_type = Channel)]
     channel: String,
+    /// Meta's `wamid…` or SES's `messageId`.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     provider_message_id: String,
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     recipient: Option<String>,
+}
+
+/// A registration body: one object, or an array of them (NDJSON, one
+/// object a line, is documented as `application/x-ndjson`). Only the
+/// document's view: the body is read by [`parse_body`].
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(super) enum Registrations {
+    /// One message.
+    One(Registration),
+    /// Several messages.
+    Many(Vec<Registration>),
 }
 
 /// Reads a [`Registration`] from a JSON object only.
@@ -108,6 +149,26 @@ fn check_id(what: &str, value: &str) -> Result<(), ApiError> {
 /// Registers messages (idempotent), creating tenants and campaigns on first
 /// use, and applies statuses that arrived before them. Everything is
 /// validated before anything is stored.
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages",
+    tag = "api",
+    request_body(content(
+        (Registrations = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"tenant_id\":\"acme\",\"campaign_id\":\"spring\",\"channel\":\"whatsapp\",\"provider_message_id\":\"wamid.1\"}\n")),
+    )),
+    security(("tenant_jwt" = []), ("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "Registered (idempotent): what became of each message", body = RegisterReceipt),
+        (status = 400, description = "A body that does not parse, holds no message, or an id out of bounds: nothing stored", body = ErrorBody),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = "A message of another tenant, or of a campaign the token does not cover: nothing stored", body = ErrorBody),
+        (status = 408, description = crate::openapi::TIMEOUT, body = ErrorBody),
+        (status = 413, description = crate::openapi::TOO_LARGE, body = ErrorBody),
+        (status = 415, description = crate::openapi::COMPRESSED, body = ErrorBody),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 pub async fn register(
     state: web::Data<AppState>,
     caller: Caller,
@@ -155,6 +216,22 @@ pub async fn register(
 }
 
 /// Returns a message's current status, seen set and timeline.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{channel}/{provider_message_id}",
+    tag = "api",
+    params(
+        ("channel" = String, Path, description = "`whatsapp` or `email` (anything else: 404)", example = "whatsapp"),
+        ("provider_message_id" = String, Path, description = "The provider's message id", example = "wamid.HBgL1"),
+    ),
+    security(("tenant_jwt" = []), ("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "The message and its timeline", body = MessageView),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "No such message the token may read (another tenant's answers the same)", body = ErrorBody),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 pub async fn show(
     store: web::Data<Store>,
     caller: Caller,
@@ -177,8 +254,8 @@ pub async fn show(
 }
 
 /// A message and its timeline, as [`show`] answers.
-#[derive(Debug, Serialize)]
-struct MessageView {
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct MessageView {
     tenant_id: String,
     campaign_id: String,
     channel: Channel,
@@ -192,22 +269,26 @@ struct MessageView {
 
 /// One status of a message's seen set, with its first provider timestamp
 /// (absent for a status that was only implied).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct SeenStatus {
     status: Status,
+    #[schema(format = DateTime)]
     first_at: Option<String>,
 }
 
 /// One provider notification in a message's timeline.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct TimelineEvent {
     id: i64,
     event: String,
     status: Option<Status>,
     /// Whether this event changed the message's status set.
     changed: bool,
+    #[schema(format = DateTime)]
     provider_at: String,
+    #[schema(format = DateTime)]
     received_at: String,
+    /// What the provider said beyond the status (error codes, SES fields).
     details: serde_json::Value,
 }
 

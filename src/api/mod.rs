@@ -4,8 +4,15 @@ mod campaigns;
 mod messages;
 
 use actix_web::web;
+use utoipa::OpenApi;
 
 pub use messages::parse_registrations;
+
+/// The OpenAPI description of the routes [`configure`] registers: a route
+/// added there is annotated with `#[utoipa::path]` and listed here.
+#[derive(Debug, OpenApi)]
+#[openapi(paths(messages::register, messages::show, campaigns::metrics))]
+pub struct Doc;
 
 /// Registers the `/api/v1` routes; `body_limit` bounds registration bodies.
 pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {

@@ -6,7 +6,7 @@ use super::status::{CurrentStatus, Tally};
 use crate::clock::format_ms;
 
 /// Messages per current status, as `by_status` in the metrics JSON.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ByStatus {
     pub pending: i64,
     pub sent: i64,
@@ -26,7 +26,7 @@ pub struct ByStatus {
 ///
 /// Only serialized (to the metrics JSON and SSE data): nothing reads these
 /// back.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CampaignCounters {
     pub tenant_id: String,
     pub campaign_id: String,
@@ -42,6 +42,7 @@ pub struct CampaignCounters {
     /// Unix milliseconds of the last change; serialized as `updated_at`, in
     /// RFC 3339 UTC ([`format_ms`]).
     #[serde(rename = "updated_at", serialize_with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at_ms: i64,
 }
 

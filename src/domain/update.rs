@@ -6,7 +6,7 @@ use super::status::Status;
 
 /// The channel a message was sent through; with the provider message id it
 /// identifies a message across tenants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     /// Meta's WhatsApp Cloud API.
@@ -42,7 +42,7 @@ impl std::fmt::Display for Channel {
 
 /// Why a message failed, as the provider said it (WhatsApp `errors[0]`, SES
 /// bounce type and sub-type, reject reason).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Failure {
     /// Provider error code (`131026`, `Permanent/General`, `Reject`).
     pub code: String,

@@ -205,7 +205,7 @@ impl CommitUpdate {
 }
 
 /// One provider event as it came in, for the debug page's tail.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct IncomingEvent {
     pub received_at: String,
     pub channel: String,

@@ -65,7 +65,9 @@ const MAX_REROUTES: usize = 3;
 pub const PRUNE_BATCH: u32 = 1_000;
 
 /// The reply to a webhook: what happened to the statuses it carried.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct WebhookReceipt {
     /// Statuses in the call.
     pub received: usize,

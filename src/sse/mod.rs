@@ -41,13 +41,15 @@ use actix_web::{HttpRequest, Responder, web};
 use actix_web_lab::sse;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 pub use limiter::{StreamLimiter, StreamPermit};
 
 use crate::access::resolve_campaign;
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::hub::{Follow, Subscription};
+use crate::domain::CampaignCounters;
+use crate::error::{ApiError, ErrorBody};
+use crate::hub::{Follow, IncomingEvent, Subscription};
 use crate::state::AppState;
 use crate::store::{EventPosition, Store};
 use stream::{Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope, StreamCounters};
@@ -71,14 +73,84 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Query of the stream endpoints.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// Whose campaigns: defaults to the token's tenant (the admin's
+    /// `/api/v1/stream` without it follows every tenant).
     tenant_id: Option<String>,
     /// `statuses` adds `event: status`.
     include: Option<String>,
     /// For clients that cannot set `Last-Event-ID` on the first request.
     last_event_id: Option<String>,
 }
+
+/// One Server-Sent Event of `/api/v1/campaigns/{id}/stream` and
+/// `/api/v1/stream`, as the OpenAPI document describes each event of a
+/// `text/event-stream` answer. Only the document's view: events are written
+/// by [`stream::Connection`].
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct CampaignEvent {
+    event: CampaignEventName,
+    /// JSON: the campaign's counters (`snapshot`, `metrics`; see
+    /// `CampaignCounters`), one message change (`status`), `{}` (`reset`),
+    /// `{"reason": …}` (`expired`) or `{"skipped": N}` (`lagged`).
+    #[schema(content_media_type = "application/json")]
+    data: String,
+    /// The campaign's `version` (campaign stream) or the status-event
+    /// cursor (tenant stream): send it back as `Last-Event-ID` to resume.
+    id: Option<String>,
+}
+
+/// The `event:` names of the campaign and tenant streams.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum CampaignEventName {
+    /// A campaign's counters on connect or resume.
+    Snapshot,
+    /// A campaign's counters after changes, coalesced.
+    Metrics,
+    /// One message's change (`?include=statuses`).
+    Status,
+    /// The resume point is too old: a snapshot follows.
+    Reset,
+    /// The token expired: the stream ends.
+    Expired,
+    /// The client was too slow for `?include=statuses`: the stream ends.
+    Lagged,
+}
+
+/// One Server-Sent Event of `/webhooks/stream` (document only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct IncomingStreamEvent {
+    event: IncomingEventName,
+    /// JSON: an `IncomingEvent` (`webhook`) or `{"skipped": N}` (`lagged`).
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// The `event:` names of `/webhooks/stream`.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum IncomingEventName {
+    /// One provider event as it came in.
+    Webhook,
+    /// Events the client was too slow for were skipped.
+    Lagged,
+}
+
+/// The OpenAPI description of the routes [`configure`] registers: a route
+/// added there is annotated with `#[utoipa::path]` and listed here.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    paths(campaign_stream, tenant_stream, incoming_stream),
+    components(schemas(CampaignCounters, IncomingEvent))
+)]
+pub struct Doc;
 
 impl std::fmt::Debug for StreamQuery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,6 +226,26 @@ fn spawn(
 }
 
 /// `GET /api/v1/campaigns/{id}/stream`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns/{campaign_id}/stream",
+    tag = "streams",
+    params(
+        ("campaign_id" = String, Path, description = "The campaign, in the token's tenant or `tenant_id`", example = "spring-sale"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+        StreamQuery,
+    ),
+    security(("tenant_jwt" = []), ("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "The stream: `retry:`, `snapshot`, then `metrics` (and `status` with `?include=statuses`) as they happen; comment heartbeats", content_type = "text/event-stream", body = CampaignEvent),
+        (status = 400, description = "A query that does not parse, or a campaign name several tenants use and no `tenant_id`", body = ErrorBody),
+        (status = 403, description = "Another tenant's `tenant_id`, or a campaign the token does not cover", body = ErrorBody),
+        (status = 404, description = "No such campaign", body = ErrorBody),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 429, description = "A cap on open streams (total, per tenant or per token) is reached", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 async fn campaign_stream(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -234,6 +326,24 @@ async fn campaign_stream(
 }
 
 /// `GET /api/v1/stream`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stream",
+    tag = "streams",
+    params(
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+        StreamQuery,
+    ),
+    security(("tenant_jwt" = []), ("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "The stream: `retry:`, a `snapshot` per campaign, then `metrics` (and `status` with `?include=statuses`) as they happen; comment heartbeats", content_type = "text/event-stream", body = CampaignEvent),
+        (status = 400, description = "A query that does not parse", body = ErrorBody),
+        (status = 403, description = "Another tenant's `tenant_id`", body = ErrorBody),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 429, description = "A cap on open streams (total, per tenant or per token) is reached", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 async fn tenant_stream(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -326,6 +436,19 @@ async fn tenant_stream(
 }
 
 /// `GET /webhooks/stream`: admin only.
+#[utoipa::path(
+    get,
+    path = "/webhooks/stream",
+    tag = "streams",
+    security(("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "Every provider event as it comes in (`webhook`), for the debug page", content_type = "text/event-stream", body = IncomingStreamEvent),
+        (status = 403, description = crate::openapi::ADMIN_ONLY, body = ErrorBody),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 429, description = "A cap on open streams (total, per tenant or per token) is reached", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 async fn incoming_stream(
     state: web::Data<AppState>,
     limiter: web::Data<StreamLimiter>,

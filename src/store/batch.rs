@@ -237,7 +237,7 @@ impl CounterRow {
 }
 
 /// What a registration did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RegisterReceipt {
     /// Messages newly registered.
     pub registered: usize,

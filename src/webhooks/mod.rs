@@ -7,6 +7,18 @@ pub mod ses;
 pub mod whatsapp;
 
 use actix_web::web;
+use utoipa::OpenApi;
+
+/// The OpenAPI description of the routes [`configure`] registers: a route
+/// added there is annotated with `#[utoipa::path]` and listed here.
+#[derive(Debug, OpenApi)]
+#[openapi(paths(
+    whatsapp::verify_subscription,
+    whatsapp::receive,
+    ses::receive,
+    ses::confirm_held
+))]
+pub struct Doc;
 
 /// Registers `/webhooks/whatsapp`, `/webhooks/email` (and later providers) on `cfg`.
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -32,7 +32,7 @@ const KEPT_OUTCOMES: usize = 20;
 const KEPT_PENDING: usize = 50;
 
 /// A signed `SubscriptionConfirmation` waiting for the admin.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PendingConfirmation {
     /// What the admin confirms it by.
     pub id: u64,
@@ -47,7 +47,7 @@ pub struct PendingConfirmation {
 
 /// What happened to one subscription or unsubscription message, as shown by
 /// `/webhooks/health` (newest first).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionOutcome {
     /// When statushub handled the message (RFC 3339).
     pub at: String,

@@ -30,8 +30,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use secrecy::ExposeSecret as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
+use utoipa::ToSchema;
 
 pub use confirm::{PendingConfirmation, SnsSubscriptions, SubscriptionOutcome};
 pub use event::{SesError, parse_ses_message};
@@ -39,7 +40,7 @@ pub use sns::{SnsEnvelope, SnsError, SnsMessageType};
 pub use sns_verify::SnsVerifier;
 
 use crate::domain::{Channel, Parsed};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::hub::WebhookReceipt;
 use crate::state::AppState;
 
@@ -48,6 +49,27 @@ const MESSAGE_TYPE_HEADER: &str = "x-amz-sns-message-type";
 
 /// Receives an SNS message; see the module documentation for the order of
 /// checks and the answers.
+#[utoipa::path(
+    post,
+    path = "/webhooks/email",
+    tag = "webhooks",
+    request_body(content = SnsEnvelope, description = "An SNS envelope (SNS sends it as `text/plain`; any Content-Type is read as JSON)"),
+    params(
+        ("x-amz-sns-message-type" = inline(SnsMessageType), Header, description = "Repeats the envelope's `Type`"),
+    ),
+    security((), ("ses_basic" = []), ("ses_token" = [])),
+    responses(
+        (status = 200, description = "A notification is durable (or kept as a dead letter), a set-up notice or unsubscription acknowledged, or a subscription confirmed or held for the admin", body = SnsReply),
+        (status = 400, description = "Not an SNS envelope, a `Type` the header does not repeat, an untrusted `SubscribeURL`, or an SES event that does not parse and no signature vouches for", body = ErrorBody),
+        (status = 401, description = "Wrong or missing shared secret (when `SES_WEBHOOK_SECRET` is set), or a signature that does not verify", body = ErrorBody),
+        (status = 403, description = "A topic not in `SNS_TOPIC_ARNS`", body = ErrorBody),
+        (status = 408, description = crate::openapi::TIMEOUT, body = ErrorBody),
+        (status = 413, description = crate::openapi::TOO_LARGE, body = ErrorBody),
+        (status = 415, description = crate::openapi::COMPRESSED, body = ErrorBody),
+        (status = 502, description = "SNS refused the subscription confirmation: SNS retries", body = SubscriptionOutcome),
+        (status = 503, description = "The store is unavailable, or the signing certificate cannot be obtained now", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 pub async fn receive(
     req: HttpRequest,
     body: web::Bytes,
@@ -114,9 +136,11 @@ pub async fn receive(
         }
         SnsMessageType::UnsubscribeConfirmation => {
             subscriptions.unsubscribed(&envelope);
-            Ok(HttpResponse::Ok().json(serde_json::json!({
-                "acknowledged": "UnsubscribeConfirmation",
-            })))
+            Ok(
+                HttpResponse::Ok().json(SnsReply::Acknowledged(Acknowledged {
+                    acknowledged: SnsMessageType::UnsubscribeConfirmation.as_str(),
+                })),
+            )
         }
     }
 }
@@ -137,7 +161,7 @@ async fn notification(
         Err(error) => {
             if let Some(notice) = ses_setup_notice(&envelope.message) {
                 tracing::info!(topic_arn = %envelope.topic_arn, notice, "ses set-up notice acknowledged");
-                return Ok(HttpResponse::Ok().json(WebhookReceipt::default()));
+                return Ok(HttpResponse::Ok().json(SnsReply::Receipt(WebhookReceipt::default())));
             }
             Err(error.to_string())
         }
@@ -166,24 +190,37 @@ async fn subscription_confirmation(
     if state.settings.sns_topic_arns.is_empty() {
         // No topic is trusted by configuration: the admin decides.
         let held = subscriptions.hold(envelope, subscribe_url);
-        return Ok(HttpResponse::Ok().json(serde_json::json!({
-            "held": true,
-            "pending_id": held.id,
-            "reason": "SNS_TOPIC_ARNS is empty: the admin must confirm this subscription",
+        return Ok(HttpResponse::Ok().json(SnsReply::Held(Held {
+            held: true,
+            pending_id: held.id,
+            reason: "SNS_TOPIC_ARNS is empty: the admin must confirm this subscription",
         })));
     }
     let outcome = subscriptions.confirm(envelope, subscribe_url).await;
-    let mut response = if outcome.error.is_none() {
-        HttpResponse::Ok()
+    if outcome.error.is_none() {
+        Ok(HttpResponse::Ok().json(SnsReply::Confirmed(outcome)))
     } else {
-        HttpResponse::BadGateway()
-    };
-    Ok(response.json(outcome))
+        Ok(HttpResponse::BadGateway().json(outcome))
+    }
 }
 
 /// `POST /webhooks/sns/confirmations/{id}` (admin): confirms a held
 /// subscription. 200 with the outcome once SNS accepted it, 502 when the
 /// confirmation failed (it stays held), 404 for no such held confirmation.
+#[utoipa::path(
+    post,
+    path = "/webhooks/sns/confirmations/{id}",
+    tag = "ops",
+    params(("id" = u64, Path, description = "`pending_id` of the held confirmation (see `/webhooks/health`)")),
+    security(("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "SNS accepted the confirmation", body = SubscriptionOutcome),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = crate::openapi::ADMIN_ONLY, body = ErrorBody),
+        (status = 404, description = "No such held confirmation", body = ErrorBody),
+        (status = 502, description = "SNS refused: the confirmation stays held", body = SubscriptionOutcome),
+    )
+)]
 pub async fn confirm_held(
     subscriptions: web::Data<SnsSubscriptions>,
     caller: crate::auth::Caller,
@@ -218,6 +255,38 @@ fn ses_setup_notice(message: &str) -> Option<&'static str> {
     let notice: Notice = serde_json::from_str(message).ok()?;
     (notice.notification_type.as_deref() == Some("AmazonSnsSubscriptionSucceeded"))
         .then_some("identity notifications subscribed")
+}
+
+/// The answer to an `UnsubscribeConfirmation`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Acknowledged {
+    /// `UnsubscribeConfirmation`.
+    acknowledged: &'static str,
+}
+
+/// The answer to a `SubscriptionConfirmation` held for the admin.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Held {
+    /// Always `true`.
+    held: bool,
+    /// What `POST /webhooks/sns/confirmations/{id}` confirms it by.
+    pending_id: u64,
+    /// Why it is held.
+    reason: &'static str,
+}
+
+/// The answers of `POST /webhooks/email` with status 200.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SnsReply {
+    /// A notification: what became of its status.
+    Receipt(WebhookReceipt),
+    /// A confirmed subscription.
+    Confirmed(SubscriptionOutcome),
+    /// A subscription held for the admin.
+    Held(Held),
+    /// An unsubscription.
+    Acknowledged(Acknowledged),
 }
 
 /// `?token=` of the endpoint URL.

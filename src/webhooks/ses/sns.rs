@@ -60,7 +60,7 @@ impl SnsError {
 }
 
 /// The three message types SNS delivers to an HTTP(S) endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, utoipa::ToSchema)]
 pub enum SnsMessageType {
     /// A published message; for SES, `Message` holds the SES event JSON.
     Notification,
@@ -106,7 +106,7 @@ impl SnsMessageType {
 /// unsigned envelope still parses and is refused by the verifier as
 /// [`SnsError::MissingField`] (an authentication failure) rather than as
 /// malformed input.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct SnsEnvelope {
     /// `Notification`, `SubscriptionConfirmation` or `UnsubscribeConfirmation`.

@@ -9,20 +9,26 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
+use utoipa::IntoParams;
 
 pub use payload::{envelope, parse};
 
 use crate::domain::Channel;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::hub::WebhookReceipt;
 use crate::state::AppState;
 
 /// Query of Meta's verification request.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VerifyQuery {
+    /// `subscribe`.
     #[serde(rename = "hub.mode")]
     mode: Option<String>,
+    /// The verify token configured on both sides (`WHATSAPP_VERIFY_TOKEN`).
     #[serde(rename = "hub.verify_token")]
     verify_token: Option<String>,
+    /// Echoed back as the body when the token matches.
     #[serde(rename = "hub.challenge")]
     challenge: Option<String>,
 }
@@ -39,6 +45,17 @@ impl std::fmt::Debug for VerifyQuery {
 
 /// Answers Meta's `GET` verification: the challenge as text when the mode is
 /// `subscribe` and the token matches (compared in constant time), else 403.
+#[utoipa::path(
+    get,
+    path = "/webhooks/whatsapp",
+    tag = "webhooks",
+    params(VerifyQuery),
+    responses(
+        (status = 200, description = "The token matches: `hub.challenge`, verbatim", body = String, content_type = "text/plain"),
+        (status = 400, description = "A query that does not parse", body = ErrorBody),
+        (status = 403, description = "Wrong mode, token or no challenge", body = ErrorBody),
+    )
+)]
 pub async fn verify_subscription(
     state: web::Data<AppState>,
     query: web::Query<VerifyQuery>,
@@ -68,6 +85,22 @@ pub async fn verify_subscription(
 
 /// Receives a status webhook: 401 unless the signature matches the raw body,
 /// then applies what it carries and answers once it is durable.
+#[utoipa::path(
+    post,
+    path = "/webhooks/whatsapp",
+    tag = "webhooks",
+    request_body(content = payload::Envelope, description = "Meta's webhook, signed over its raw bytes"),
+    security(("whatsapp_signature" = [])),
+    responses(
+        (status = 200, description = "Every status is durable (or kept as a dead letter)", body = WebhookReceipt),
+        (status = 400, description = "Not a WhatsApp payload, and no signature vouches for it (verification disabled)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong `X-Hub-Signature-256`: nothing stored", body = ErrorBody),
+        (status = 408, description = crate::openapi::TIMEOUT, body = ErrorBody),
+        (status = 413, description = crate::openapi::TOO_LARGE, body = ErrorBody),
+        (status = 415, description = crate::openapi::COMPRESSED, body = ErrorBody),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
 pub async fn receive(
     req: HttpRequest,
     body: web::Bytes,

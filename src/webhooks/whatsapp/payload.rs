@@ -8,26 +8,33 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::domain::{Channel, Failure, Parsed, Status, StatusUpdate};
 
 /// The `object` every WhatsApp Business webhook carries.
 const OBJECT: &str = "whatsapp_business_account";
 
-#[derive(Deserialize)]
-struct Envelope {
+/// A WhatsApp Business webhook, as Meta posts it (only the parts statushub
+/// reads; anything else is ignored).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WhatsAppWebhook)]
+pub(crate) struct Envelope {
+    /// Always `whatsapp_business_account`.
     object: String,
     #[serde(default)]
     entry: Vec<Entry>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WhatsAppEntry)]
 struct Entry {
     #[serde(default)]
     changes: Vec<Change>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WhatsAppChange)]
 struct Change {
     #[serde(default)]
     field: Option<String>,
@@ -35,13 +42,18 @@ struct Change {
     value: ChangeValue,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = WhatsAppChangeValue)]
 struct ChangeValue {
+    /// Each is read on its own: one that does not parse is dead-lettered
+    /// without losing the others.
     #[serde(default)]
+    #[schema(value_type = Vec<RawStatus>)]
     statuses: Vec<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WhatsAppStatus)]
 struct RawStatus {
     id: String,
     status: String,
@@ -51,15 +63,18 @@ struct RawStatus {
 }
 
 /// Meta sends Unix seconds as a string; accept a number too.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WhatsAppTimestamp)]
 #[serde(untagged)]
 enum Timestamp {
     Text(String),
     Number(i64),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WhatsAppError)]
 struct RawError {
+    /// A number or a string.
     code: Value,
     #[serde(default)]
     title: Option<String>,
