@@ -117,7 +117,8 @@ impl ResponseError for ApiError {
 /// says: the router's 404 and 405, and the extractors' refusals (a query or
 /// path that does not parse, a body over its limit), which actix-web answers
 /// in plain text or with no body at all, get `{"error": …}` with the same
-/// status and headers. JSON answers and successes pass untouched.
+/// status and headers (and `Allow` on a 405). JSON answers and successes
+/// pass untouched.
 pub async fn json_errors(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -139,6 +140,11 @@ pub async fn json_errors(
             .unwrap_or("error")
             .to_ascii_lowercase(),
     };
+    // A resource's own 405 (`web::resource` with other methods) names none.
+    let allow = (status == StatusCode::METHOD_NOT_ALLOWED
+        && !response.headers().contains_key(header::ALLOW))
+    .then(|| crate::openapi::allowed_methods(response.request().path()).join(", "))
+    .filter(|allow| !allow.is_empty());
     let (req, original) = response.into_parts();
     let mut replaced = HttpResponse::build(status).json(ErrorBody::new(&text));
     // Keeps a forced close: a body left unread ends its connection.
@@ -149,6 +155,9 @@ pub async fn json_errors(
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             replaced.headers_mut().append(name.clone(), value.clone());
         }
+    }
+    if let Some(allow) = allow.and_then(|allow| HeaderValue::from_str(&allow).ok()) {
+        replaced.headers_mut().insert(header::ALLOW, allow);
     }
     Ok(ServiceResponse::new(req, replaced).map_into_right_body())
 }

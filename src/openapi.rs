@@ -167,7 +167,7 @@ pub async fn unmatched(req: HttpRequest) -> HttpResponse {
 type Template = Vec<Option<String>>;
 
 /// Returns the methods the document has for `path` (uppercase).
-fn allowed_methods(path: &str) -> Vec<String> {
+pub(crate) fn allowed_methods(path: &str) -> Vec<String> {
     static TEMPLATES: OnceLock<Vec<(Template, Vec<String>)>> = OnceLock::new();
     let templates = TEMPLATES.get_or_init(|| {
         document()
@@ -191,7 +191,8 @@ fn allowed_methods(path: &str) -> Vec<String> {
                     ("HEAD", item.head.is_some()),
                 ]
                 .into_iter()
-                .filter_map(|(method, present)| present.then(|| method.to_owned()))
+                .filter(|(_, present)| *present)
+                .map(|(method, _)| method.to_owned())
                 .collect();
                 (segments, methods)
             })

@@ -109,6 +109,12 @@ async fn every_error_answer_is_an_error_body() {
             405,
             "method not allowed",
         ),
+        // A resource's own 405.
+        (
+            admin(app.client.get(app.url("/api/v1/messages"))),
+            405,
+            "method not allowed",
+        ),
         // A path parameter that is not an integer.
         (
             admin(app.client.get(app.url("/webhooks/dead-letters/abc"))),
@@ -161,4 +167,11 @@ async fn every_error_answer_is_an_error_body() {
         .await
         .unwrap();
     assert_eq!(allow.headers()["allow"], "GET, POST");
+    let allow = app
+        .client
+        .put(app.url("/api/v1/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allow.headers()["allow"], "POST");
 }
