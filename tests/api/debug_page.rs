@@ -193,6 +193,9 @@ async fn debug_page_shows_live_counters_and_events_in_a_real_browser() {
         "wamid.DBG5",
     ];
     app.register_whatsapp("t1", "c1", &ids).await;
+    // Before the page opens: the tail must show it from the store.
+    app.send_statuses(&[("wamid.DBG5", "sent", 1_700_000_005)])
+        .await;
 
     let driver = start_chromedriver(&chromedriver).await;
     let capabilities = json!({
@@ -302,6 +305,16 @@ async fn scenario(
         json!("5"),
     )
     .await;
+    // The tail is backfilled from `/webhooks/events`: the status sent before
+    // the page opened is there, without waiting for the next webhook.
+    wait_for_js(
+        client,
+        "the backfilled tail",
+        r#"const row = document.querySelector('#event-tail tr[data-message="wamid.DBG5"]');
+           return row ? [row.dataset.backfilled, row.dataset.outcome] : null;"#,
+        json!(["true", "applied"]),
+    )
+    .await;
 
     // Webhooks: out of order (read before delivered), a duplicate, an
     // unknown message id, and a signed payload nobody can read.
@@ -325,7 +338,7 @@ async fn scenario(
 
     let metrics = app.metrics("c1").await;
     for (field, expected) in [
-        ("sent", 3),
+        ("sent", 4),
         ("delivered", 2),
         ("read", 1),
         ("failed", 1),
