@@ -33,7 +33,8 @@
 //!   deltas) and the provider-neutral [`domain::StatusUpdate`]; pure.
 //! - [`metrics`] (Prometheus registry), [`clock`] (Unix milliseconds),
 //!   [`config`] and [`secrets`] (settings), [`telemetry`] (logs).
-//! - Commands: [`cli`], and [`simulate`] (a demo feed of signed webhooks).
+//! - Commands: [`cli`], [`simulate`] (a demo feed of signed webhooks) and
+//!   [`dead_letters`] (`replay-dead-letters`, through a running hub).
 
 pub mod access;
 pub mod api;
@@ -41,6 +42,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dead_letters;
 pub mod domain;
 pub mod error;
 pub mod hub;
@@ -84,5 +86,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => simulate::run(args).await,
+        Command::ReplayDeadLetters(args) => dead_letters::run(args).await,
     }
 }
