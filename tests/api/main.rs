@@ -7,6 +7,7 @@ mod helpers;
 
 mod auth;
 mod backpressure;
+mod dead_letter_replay;
 mod debug_page;
 mod durability;
 mod fuzz;
