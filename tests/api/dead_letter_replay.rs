@@ -18,7 +18,7 @@ use crate::helpers::*;
 /// Stores a dead letter as an older statushub would have: `body` verbatim,
 /// received `age_ms` ago, verified by `verification` (`None`: a row from
 /// before verification was recorded). Returns its id.
-async fn store_letter(
+pub(crate) async fn store_letter(
     app: &TestApp,
     body: &[u8],
     reason: &str,
