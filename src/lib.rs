@@ -15,7 +15,8 @@
 //! Layers, each importing only those below it (the one circle is the
 //! router and the campaign actors, which start each other's lifecycle):
 //!
-//! - HTTP: [`startup`] (composition root), [`webhooks`] (provider
+//! - HTTP: [`startup`] (composition root; [`shutdown`]: draining on
+//!   SIGTERM), [`webhooks`] (provider
 //!   endpoints), [`api`] (`/api/v1`), [`sse`] (live streams: coalescing,
 //!   resume, caps), [`ops`] (health, readiness, Prometheus, the debug
 //!   page), sharing [`state`] (the hub, settings, metrics), [`access`]
@@ -50,6 +51,7 @@ pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod secrets;
+pub mod shutdown;
 pub mod simulate;
 pub mod sse;
 pub mod startup;
@@ -69,7 +71,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let settings = Settings::from_args(*args)?;
             let app = startup::Application::build(settings).await?;
-            app.run_until_stopped().await.context("server failed")
+            app.run_until_signalled().await.context("server failed")
         }
         Command::Migrate(args) => {
             let store = store::Store::connect(&args.store_settings()).await?;
