@@ -21,6 +21,7 @@ mod retention;
 mod robustness;
 mod scale_out;
 mod ses;
+mod shutdown;
 mod simulate;
 mod sse;
 mod store_down;
