@@ -28,6 +28,10 @@
 //! fixed-period timer per response (not reset by events) that writes the
 //! heartbeat comment.
 //!
+//! When the hub shuts down, every stream ends after `event: shutdown` with a
+//! `retry:` hint (see [`crate::shutdown`]); a stream's connection closes
+//! when it ends.
+//!
 //! A stream ends when its token expires, after `event: expired`: the client
 //! reconnects with a fresh token. Open streams are capped in total, per
 //! tenant and per token ([`StreamLimiter`]); beyond a cap, 429 with
