@@ -376,7 +376,7 @@ async fn scenario(
     let body =
         serde_json::to_vec(&whatsapp_payload(&[("wamid.DBG3", "read", 1_700_000_035)])).unwrap();
     let letter =
-        crate::dead_letter_replay::store_letter(&app, &body, "older shape", Some("hmac-sha256"), 0)
+        crate::dead_letter_replay::store_letter(app, &body, "older shape", Some("hmac-sha256"), 0)
             .await;
     let selector = format!("#dead-letters [data-dead-letter='{letter}']");
     wait_for_js(
