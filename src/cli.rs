@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `migrate`, `token`, `simulate`.
+//! The command line: `serve` (default), `migrate`, `token`, `simulate`,
+//! `replay-dead-letters`.
 //!
 //! Each subcommand's arguments live beside the subcommand (`ServeArgs` and
 //! `StoreArgs` in [`crate::config`], `SimulateArgs` in [`crate::simulate`]);
@@ -8,6 +9,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::config::{SecretArgs, ServeArgs, StoreArgs};
+use crate::dead_letters::ReplayArgs;
 use crate::simulate::SimulateArgs;
 
 /// statushub: real-time delivery statuses for messaging campaigns.
@@ -30,6 +32,9 @@ pub enum Command {
     /// Registers a demo campaign on a running hub and plays signed WhatsApp
     /// and/or SES (through SNS) webhooks against it, so the debug page moves.
     Simulate(SimulateArgs),
+    /// Asks a running hub to replay its open dead letters through its
+    /// current parsers (over HTTP, with the admin token).
+    ReplayDeadLetters(ReplayArgs),
 }
 
 /// Arguments of `statushub token`.

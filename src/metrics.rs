@@ -16,6 +16,9 @@ pub struct Metrics {
     pub statuses: IntCounterVec,
     /// Payloads stored as dead letters.
     pub dead_letters: IntCounter,
+    /// Dead-letter replays by outcome (`applied`, `partial`, `failed`,
+    /// `refused`).
+    pub dead_letter_replays: IntCounterVec,
     /// Rows per committed batch.
     pub db_batch_rows: Histogram,
     /// Seconds per commit.
@@ -79,6 +82,17 @@ impl Metrics {
         let dead_letters =
             IntCounter::new("dead_letters_total", "Signed payloads kept as dead letters")
                 .expect("valid metric definition");
+        let dead_letter_replays = IntCounterVec::new(
+            Opts::new(
+                "dead_letter_replays_total",
+                "Dead-letter replays by outcome (applied, partial, failed, refused)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric definition");
+        for outcome in ["applied", "partial", "failed", "refused"] {
+            dead_letter_replays.with_label_values(&[outcome]);
+        }
         let db_batch_rows = Histogram::with_opts(
             HistogramOpts::new("db_batch_rows", "Rows per committed batch").buckets(vec![
                 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
@@ -175,6 +189,7 @@ impl Metrics {
             http_requests,
             statuses,
             dead_letters,
+            dead_letter_replays,
             db_batch_rows,
             db_commit_seconds,
             db_commit_failures,
@@ -198,6 +213,7 @@ impl Metrics {
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.statuses.clone()),
             Box::new(metrics.dead_letters.clone()),
+            Box::new(metrics.dead_letter_replays.clone()),
             Box::new(metrics.db_batch_rows.clone()),
             Box::new(metrics.db_commit_seconds.clone()),
             Box::new(metrics.db_commit_failures.clone()),

@@ -1,6 +1,6 @@
 //! Ops and debug endpoints: `/healthz`, `/readyz` (open), and `/metrics`,
-//! `/webhooks/health`, `/webhooks/events`, `/webhooks/dead-letters` (admin
-//! token). `/` serves the debug page, which holds no data itself: it asks
+//! `/webhooks/health`, `/webhooks/events`, `/webhooks/dead-letters` and
+//! `POST /webhooks/dead-letters/{id}/replay` (admin token). `/` serves the debug page, which holds no data itself: it asks
 //! for the admin token and calls the admin endpoints with it.
 
 use actix_web::http::header::ContentType;
@@ -13,7 +13,10 @@ use crate::domain::{Channel, Status};
 use crate::error::ApiError;
 use crate::sse::StreamLimiter;
 use crate::state::AppState;
-use crate::store::{RecentEvent, RecentKind, Store, StoreStats, StoredDeadLetter};
+use crate::store::{
+    DeadLetterState, ReceiptVerification, RecentEvent, RecentKind, ReplayRecord, Store, StoreStats,
+    StoredDeadLetter,
+};
 use crate::webhooks::ses::SnsSubscriptions;
 
 /// Most events `/webhooks/events` returns.
@@ -39,7 +42,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/webhooks/health", web::get().to(health))
         .route("/webhooks/events", web::get().to(events))
         .route("/webhooks/dead-letters", web::get().to(dead_letters))
-        .route("/webhooks/dead-letters/{id}", web::get().to(dead_letter));
+        .route("/webhooks/dead-letters/{id}", web::get().to(dead_letter))
+        .route(
+            "/webhooks/dead-letters/{id}/replay",
+            web::post().to(replay_dead_letter),
+        );
 }
 
 async fn debug_page() -> HttpResponse {
@@ -148,17 +155,23 @@ async fn events(
     Ok(HttpResponse::Ok().json(event_views(events)))
 }
 
-/// `?limit=N&before=ID`: a page of dead letters, newest first.
+/// `?state=open|replayed|all&limit=N&before=ID`: a page of dead letters,
+/// newest first.
 #[derive(Deserialize)]
 struct PageQuery {
+    /// `open` (default): not applied by a replay yet; `replayed`: applied
+    /// by a replay; `all`.
+    #[serde(default)]
+    state: DeadLetterState,
     limit: Option<u32>,
     /// Only ids below this one: pass the last id of the previous page.
     before: Option<i64>,
 }
 
-/// Lists dead letters, newest first, [`MAX_DEAD_LETTERS`] a page at most,
-/// bodies cut to [`LISTED_BODY_BYTES`]; `?before=` the last id of the
-/// previous page gives the next.
+/// Lists dead letters in `?state=` (open by default), newest first,
+/// [`MAX_DEAD_LETTERS`] a page at most, bodies cut to
+/// [`LISTED_BODY_BYTES`]; `?before=` the last id of the previous page gives
+/// the next.
 async fn dead_letters(
     store: web::Data<Store>,
     caller: Caller,
@@ -167,7 +180,7 @@ async fn dead_letters(
     caller.require_admin()?;
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_DEAD_LETTERS);
     let letters = store
-        .dead_letters(limit, query.before, LISTED_BODY_BYTES)
+        .dead_letters(query.state, limit, query.before, LISTED_BODY_BYTES)
         .await?;
     let letters: Vec<DeadLetterView> = letters.into_iter().map(DeadLetterView::from).collect();
     Ok(HttpResponse::Ok().json(letters))
@@ -184,6 +197,29 @@ async fn dead_letter(
         .dead_letter(path.into_inner())
         .await?
         .ok_or(ApiError::NotFound("no such dead letter"))?;
+    Ok(HttpResponse::Ok().json(DeadLetterView::from(letter)))
+}
+
+/// Runs a dead letter through the current parsers and applies what they
+/// interpret (see [`crate::webhooks::replay_dead_letter`]); answers with the
+/// letter's replay record, its body cut as in listings.
+async fn replay_dead_letter(
+    state: web::Data<AppState>,
+    store: web::Data<Store>,
+    caller: Caller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let mut letter = crate::webhooks::replay_dead_letter(
+        &state.hub,
+        &store,
+        path.into_inner(),
+        state.settings.enable_webhook_verification,
+    )
+    .await?;
+    letter
+        .body
+        .truncate(usize::try_from(LISTED_BODY_BYTES).unwrap_or(usize::MAX));
     Ok(HttpResponse::Ok().json(DeadLetterView::from(letter)))
 }
 
@@ -267,6 +303,63 @@ struct DeadLetterView {
     /// gives the whole body).
     body_truncated: bool,
     received_at: String,
+    /// How the sender was verified when the payload arrived.
+    verification: VerificationView,
+    /// `open` until a replay applied it, then `replayed`.
+    state: &'static str,
+    /// The last replay; `null` when it was never replayed.
+    replay: Option<ReplayView>,
+}
+
+/// How a dead letter's sender was verified at receipt.
+#[derive(Debug, Serialize)]
+struct VerificationView {
+    /// `hmac-sha256`, `sns-signature`, `disabled` or `unknown` (stored
+    /// before statushub recorded it).
+    method: &'static str,
+    /// The certificate the SNS signature verified under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_url: Option<String>,
+}
+
+impl From<ReceiptVerification> for VerificationView {
+    fn from(verification: ReceiptVerification) -> Self {
+        VerificationView {
+            method: verification.method(),
+            cert_url: verification.detail().map(str::to_owned),
+        }
+    }
+}
+
+/// A dead letter's last replay.
+#[derive(Debug, Serialize)]
+struct ReplayView {
+    replayed_at: String,
+    /// `applied`, `partial` or `failed`.
+    outcome: &'static str,
+    /// What stayed uninterpretable.
+    error: Option<String>,
+    received: i64,
+    applied: i64,
+    duplicates: i64,
+    unmatched: i64,
+    /// Replays run so far.
+    replays: i64,
+}
+
+impl From<ReplayRecord> for ReplayView {
+    fn from(replay: ReplayRecord) -> Self {
+        ReplayView {
+            replayed_at: format_ms(replay.replayed_at_ms),
+            outcome: replay.outcome.as_str(),
+            error: replay.error,
+            received: replay.received,
+            applied: replay.applied,
+            duplicates: replay.duplicates,
+            unmatched: replay.unmatched,
+            replays: replay.replays,
+        }
+    }
 }
 
 impl From<StoredDeadLetter> for DeadLetterView {
@@ -281,6 +374,9 @@ impl From<StoredDeadLetter> for DeadLetterView {
             body_bytes: letter.body_bytes,
             body_truncated: shown < letter.body_bytes,
             received_at: format_ms(letter.received_at_ms),
+            verification: letter.verification.into(),
+            state: if letter.open { "open" } else { "replayed" },
+            replay: letter.replay.map(ReplayView::from),
         }
     }
 }

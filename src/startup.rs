@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
@@ -17,6 +17,7 @@ use crate::config::{Retention, Settings};
 use crate::hub::{Hub, HubSettings};
 use crate::limits::RequestDeadline;
 use crate::metrics::Metrics;
+use crate::shutdown::{SETTLE_TIMEOUT, SHUTDOWN_TIMEOUT, Shutdown};
 use crate::sse::StreamLimiter;
 use crate::state::AppState;
 use crate::store::PruneTarget;
@@ -27,10 +28,40 @@ use crate::webhooks::ses::{SnsSubscriptions, SnsVerifier};
 pub struct Application {
     /// The bound port (tests bind port 0 and read it here).
     port: u16,
-    /// The running server; awaiting it serves until a signal stops it.
+    /// The running server; awaiting it serves until it is stopped.
     server: Server,
-    /// Closed once the server has stopped, so the last commit is flushed.
+    /// Stops the server (see [`Stopper`]).
+    stopper: Stopper,
+    /// Settled once the server has stopped, so the last commits end
+    /// before the store closes.
+    hub: Hub,
+    /// Closed once the server has stopped and the hub settled.
     store: Store,
+}
+
+/// Stops a running [`Application`] gracefully: draining first, then the
+/// server (see [`crate::shutdown`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Stopper {
+    shutdown: Shutdown,
+    server: ServerHandle,
+}
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopper")
+            .field("shutdown", &self.shutdown)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stopper {
+    /// Begins draining and stops the server gracefully; returns once it
+    /// has stopped (at most [`SHUTDOWN_TIMEOUT`] after the call).
+    pub async fn stop(&self) {
+        self.shutdown.begin();
+        self.server.stop(true).await;
+    }
 }
 
 impl std::fmt::Debug for Application {
@@ -133,6 +164,9 @@ impl Application {
             settings.sns_subscribe_override.clone(),
         ));
         let limiter = web::Data::new(StreamLimiter::new(settings.stream_limits));
+        let shutdown = Shutdown::new();
+        let draining = web::Data::new(shutdown.clone());
+        let settled_hub = hub.clone();
         let state = web::Data::new(AppState {
             hub,
             metrics,
@@ -143,7 +177,9 @@ impl Application {
             App::new()
                 // Outermost is last: `observe` sees the guard's 408 and 415.
                 .wrap(from_fn(crate::limits::guard))
+                .wrap(from_fn(crate::shutdown::refuse_while_draining))
                 .wrap(from_fn(observe))
+                .app_data(draining.clone())
                 .app_data(deadline.clone())
                 .app_data(state.clone())
                 .app_data(reads.clone())
@@ -158,14 +194,22 @@ impl Application {
                 .configure(crate::ops::configure)
         })
         .client_request_timeout(Duration::from_secs(10))
-        .shutdown_timeout(10)
+        // Signals are handled in `run_until_signalled`, which drains first.
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
         .workers(workers)
         .max_connections(crate::limits::per_worker(max_connections, workers));
         let server = server.listen(listener)?.run();
         tracing::info!(port, "statushub listening");
+        let stopper = Stopper {
+            shutdown,
+            server: server.handle(),
+        };
         Ok(Application {
             port,
             server,
+            stopper,
+            hub: settled_hub,
             store,
         })
     }
@@ -175,11 +219,44 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server is stopped (SIGINT/SIGTERM), then closes the store.
+    /// Returns what stops this application gracefully.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Serves until the server is stopped (by a [`Stopper`]), then lets the
+    /// last commits end (at most [`SETTLE_TIMEOUT`]) and closes the store.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        if !self.hub.settle(SETTLE_TIMEOUT).await {
+            tracing::warn!("writes were still queued when the store closed; none was acknowledged");
+        }
         self.store.close().await;
+        tracing::info!("statushub stopped");
         result
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully (see
+    /// [`crate::shutdown`]): what the binary runs.
+    pub async fn run_until_signalled(self) -> std::io::Result<()> {
+        let stopper = self.stopper();
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        actix_web::rt::spawn(async move {
+            let signal = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            tracing::info!(
+                signal,
+                timeout_secs = SHUTDOWN_TIMEOUT.as_secs(),
+                "shutting down: refusing new requests, finishing those in flight"
+            );
+            stopper.stop().await;
+        });
+        self.run_until_stopped().await
     }
 }
 

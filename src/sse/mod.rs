@@ -28,6 +28,10 @@
 //! fixed-period timer per response (not reset by events) that writes the
 //! heartbeat comment.
 //!
+//! When the hub shuts down, every stream ends after `event: shutdown` with a
+//! `retry:` hint (see [`crate::shutdown`]); a stream's connection closes
+//! when it ends.
+//!
 //! A stream ends when its token expires, after `event: expired`: the client
 //! reconnects with a fresh token. Open streams are capped in total, per
 //! tenant and per token ([`StreamLimiter`]); beyond a cap, 429 with
@@ -48,6 +52,7 @@ use crate::access::resolve_campaign;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::hub::{Follow, Subscription};
+use crate::shutdown::{SHUTDOWN_RETRY, Shutdown};
 use crate::state::AppState;
 use crate::store::{EventPosition, Store};
 use stream::{Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope, StreamCounters};
@@ -110,14 +115,28 @@ fn last_event_id(req: &HttpRequest, query: &StreamQuery) -> Option<i64> {
 }
 
 /// Returns the SSE response reading from `rx`, with the retry hint and
-/// heartbeats.
-fn respond(rx: mpsc::Receiver<sse::Event>, state: &AppState) -> impl Responder + use<> {
-    sse::Sse::from_infallible_receiver(rx)
+/// heartbeats. Its connection closes when the stream ends (token expired,
+/// shutdown): a client reconnecting then opens a new connection, which a
+/// load balancer may send elsewhere, and a hub shutting down is not held
+/// up by the idle connection.
+fn respond(
+    req: &HttpRequest,
+    rx: mpsc::Receiver<sse::Event>,
+    state: &AppState,
+) -> impl Responder + use<> {
+    let mut response = sse::Sse::from_infallible_receiver(rx)
         .with_keep_alive(state.settings.sse_heartbeat)
         .with_retry_duration(RETRY_HINT)
-        .customize()
-        // Tell buffering proxies (nginx) to pass events through at once.
-        .insert_header(("x-accel-buffering", "no"))
+        .respond_to(req);
+    // Tell buffering proxies (nginx) to pass events through at once.
+    response.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static("x-accel-buffering"),
+        actix_web::http::header::HeaderValue::from_static("no"),
+    );
+    response
+        .head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    response
 }
 
 /// Takes a stream slot for `caller`, counting refusals.
@@ -141,22 +160,26 @@ fn spawn(
     live: Subscription,
     state: &AppState,
     store: &Store,
+    shutdown: &Shutdown,
 ) {
     if let Some(expires) = caller.expires_at() {
         connection.expire_at(expires);
     }
     let hub = state.hub.clone();
     let store = store.clone();
+    let shutdown = shutdown.watch();
     actix_web::rt::spawn(async move {
         let _permit = permit;
-        connection.run(live, hub, store).await;
+        connection.run(live, hub, store, shutdown).await;
     });
 }
 
 /// `GET /api/v1/campaigns/{id}/stream`.
+#[allow(clippy::too_many_arguments)]
 async fn campaign_stream(
     req: HttpRequest,
     state: web::Data<AppState>,
+    shutdown: web::Data<Shutdown>,
     store: web::Data<Store>,
     limiter: web::Data<StreamLimiter>,
     caller: Caller,
@@ -229,14 +252,15 @@ async fn campaign_stream(
         xact: 0,
         event_id: snapshot.version,
     });
-    spawn(connection, &caller, permit, live, &state, &store);
-    Ok(respond(rx, &state))
+    spawn(connection, &caller, permit, live, &state, &store, &shutdown);
+    Ok(respond(&req, rx, &state))
 }
 
 /// `GET /api/v1/stream`.
 async fn tenant_stream(
     req: HttpRequest,
     state: web::Data<AppState>,
+    shutdown: web::Data<Shutdown>,
     store: web::Data<Store>,
     limiter: web::Data<StreamLimiter>,
     caller: Caller,
@@ -321,13 +345,15 @@ async fn tenant_stream(
             connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
         }
     }
-    spawn(connection, &caller, permit, live, &state, &store);
-    Ok(respond(rx, &state))
+    spawn(connection, &caller, permit, live, &state, &store, &shutdown);
+    Ok(respond(&req, rx, &state))
 }
 
 /// `GET /webhooks/stream`: admin only.
 async fn incoming_stream(
+    req: HttpRequest,
     state: web::Data<AppState>,
+    shutdown: web::Data<Shutdown>,
     limiter: web::Data<StreamLimiter>,
     caller: Caller,
 ) -> Result<impl Responder + use<>, ApiError> {
@@ -335,12 +361,17 @@ async fn incoming_stream(
     let permit = acquire(&state, &limiter, &caller)?;
     let mut incoming = state.hub.broadcaster().subscribe_incoming();
     let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
+    let mut shutdown = shutdown.watch();
     actix_web::rt::spawn(async move {
         // Holds the stream's slot until the client goes away.
         let _permit = permit;
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
+                () = Shutdown::began(&mut shutdown) => {
+                    let _ = tx.try_send(encode::shutdown_event(SHUTDOWN_RETRY));
+                    return;
+                }
                 received = incoming.recv() => {
                     let event = match received {
                         Ok(event) => sse::Data::new_json(&*event).map(|data| data.event("webhook").into()),
@@ -358,5 +389,5 @@ async fn incoming_stream(
             }
         }
     });
-    Ok(respond(rx, &state))
+    Ok(respond(&req, rx, &state))
 }

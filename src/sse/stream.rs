@@ -17,10 +17,11 @@ use bytestring::ByteString;
 use prometheus::IntCounter;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::encode::{counters_json, metrics_data, status_data, status_json};
+use super::encode::{counters_json, metrics_data, shutdown_event, status_data, status_json};
 use crate::domain::CampaignCounters;
 use crate::hub::{Hub, Live, PublishedCampaign, StatusBatch, Subscription};
 use crate::metrics::Metrics;
+use crate::shutdown::{SHUTDOWN_RETRY, Shutdown};
 use crate::store::{EventPosition, StatusChange, Store};
 
 /// How long a status stream may take nothing from its buffer before it is
@@ -409,10 +410,18 @@ impl Connection {
         self.take_frames(&frames, false);
     }
 
-    /// Runs until the client goes away, its token expires, the hub stops,
+    /// Runs until the client goes away, its token expires, the hub stops
+    /// or shuts down (`event: shutdown` with a `retry:` hint, then the end),
     /// or a status subscriber falls too far behind. Wakes only for its
-    /// topic, the expiry, and room in a full buffer when metrics wait.
-    pub(super) async fn run(mut self, mut live: Subscription, hub: Hub, store: Store) {
+    /// topic, the expiry, the shutdown, and room in a full buffer when
+    /// metrics wait.
+    pub(super) async fn run(
+        mut self,
+        mut live: Subscription,
+        hub: Hub,
+        store: Store,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let expires = self.expires_at;
         let expiry = tokio::time::sleep(until_unix(expires.unwrap_or(u64::MAX)));
         tokio::pin!(expiry);
@@ -425,6 +434,13 @@ impl Connection {
                     let _ = self.tx.try_send(
                         sse::Data::new(r#"{"reason":"token expired"}"#).event("expired").into(),
                     );
+                    return;
+                }
+                () = Shutdown::began(&mut shutdown) => {
+                    // Metrics still pending are the latest state: send them
+                    // first if there is room; the client resyncs anyway.
+                    self.flush();
+                    let _ = self.tx.try_send(shutdown_event(SHUTDOWN_RETRY));
                     return;
                 }
                 received = live.next() => {

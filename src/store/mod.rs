@@ -18,14 +18,16 @@ mod types;
 
 pub use batch::{
     Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, NewMessage, Prune,
-    PruneTarget, Register, RegisterReceipt, Registered, StatusChange, UpdateOutcome, Weight,
+    PruneTarget, RecordReplay, Register, RegisterReceipt, Registered, StatusChange, UpdateOutcome,
+    Weight,
 };
 pub use postgres::{ChangeFeed, ChangePage, FeedOpener, PgStore};
 pub use settings::{Backend, StoreSettings, Synchronous};
 pub use sqlite::SqliteStore;
 pub use types::{
-    CampaignInfo, EventPosition, MessageRef, RecentEvent, RecentKind, StoreError, StoreStats,
-    StoredDeadLetter, StoredEvent, StoredMessage,
+    CampaignInfo, DeadLetterState, EventPosition, MessageRef, ReceiptVerification, RecentEvent,
+    RecentKind, ReplayOutcome, ReplayRecord, StoreError, StoreStats, StoredDeadLetter, StoredEvent,
+    StoredMessage,
 };
 
 use std::sync::Arc;
@@ -133,15 +135,16 @@ impl Store {
         dispatch!(self, store => store.recent_events(limit).await)
     }
 
-    /// Returns the newest dead letters with ids below `before`, newest
-    /// first, bodies cut to `body_limit` bytes.
+    /// Returns the newest dead letters in `state` with ids below `before`,
+    /// newest first, bodies cut to `body_limit` bytes.
     pub async fn dead_letters(
         &self,
+        state: DeadLetterState,
         limit: u32,
         before: Option<i64>,
         body_limit: u32,
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
-        dispatch!(self, store => store.dead_letters(limit, before, body_limit).await)
+        dispatch!(self, store => store.dead_letters(state, limit, before, body_limit).await)
     }
 
     /// Returns one dead letter with its whole body.

@@ -2,11 +2,14 @@
 //! provider's way, parses the payload into [`crate::domain::StatusUpdate`]s
 //! and hands them to the hub; the reply waits for the commit.
 
+mod replay;
 mod reply;
 pub mod ses;
 pub mod whatsapp;
 
 use actix_web::web;
+
+pub use replay::replay_dead_letter;
 
 /// Registers `/webhooks/whatsapp`, `/webhooks/email` (and later providers) on `cfg`.
 pub fn configure(cfg: &mut web::ServiceConfig) {

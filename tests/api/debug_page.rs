@@ -384,6 +384,52 @@ async fn scenario(
         json!(1),
     )
     .await;
+    // A letter the parser reads now (stored as an older statushub would
+    // have) gets a Replay button; one click applies it, live.
+    let body =
+        serde_json::to_vec(&whatsapp_payload(&[("wamid.DBG3", "read", 1_700_000_035)])).unwrap();
+    let letter =
+        crate::dead_letter_replay::store_letter(app, &body, "older shape", Some("hmac-sha256"), 0)
+            .await;
+    let selector = format!("#dead-letters [data-dead-letter='{letter}']");
+    wait_for_js(
+        client,
+        "the stored letter, open, with its replay button",
+        &format!(
+            "const item = document.querySelector(\"{selector}\"); \
+             return !!item && item.dataset.state === 'open' && !!item.querySelector('button[data-replay]');"
+        ),
+        json!(true),
+    )
+    .await;
+    client
+        .find(Locator::Css(&format!("{selector} button[data-replay]")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_js(
+        client,
+        "the letter replayed and applied, without its button",
+        &format!(
+            "const item = document.querySelector(\"{selector}\"); \
+             return !!item && item.dataset.state === 'replayed' \
+               && item.querySelector('[data-outcome]').dataset.outcome === 'applied' \
+               && !item.querySelector('button[data-replay]');"
+        ),
+        json!(true),
+    )
+    .await;
+    wait_for_js(
+        client,
+        "c1's read counter after the replay",
+        &field_script("c1", "read"),
+        json!("2"),
+    )
+    .await;
+    assert_eq!(app.metrics("c1").await["read"], 2);
+
     wait_for_js(
         client,
         "the unmatched count",

@@ -7,6 +7,7 @@ mod helpers;
 
 mod auth;
 mod backpressure;
+mod dead_letter_replay;
 mod debug_page;
 mod durability;
 mod fuzz;
@@ -20,6 +21,7 @@ mod retention;
 mod robustness;
 mod scale_out;
 mod ses;
+mod shutdown;
 mod simulate;
 mod sse;
 mod store_down;

@@ -15,6 +15,7 @@ pub use payload::{envelope, parse};
 use crate::domain::Channel;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::ReceiptVerification;
 
 /// Query of Meta's verification request.
 #[derive(Deserialize)]
@@ -73,7 +74,7 @@ pub async fn receive(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let verified = if state.settings.enable_webhook_verification {
+    let verification = if state.settings.enable_webhook_verification {
         let secret = state
             .settings
             .secrets
@@ -92,9 +93,9 @@ pub async fn receive(
             tracing::debug!(error = %error, "refused whatsapp webhook");
             ApiError::Unauthorized("invalid signature")
         })?;
-        true
+        ReceiptVerification::HmacSha256
     } else {
-        false
+        ReceiptVerification::Disabled
     };
     super::reply::apply_and_reply(
         &state.hub,
@@ -102,7 +103,7 @@ pub async fn receive(
         Channel::Whatsapp,
         &body,
         parse(&body),
-        verified,
+        verification,
     )
     .await
 }
