@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod alerts;
 mod auth;
 mod backpressure;
 mod debug_page;
@@ -14,6 +15,7 @@ mod harness;
 mod hot_path;
 mod limits;
 mod loadgen;
+mod logs;
 mod model;
 mod registration;
 mod retention;
