@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{SecretArgs, ServeArgs, StoreArgs};
 use crate::dead_letters::ReplayArgs;
 use crate::simulate::SimulateArgs;
+use crate::telemetry::LogFormat;
 
 /// statushub: real-time delivery statuses for messaging campaigns.
 #[derive(Parser, Debug)]
@@ -18,6 +19,17 @@ use crate::simulate::SimulateArgs;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// Log lines as `text` (the default; coloured only on a terminal) or
+    /// `json` (one object a line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        env = "STATUSHUB_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
 }
 
 /// What to do.

@@ -50,6 +50,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
+pub mod request_id;
 pub mod secrets;
 pub mod shutdown;
 pub mod simulate;

@@ -61,8 +61,13 @@ async fn healthz() -> HttpResponse {
         .body("ok")
 }
 
-async fn readyz(store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
-    store.ping().await?;
+async fn readyz(
+    state: web::Data<AppState>,
+    store: web::Data<Store>,
+) -> Result<HttpResponse, ApiError> {
+    let ping = store.ping().await;
+    state.metrics.ready.set(i64::from(ping.is_ok()));
+    ping?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType::plaintext())
         .body("ready"))
@@ -75,6 +80,9 @@ async fn metrics(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
+    // Readiness as `/readyz` sees it, so an alert needs no second probe.
+    let ready = store.ping().await.is_ok();
+    state.metrics.ready.set(i64::from(ready));
     // Row counts are read now, on the read pool; a store that cannot answer
     // leaves the last values (and `/readyz` says why).
     match store.stats().await {

@@ -94,6 +94,12 @@ pub(super) struct StreamCounters {
     encoded_metrics: IntCounter,
     /// Live `status` data encoded (once per change).
     encoded_statuses: IntCounter,
+    /// Streams closed because their client took nothing for a while.
+    lagged_slow_client: IntCounter,
+    /// Status streams closed because they missed changes.
+    lagged_missed_changes: IntCounter,
+    /// Metrics-only streams that fell behind and re-read their counters.
+    lagged_resync: IntCounter,
 }
 
 impl StreamCounters {
@@ -102,6 +108,9 @@ impl StreamCounters {
             wakeups: metrics.sse_wakeups.clone(),
             encoded_metrics: metrics.sse_frames_encoded.with_label_values(&["metrics"]),
             encoded_statuses: metrics.sse_frames_encoded.with_label_values(&["status"]),
+            lagged_slow_client: metrics.sse_lagged.with_label_values(&["slow_client"]),
+            lagged_missed_changes: metrics.sse_lagged.with_label_values(&["missed_changes"]),
+            lagged_resync: metrics.sse_lagged.with_label_values(&["resync"]),
         }
     }
 }
@@ -268,6 +277,7 @@ impl Connection {
             Err(_elapsed) => None,
         };
         sent.unwrap_or_else(|| {
+            self.counters.lagged_slow_client.inc();
             self.lagged("client too slow");
             false
         })
@@ -287,6 +297,7 @@ impl Connection {
     /// own commit, and ids never go back.
     async fn take_batch(&mut self, batch: &StatusBatch) -> bool {
         if batch.gap {
+            self.counters.lagged_missed_changes.inc();
             self.lagged("missed status changes");
             return false;
         }
@@ -453,10 +464,14 @@ impl Connection {
                             }
                         }
                         Live::Behind if self.include_statuses => {
-                            self.lagged("missed status changes");
+                            self.counters.lagged_missed_changes.inc();
+            self.lagged("missed status changes");
                             return;
                         }
-                        Live::Behind => self.resync(&hub, &store).await,
+                        Live::Behind => {
+                            self.counters.lagged_resync.inc();
+                            self.resync(&hub, &store).await;
+                        }
                         Live::Closed => return,
                     }
                     self.flush();

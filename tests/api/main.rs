@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod alerts;
 mod auth;
 mod backpressure;
 mod dead_letter_replay;
@@ -15,6 +16,7 @@ mod harness;
 mod hot_path;
 mod limits;
 mod loadgen;
+mod logs;
 mod model;
 mod registration;
 mod retention;

@@ -97,7 +97,12 @@ pub async fn receive(
                 tracing::warn!(error = %error, "cannot verify sns message now");
                 ApiError::Unavailable
             } else {
-                tracing::debug!(error = %error, "refused sns message");
+                tracing::warn!(error = %error, "refused sns message: signature does not verify");
+                state
+                    .metrics
+                    .webhook_signature_failures
+                    .with_label_values(&["email"])
+                    .inc();
                 ApiError::Unauthorized("invalid signature")
             }
         })?;

@@ -90,7 +90,13 @@ pub async fn receive(
             return Err(ApiError::Unauthorized("invalid signature"));
         }
         signature::verify(secret, &body, header).map_err(|error| {
-            tracing::debug!(error = %error, "refused whatsapp webhook");
+            // warn: a wrong app secret on either side stops every status.
+            tracing::warn!(error = %error, "refused whatsapp webhook: signature does not verify");
+            state
+                .metrics
+                .webhook_signature_failures
+                .with_label_values(&["whatsapp"])
+                .inc();
             ApiError::Unauthorized("invalid signature")
         })?;
         ReceiptVerification::HmacSha256
