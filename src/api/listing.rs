@@ -57,7 +57,10 @@ fn params(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
 
 /// Fails with 400 for a parameter outside `known`.
 fn only_known(pairs: &[(String, String)], known: &[&str]) -> Result<(), ApiError> {
-    match pairs.iter().find(|(name, _)| !known.contains(&name.as_str())) {
+    match pairs
+        .iter()
+        .find(|(name, _)| !known.contains(&name.as_str()))
+    {
         Some((name, _)) => Err(ApiError::BadRequest(format!(
             "unknown parameter {:?}; expected {}",
             crate::error::clip(name),
@@ -341,7 +344,11 @@ const CSV_HEADER: [&str; 14] = [
 ];
 
 /// Appends rows to `out` in `format` (NDJSON or CSV).
-fn encode_rows(format: Format, rows: Vec<MessageRow>, out: &mut Vec<u8>) -> Result<(), ExportError> {
+fn encode_rows(
+    format: Format,
+    rows: Vec<MessageRow>,
+    out: &mut Vec<u8>,
+) -> Result<(), ExportError> {
     match format {
         Format::Csv => {
             let mut writer = csv::WriterBuilder::new().from_writer(std::mem::take(out));
@@ -352,7 +359,9 @@ fn encode_rows(format: Format, rows: Vec<MessageRow>, out: &mut Vec<u8>) -> Resu
                     .filter(|status| set.contains(*status))
                     .map(Status::as_str)
                     .collect();
-                let first = set.first_seen_ms().map(|ms| ms.map(format_ms).unwrap_or_default());
+                let first = set
+                    .first_seen_ms()
+                    .map(|ms| ms.map(format_ms).unwrap_or_default());
                 let (code, title) = row
                     .failure
                     .map(|failure| (failure.code, failure.title))

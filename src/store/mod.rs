@@ -227,8 +227,7 @@ impl Store {
         query: &listing::MessageQuery,
     ) -> Result<listing::MessagePage, StoreError> {
         let wanted = listing::candidates_wanted(query);
-        let candidates =
-            dispatch!(self, store => store.message_candidates(query, wanted).await)?;
+        let candidates = dispatch!(self, store => store.message_candidates(query, wanted).await)?;
         let rows = dispatch!(self, store => store.messages_by_ids(query, &candidates).await)?;
         Ok(listing::settle_page(query, wanted, &candidates, rows))
     }

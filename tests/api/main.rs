@@ -15,6 +15,7 @@ mod hot_path;
 mod limits;
 mod loadgen;
 mod model;
+mod reads;
 mod registration;
 mod retention;
 mod robustness;

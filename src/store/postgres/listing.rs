@@ -2,11 +2,9 @@
 //! [`crate::store::listing`] for the paging rules).
 
 use sqlx::postgres::PgRow;
-use sqlx::{QueryBuilder, Row as _, Postgres};
+use sqlx::{Postgres, QueryBuilder, Row as _};
 
-use crate::store::listing::{
-    ActivityKey, CampaignQuery, ListedCampaign, MessageQuery, MessageRow,
-};
+use crate::store::listing::{ActivityKey, CampaignQuery, ListedCampaign, MessageQuery, MessageRow};
 use crate::store::types::{CampaignInfo, StoreError};
 
 use super::PgStore;
@@ -101,7 +99,8 @@ fn campaigns_sql<'a>(prefix: &str, query: &'a CampaignQuery) -> QueryBuilder<'a,
         .push_bind(after.campaign_pk)
         .push(")");
     if let Some(tenant_id) = &query.tenant_id {
-        sql.push(" AND c.tenant_id = ").push_bind(tenant_id.as_str());
+        sql.push(" AND c.tenant_id = ")
+            .push_bind(tenant_id.as_str());
     }
     if let Some(campaigns) = &query.campaigns {
         sql.push(" AND c.campaign_id IN (");
@@ -120,9 +119,9 @@ fn campaigns_sql<'a>(prefix: &str, query: &'a CampaignQuery) -> QueryBuilder<'a,
 /// Builds the candidates statement: ids after `query.after_id`, ascending,
 /// at most `wanted`. With a failure code, a range of `messages_by_failure`;
 /// otherwise one range of `messages_by_campaign_seen` per allowed mask, each
-/// in id order: the `UNION ALL` in `FROM` becomes a Merge Append of index
-/// scans under the limit, so it reads about `wanted` index entries, not
-/// every match.
+/// read in id order and cut at `wanted` by its own limit (PostgreSQL 15
+/// cannot walk `seen = ANY(…)` in id order, and left to itself may prefer
+/// sorting every match), then the at most 16 × `wanted` ids merged.
 fn candidates_sql<'a>(
     prefix: &str,
     query: &'a MessageQuery,
@@ -145,12 +144,15 @@ fn candidates_sql<'a>(
         if index > 0 {
             sql.push(" UNION ALL ");
         }
-        sql.push("SELECT id FROM messages WHERE campaign_pk = ")
+        sql.push("(SELECT id FROM messages WHERE campaign_pk = ")
             .push_bind(query.campaign_pk)
             .push(" AND seen = ")
             .push_bind(i64::from(*mask))
             .push(" AND id > ")
-            .push_bind(query.after_id);
+            .push_bind(query.after_id)
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(wanted))
+            .push(")");
     }
     sql.push(") AS candidates ORDER BY id LIMIT ")
         .push_bind(i64::from(wanted));
@@ -159,11 +161,7 @@ fn candidates_sql<'a>(
 
 /// Builds the rows statement: the messages among `ids` that pass every
 /// filter, ids ascending. Arrays keep its text independent of their sizes.
-fn rows_sql<'a>(
-    prefix: &str,
-    query: &'a MessageQuery,
-    ids: &[i64],
-) -> QueryBuilder<'a, Postgres> {
+fn rows_sql<'a>(prefix: &str, query: &'a MessageQuery, ids: &[i64]) -> QueryBuilder<'a, Postgres> {
     let mut sql = QueryBuilder::<Postgres>::new(prefix);
     sql.push("SELECT ")
         .push(MESSAGE_COLUMNS)

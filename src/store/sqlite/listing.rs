@@ -4,9 +4,7 @@
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
-use crate::store::listing::{
-    ActivityKey, CampaignQuery, ListedCampaign, MessageQuery, MessageRow,
-};
+use crate::store::listing::{ActivityKey, CampaignQuery, ListedCampaign, MessageQuery, MessageRow};
 use crate::store::types::{CampaignInfo, StoreError};
 
 use super::SqliteStore;
@@ -101,7 +99,8 @@ fn campaigns_sql<'a>(prefix: &str, query: &'a CampaignQuery) -> QueryBuilder<'a,
         .push_bind(after.campaign_pk)
         .push(")");
     if let Some(tenant_id) = &query.tenant_id {
-        sql.push(" AND c.tenant_id = ").push_bind(tenant_id.as_str());
+        sql.push(" AND c.tenant_id = ")
+            .push_bind(tenant_id.as_str());
     }
     if let Some(campaigns) = &query.campaigns {
         sql.push(" AND c.campaign_id IN (");
@@ -122,7 +121,11 @@ fn campaigns_sql<'a>(prefix: &str, query: &'a CampaignQuery) -> QueryBuilder<'a,
 /// otherwise one range of `messages_by_campaign_seen` per allowed mask,
 /// which SQLite merges in id order (a compound `SELECT` whose arms are each
 /// in index order), stopping at the limit.
-fn candidates_sql<'a>(prefix: &str, query: &'a MessageQuery, wanted: u32) -> QueryBuilder<'a, Sqlite> {
+fn candidates_sql<'a>(
+    prefix: &str,
+    query: &'a MessageQuery,
+    wanted: u32,
+) -> QueryBuilder<'a, Sqlite> {
     let mut sql = QueryBuilder::<Sqlite>::new(prefix);
     if let Some(code) = &query.failure_code {
         sql.push("SELECT id FROM messages WHERE campaign_pk = ")
@@ -155,14 +158,16 @@ fn candidates_sql<'a>(prefix: &str, query: &'a MessageQuery, wanted: u32) -> Que
 /// filter, ids ascending.
 fn rows_sql<'a>(prefix: &str, query: &'a MessageQuery, ids: &[i64]) -> QueryBuilder<'a, Sqlite> {
     let mut sql = QueryBuilder::<Sqlite>::new(prefix);
-    sql.push("SELECT ")
-        .push(MESSAGE_COLUMNS)
-        .push(" FROM messages WHERE id IN (SELECT value FROM json_each(")
+    // CROSS JOIN keeps the id list as the outer loop: each id is one
+    // primary-key lookup, whatever the planner thinks of campaign_pk.
+    sql.push("SELECT m.")
+        .push(MESSAGE_COLUMNS.replace(", ", ", m."))
+        .push(" FROM json_each(")
         .push_bind(id_array(ids))
-        .push(")) AND campaign_pk = ")
+        .push(") AS j CROSS JOIN messages AS m ON m.id = j.value WHERE m.campaign_pk = ")
         .push_bind(query.campaign_pk);
     if !query.all_masks() {
-        sql.push(" AND seen IN (");
+        sql.push(" AND m.seen IN (");
         let mut list = sql.separated(", ");
         for mask in &query.masks {
             list.push_bind(i64::from(*mask));
@@ -170,12 +175,12 @@ fn rows_sql<'a>(prefix: &str, query: &'a MessageQuery, ids: &[i64]) -> QueryBuil
         sql.push(")");
     }
     if let Some(code) = &query.failure_code {
-        sql.push(" AND error_code = ").push_bind(code.as_str());
+        sql.push(" AND m.error_code = ").push_bind(code.as_str());
     }
     if let Some(since) = query.updated_since_ms {
-        sql.push(" AND updated_at >= ").push_bind(since);
+        sql.push(" AND m.updated_at >= ").push_bind(since);
     }
-    sql.push(" ORDER BY id");
+    sql.push(" ORDER BY m.id");
     sql
 }
 
