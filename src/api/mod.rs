@@ -1,6 +1,7 @@
 //! The API for senders and dashboards under `/api/v1` (bearer tokens).
 
 mod campaigns;
+mod listing;
 mod messages;
 
 use actix_web::web;
@@ -21,5 +22,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     .route(
         "/api/v1/campaigns/{campaign_id}/metrics",
         web::get().to(campaigns::metrics),
+    )
+    .route("/api/v1/campaigns", web::get().to(listing::list_campaigns))
+    .route(
+        "/api/v1/campaigns/{campaign_id}/messages",
+        web::get().to(listing::list_messages),
     );
 }

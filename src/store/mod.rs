@@ -11,6 +11,7 @@
 
 mod batch;
 mod commit;
+pub mod listing;
 mod postgres;
 mod settings;
 mod sqlite;
@@ -211,6 +212,37 @@ impl Store {
         limit: u32,
     ) -> Result<(EventPosition, Vec<(i64, CampaignCounters)>), StoreError> {
         dispatch!(self, store => store.tenant_snapshot(tenant_id, limit).await)
+    }
+
+    /// Returns a page of campaigns, newest activity first (see
+    /// [`listing::ActivityKey`]).
+    pub async fn list_campaigns(
+        &self,
+        query: &listing::CampaignQuery,
+    ) -> Result<Vec<listing::ListedCampaign>, StoreError> {
+        dispatch!(self, store => store.list_campaigns(query).await)
+    }
+
+    /// Returns a page of a campaign's messages in id order and where the
+    /// next page starts (see [`listing`] for what one page reads).
+    pub async fn message_page(
+        &self,
+        query: &listing::MessageQuery,
+    ) -> Result<listing::MessagePage, StoreError> {
+        let wanted = listing::candidates_wanted(query);
+        let candidates = dispatch!(self, store => store.message_candidates(query, wanted).await)?;
+        let rows = dispatch!(self, store => store.messages_by_ids(query, &candidates).await)?;
+        Ok(listing::settle_page(query, wanted, &candidates, rows))
+    }
+
+    /// Returns the query plans of a message page and of a campaign list
+    /// (`EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on PostgreSQL).
+    pub async fn explain_reads(
+        &self,
+        messages: &listing::MessageQuery,
+        campaigns: &listing::CampaignQuery,
+    ) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, store => store.explain_reads(messages, campaigns).await)
     }
 
     /// Closes the pools.

@@ -18,6 +18,7 @@ mod limits;
 mod loadgen;
 mod logs;
 mod model;
+mod reads;
 mod registration;
 mod retention;
 mod robustness;

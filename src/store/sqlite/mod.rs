@@ -3,10 +3,12 @@
 
 //!
 //! - `mod.rs`: the pools and the reads;
+//! - `listing`: campaign lists and message queries;
 //! - [`tx`]: the statements a commit is made of (the commit itself is
 //!   [`crate::store::commit`], shared by every backend);
 //! - [`rows`]: mapping rows to types, and statement sizing.
 
+mod listing;
 mod rows;
 mod writer;
 

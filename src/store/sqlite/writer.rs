@@ -672,7 +672,7 @@ impl CommitTx for WriteTx<'_> {
                 clicked = clicked + ?6, complained = complained + ?7,
                 now_pending = now_pending + ?8, now_sent = now_sent + ?9,
                 now_delivered = now_delivered + ?10, now_read = now_read + ?11,
-                now_failed = now_failed + ?12, updated_at = ?13
+                now_failed = now_failed + ?12, updated_at = MAX(updated_at, ?13)
              WHERE campaign_pk = ?14 RETURNING {COUNTER_COLUMNS}"
         ))?;
         Ok(statement.query_row(
