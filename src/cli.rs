@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `migrate`, `token`, `simulate`.
+//! The command line: `serve` (default), `migrate`, `token`, `simulate`,
+//! `replay-dead-letters`.
 //!
 //! Each subcommand's arguments live beside the subcommand (`ServeArgs` and
 //! `StoreArgs` in [`crate::config`], `SimulateArgs` in [`crate::simulate`]);
@@ -8,7 +9,9 @@
 use clap::{Parser, Subcommand};
 
 use crate::config::{SecretArgs, ServeArgs, StoreArgs};
+use crate::dead_letters::ReplayArgs;
 use crate::simulate::SimulateArgs;
+use crate::telemetry::LogFormat;
 
 /// statushub: real-time delivery statuses for messaging campaigns.
 #[derive(Parser, Debug)]
@@ -16,6 +19,17 @@ use crate::simulate::SimulateArgs;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// Log lines as `text` (the default; coloured only on a terminal) or
+    /// `json` (one object a line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        env = "STATUSHUB_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
 }
 
 /// What to do.
@@ -30,6 +44,9 @@ pub enum Command {
     /// Registers a demo campaign on a running hub and plays signed WhatsApp
     /// and/or SES (through SNS) webhooks against it, so the debug page moves.
     Simulate(SimulateArgs),
+    /// Asks a running hub to replay its open dead letters through its
+    /// current parsers (over HTTP, with the admin token).
+    ReplayDeadLetters(ReplayArgs),
 }
 
 /// Arguments of `statushub token`.

@@ -63,6 +63,10 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("{0}")]
     NotFound(&'static str),
+    /// The request conflicts with the resource's state (a dead letter that
+    /// may not be replayed under the current settings).
+    #[error("{0}")]
+    Conflict(&'static str),
     /// A cap on open streams is reached; the client may retry later.
     #[error("{0}")]
     TooManyStreams(&'static str),
@@ -95,6 +99,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

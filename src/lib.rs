@@ -15,7 +15,8 @@
 //! Layers, each importing only those below it (the one circle is the
 //! router and the campaign actors, which start each other's lifecycle):
 //!
-//! - HTTP: [`startup`] (composition root), [`webhooks`] (provider
+//! - HTTP: [`startup`] (composition root; [`shutdown`]: draining on
+//!   SIGTERM), [`webhooks`] (provider
 //!   endpoints), [`api`] (`/api/v1`), [`sse`] (live streams: coalescing,
 //!   resume, caps), [`ops`] (health, readiness, Prometheus, the debug
 //!   page), sharing [`state`] (the hub, settings, metrics), [`access`]
@@ -34,7 +35,8 @@
 //!   deltas) and the provider-neutral [`domain::StatusUpdate`]; pure.
 //! - [`metrics`] (Prometheus registry), [`clock`] (Unix milliseconds),
 //!   [`config`] and [`secrets`] (settings), [`telemetry`] (logs).
-//! - Commands: [`cli`], and [`simulate`] (a demo feed of signed webhooks).
+//! - Commands: [`cli`], [`simulate`] (a demo feed of signed webhooks) and
+//!   [`dead_letters`] (`replay-dead-letters`, through a running hub).
 
 pub mod access;
 pub mod api;
@@ -42,6 +44,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dead_letters;
 pub mod domain;
 pub mod error;
 pub mod hub;
@@ -49,7 +52,9 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod request_id;
 pub mod secrets;
+pub mod shutdown;
 pub mod simulate;
 pub mod sse;
 pub mod startup;
@@ -69,7 +74,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let settings = Settings::from_args(*args)?;
             let app = startup::Application::build(settings).await?;
-            app.run_until_stopped().await.context("server failed")
+            app.run_until_signalled().await.context("server failed")
         }
         Command::Migrate(args) => {
             let store = store::Store::connect(&args.store_settings()).await?;
@@ -86,5 +91,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => simulate::run(args).await,
+        Command::ReplayDeadLetters(args) => dead_letters::run(args).await,
     }
 }

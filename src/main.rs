@@ -13,9 +13,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    let subscriber = statushub::telemetry::get_subscriber("info", std::io::stderr);
-    statushub::telemetry::init_subscriber(subscriber);
+    // Parsed first: the log format is a setting. An invalid one (or any
+    // other invalid flag) is reported by clap, which exits with status 2.
     let cli = Cli::parse();
+    let style = statushub::telemetry::LogStyle {
+        format: cli.log_format,
+        ansi: statushub::telemetry::stderr_is_terminal(),
+    };
+    let subscriber = statushub::telemetry::get_subscriber("info", style, std::io::stderr);
+    statushub::telemetry::init_subscriber(subscriber);
     match statushub::run(cli.command.unwrap_or_else(default_serve)).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -31,10 +37,11 @@ fn default_serve() -> Command {
     match Cli::try_parse_from(["statushub", "serve"]) {
         Ok(Cli {
             command: Some(command),
+            ..
         }) => command,
         // `serve` has no required arguments, so parsing it cannot fail
         // unless an environment variable is invalid: report that and exit.
-        Ok(Cli { command: None }) => unreachable!("serve was given"),
+        Ok(Cli { command: None, .. }) => unreachable!("serve was given"),
         Err(error) => error.exit(),
     }
 }

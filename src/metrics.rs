@@ -1,9 +1,12 @@
 //! Prometheus metrics: one registry, named metrics as fields.
 
 use prometheus::{
-    Encoder as _, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The `reason` labels of `statushub_sse_lagged_total`.
+pub const SSE_LAG_REASONS: [&str; 3] = ["slow_client", "missed_changes", "resync"];
 
 /// Every metric statushub exports. Cheap to clone (the metrics are shared).
 #[derive(Clone, Debug)]
@@ -12,10 +15,16 @@ pub struct Metrics {
     registry: Registry,
     /// HTTP requests by route pattern and status code.
     pub http_requests: IntCounterVec,
+    /// Seconds from a request's arrival to its response's head, by route
+    /// pattern (for a stream, until it starts).
+    pub http_request_seconds: HistogramVec,
     /// Statuses by outcome: applied, duplicate, unmatched.
     pub statuses: IntCounterVec,
     /// Payloads stored as dead letters.
     pub dead_letters: IntCounter,
+    /// Dead-letter replays by outcome (`applied`, `partial`, `failed`,
+    /// `refused`).
+    pub dead_letter_replays: IntCounterVec,
     /// Rows per committed batch.
     pub db_batch_rows: Histogram,
     /// Seconds per commit.
@@ -24,6 +33,9 @@ pub struct Metrics {
     pub db_commit_failures: IntCounter,
     /// Rows waiting for a commit.
     pub db_queue_depth: IntGauge,
+    /// Most rows that may wait for a commit (`STATUSHUB_MAX_QUEUE`): the
+    /// bound `db_queue_depth` is compared with.
+    pub db_queue_capacity: IntGauge,
     /// Pages of other instances' (and this one's) commits read from the
     /// outbox (PostgreSQL).
     pub feed_pages: IntCounter,
@@ -56,6 +68,20 @@ pub struct Metrics {
     /// Live events serialized, by kind (`metrics`, `status`): once each,
     /// whatever the number of streams that send it.
     pub sse_frames_encoded: IntCounterVec,
+    /// SSE streams that fell behind, by what happened (`slow_client`:
+    /// closed after taking nothing for a while; `missed_changes`: closed,
+    /// a status stream that missed changes; `resync`: a metrics-only
+    /// stream re-read its counters).
+    pub sse_lagged: IntCounterVec,
+    /// Webhooks refused because their signature did not verify, by
+    /// channel (`whatsapp`, `email`).
+    pub webhook_signature_failures: IntCounterVec,
+    /// Failed loads of an SNS signing certificate (download, cert dir or
+    /// parse); the messages waiting on it are answered 503.
+    pub sns_certificate_failures: IntCounter,
+    /// 1 while the store answers (as `/readyz` checks, also at every
+    /// scrape), 0 when it does not.
+    pub ready: IntGauge,
 }
 
 impl Metrics {
@@ -71,6 +97,17 @@ impl Metrics {
             &["route", "code"],
         )
         .expect("valid metric definition");
+        let http_request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Seconds from a request's arrival to its response's head, by route",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric definition");
         let statuses = IntCounterVec::new(
             Opts::new("statuses_total", "Provider statuses by outcome"),
             &["outcome"],
@@ -79,6 +116,17 @@ impl Metrics {
         let dead_letters =
             IntCounter::new("dead_letters_total", "Signed payloads kept as dead letters")
                 .expect("valid metric definition");
+        let dead_letter_replays = IntCounterVec::new(
+            Opts::new(
+                "dead_letter_replays_total",
+                "Dead-letter replays by outcome (applied, partial, failed, refused)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric definition");
+        for outcome in ["applied", "partial", "failed", "refused"] {
+            dead_letter_replays.with_label_values(&[outcome]);
+        }
         let db_batch_rows = Histogram::with_opts(
             HistogramOpts::new("db_batch_rows", "Rows per committed batch").buckets(vec![
                 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
@@ -95,6 +143,11 @@ impl Metrics {
             .expect("valid metric definition");
         let db_queue_depth = IntGauge::new("db_queue_depth", "Rows waiting for a commit")
             .expect("valid metric definition");
+        let db_queue_capacity = IntGauge::new(
+            "db_queue_capacity",
+            "Most rows that may wait for a commit before writes get 503",
+        )
+        .expect("valid metric definition");
         let feed_pages = IntCounter::new(
             "change_feed_pages_total",
             "Pages of committed changes read from the outbox (PostgreSQL)",
@@ -170,15 +223,61 @@ impl Metrics {
         for kind in ["metrics", "status"] {
             sse_frames_encoded.with_label_values(&[kind]);
         }
+        let sse_lagged = IntCounterVec::new(
+            Opts::new(
+                "sse_lagged_total",
+                "SSE streams that fell behind: closed (slow_client, missed_changes) or resynchronised (resync)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric definition");
+        let webhook_signature_failures = IntCounterVec::new(
+            Opts::new(
+                "webhook_signature_failures_total",
+                "Webhooks refused because their signature did not verify",
+            ),
+            &["channel"],
+        )
+        .expect("valid metric definition");
+        let sns_certificate_failures = IntCounter::new(
+            "sns_certificate_failures_total",
+            "Failed loads (download, cert dir, parse) of an SNS signing certificate",
+        )
+        .expect("valid metric definition");
+        let ready = IntGauge::new("ready", "1 while the store answers, 0 when it does not")
+            .expect("valid metric definition");
+        // Every label value known in advance shows from the start, at 0, so
+        // alerts and dashboards see a series (and a rate) before the first
+        // event, and a scrape lists every family the rules use.
+        for outcome in ["applied", "duplicate", "unmatched"] {
+            statuses.with_label_values(&[outcome]);
+        }
+        for table in [
+            "unmatched_statuses",
+            "status_events",
+            "dead_letters",
+            "campaign_changes",
+        ] {
+            pruned_rows.with_label_values(&[table]);
+        }
+        for reason in SSE_LAG_REASONS {
+            sse_lagged.with_label_values(&[reason]);
+        }
+        for channel in ["whatsapp", "email"] {
+            webhook_signature_failures.with_label_values(&[channel]);
+        }
         let metrics = Metrics {
             registry,
             http_requests,
+            http_request_seconds,
             statuses,
             dead_letters,
+            dead_letter_replays,
             db_batch_rows,
             db_commit_seconds,
             db_commit_failures,
             db_queue_depth,
+            db_queue_capacity,
             feed_pages,
             feed_failures,
             db_queue_rejections,
@@ -193,11 +292,17 @@ impl Metrics {
             sse_fanout_window_seconds,
             sse_wakeups,
             sse_frames_encoded,
+            sse_lagged,
+            webhook_signature_failures,
+            sns_certificate_failures,
+            ready,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_requests.clone()),
+            Box::new(metrics.http_request_seconds.clone()),
             Box::new(metrics.statuses.clone()),
             Box::new(metrics.dead_letters.clone()),
+            Box::new(metrics.dead_letter_replays.clone()),
             Box::new(metrics.db_batch_rows.clone()),
             Box::new(metrics.db_commit_seconds.clone()),
             Box::new(metrics.db_commit_failures.clone()),
@@ -216,6 +321,11 @@ impl Metrics {
             Box::new(metrics.sse_fanout_window_seconds.clone()),
             Box::new(metrics.sse_wakeups.clone()),
             Box::new(metrics.sse_frames_encoded.clone()),
+            Box::new(metrics.db_queue_capacity.clone()),
+            Box::new(metrics.sse_lagged.clone()),
+            Box::new(metrics.webhook_signature_failures.clone()),
+            Box::new(metrics.sns_certificate_failures.clone()),
+            Box::new(metrics.ready.clone()),
         ];
         for collector in collectors {
             metrics

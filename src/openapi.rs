@@ -131,7 +131,47 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::api::Doc::openapi());
     doc.merge(crate::sse::Doc::openapi());
     doc.merge(crate::ops::Doc::openapi());
+    describe_request_id(&mut doc);
     doc
+}
+
+/// Adds `X-Request-Id` to every answer of every operation: the
+/// `observe` middleware (see [`crate::request_id`]) sets it on all of them,
+/// errors and streams included.
+fn describe_request_id(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::{ObjectBuilder, RefOr, Type};
+    let header = HeaderBuilder::new()
+        .schema(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[A-Za-z0-9._:-]{1,128}$")),
+        )
+        .description(Some(
+            "The request's id: the caller's `X-Request-Id` when it is 1 to 128 characters of `[A-Za-z0-9._:-]`, else 32 generated hex digits; every log line of the request carries it",
+        ))
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for response in operation.responses.responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response
+                        .headers
+                        .insert("X-Request-Id".to_owned(), header.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Returns the document as JSON, built once.

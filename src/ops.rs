@@ -1,6 +1,6 @@
 //! Ops and debug endpoints: `/healthz`, `/readyz` (open), and `/metrics`,
-//! `/webhooks/health`, `/webhooks/events`, `/webhooks/dead-letters` (admin
-//! token). `/` serves the debug page, which holds no data itself: it asks
+//! `/webhooks/health`, `/webhooks/events`, `/webhooks/dead-letters` and
+//! `POST /webhooks/dead-letters/{id}/replay` (admin token). `/` serves the debug page, which holds no data itself: it asks
 //! for the admin token and calls the admin endpoints with it.
 
 use actix_web::http::header::ContentType;
@@ -14,7 +14,10 @@ use crate::domain::{Channel, Status};
 use crate::error::{ApiError, ErrorBody};
 use crate::sse::StreamLimiter;
 use crate::state::AppState;
-use crate::store::{RecentEvent, RecentKind, Store, StoreStats, StoredDeadLetter};
+use crate::store::{
+    DeadLetterState, ReceiptVerification, RecentEvent, RecentKind, ReplayRecord, Store, StoreStats,
+    StoredDeadLetter,
+};
 use crate::webhooks::ses::{PendingConfirmation, SnsSubscriptions, SubscriptionOutcome};
 
 /// Most events `/webhooks/events` returns.
@@ -42,7 +45,8 @@ const HEALTH_RECENT_EVENTS: u32 = 10;
     health,
     events,
     dead_letters,
-    dead_letter
+    dead_letter,
+    replay_dead_letter
 ))]
 pub struct Doc;
 
@@ -55,7 +59,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/webhooks/health", web::get().to(health))
         .route("/webhooks/events", web::get().to(events))
         .route("/webhooks/dead-letters", web::get().to(dead_letters))
-        .route("/webhooks/dead-letters/{id}", web::get().to(dead_letter));
+        .route("/webhooks/dead-letters/{id}", web::get().to(dead_letter))
+        .route(
+            "/webhooks/dead-letters/{id}/replay",
+            web::post().to(replay_dead_letter),
+        );
 }
 
 /// The debug page: holds no data, asks for the admin token.
@@ -94,8 +102,13 @@ async fn healthz() -> HttpResponse {
         (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
     )
 )]
-async fn readyz(store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
-    store.ping().await?;
+async fn readyz(
+    state: web::Data<AppState>,
+    store: web::Data<Store>,
+) -> Result<HttpResponse, ApiError> {
+    let ping = store.ping().await;
+    state.metrics.ready.set(i64::from(ping.is_ok()));
+    ping?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType::plaintext())
         .body("ready"))
@@ -120,6 +133,9 @@ async fn metrics(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
+    // Readiness as `/readyz` sees it, so an alert needs no second probe.
+    let ready = store.ping().await.is_ok();
+    state.metrics.ready.set(i64::from(ready));
     // Row counts are read now, on the read pool; a store that cannot answer
     // leaves the last values (and `/readyz` says why).
     match store.stats().await {
@@ -254,19 +270,26 @@ async fn events(
     Ok(HttpResponse::Ok().json(event_views(events)))
 }
 
-/// `?limit=N&before=ID`: a page of dead letters, newest first.
+/// `?state=open|replayed|all&limit=N&before=ID`: a page of dead letters,
+/// newest first.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// `open` (default): not applied by a replay yet; `replayed`: applied
+    /// by a replay; `all`.
+    #[serde(default)]
+    #[param(inline)]
+    state: DeadLetterState,
     /// Page size: 50 by default, 1 to 200 (beyond: the nearest bound).
     limit: Option<u32>,
     /// Only ids below this one: pass the last id of the previous page.
     before: Option<i64>,
 }
 
-/// Lists dead letters, newest first, [`MAX_DEAD_LETTERS`] a page at most,
-/// bodies cut to [`LISTED_BODY_BYTES`]; `?before=` the last id of the
-/// previous page gives the next.
+/// Lists dead letters in `?state=` (open by default), newest first,
+/// [`MAX_DEAD_LETTERS`] a page at most, bodies cut to
+/// [`LISTED_BODY_BYTES`]; `?before=` the last id of the previous page gives
+/// the next.
 #[utoipa::path(
     get,
     path = "/webhooks/dead-letters",
@@ -274,7 +297,7 @@ struct PageQuery {
     params(PageQuery),
     security(("admin_token" = []), ("token_query" = [])),
     responses(
-        (status = 200, description = "A page of dead letters, newest first, bodies cut to 1 KiB", body = Vec<DeadLetterView>),
+        (status = 200, description = "A page of dead letters in `state`, newest first, bodies cut to 1 KiB", body = Vec<DeadLetterView>),
         (status = 400, description = "A query that does not parse", body = ErrorBody),
         (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
         (status = 403, description = crate::openapi::ADMIN_ONLY, body = ErrorBody),
@@ -289,7 +312,7 @@ async fn dead_letters(
     caller.require_admin()?;
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_DEAD_LETTERS);
     let letters = store
-        .dead_letters(limit, query.before, LISTED_BODY_BYTES)
+        .dead_letters(query.state, limit, query.before, LISTED_BODY_BYTES)
         .await?;
     let letters: Vec<DeadLetterView> = letters.into_iter().map(DeadLetterView::from).collect();
     Ok(HttpResponse::Ok().json(letters))
@@ -320,6 +343,44 @@ async fn dead_letter(
         .dead_letter(path.into_inner())
         .await?
         .ok_or(ApiError::NotFound("no such dead letter"))?;
+    Ok(HttpResponse::Ok().json(DeadLetterView::from(letter)))
+}
+
+/// Runs a dead letter through the current parsers and applies what they
+/// interpret (see [`crate::webhooks::replay_dead_letter`]); answers with the
+/// letter's replay record, its body cut as in listings.
+#[utoipa::path(
+    post,
+    path = "/webhooks/dead-letters/{id}/replay",
+    tag = "ops",
+    params(("id" = i64, Path, description = "The dead letter's id", example = 1)),
+    security(("admin_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "The letter after its replay (`state`, `replay` with the outcome and counts), body cut to 1 KiB as in listings", body = DeadLetterView),
+        (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = crate::openapi::ADMIN_ONLY, body = ErrorBody),
+        (status = 404, description = "No such dead letter (or an id that is not an integer)", body = ErrorBody),
+        (status = 409, description = "Verification is on and the letter's sender was not verified at receipt (`disabled` or `unknown`): it is not replayed", body = ErrorBody),
+        (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
+async fn replay_dead_letter(
+    state: web::Data<AppState>,
+    store: web::Data<Store>,
+    caller: Caller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let mut letter = crate::webhooks::replay_dead_letter(
+        &state.hub,
+        &store,
+        path.into_inner(),
+        state.settings.enable_webhook_verification,
+    )
+    .await?;
+    letter
+        .body
+        .truncate(usize::try_from(LISTED_BODY_BYTES).unwrap_or(usize::MAX));
     Ok(HttpResponse::Ok().json(DeadLetterView::from(letter)))
 }
 
@@ -406,6 +467,67 @@ struct DeadLetterView {
     body_truncated: bool,
     #[schema(format = DateTime)]
     received_at: String,
+    /// How the sender was verified when the payload arrived.
+    verification: VerificationView,
+    /// `open` until a replay applied it, then `replayed`.
+    #[schema(example = "open")]
+    state: &'static str,
+    /// The last replay; `null` when it was never replayed.
+    replay: Option<ReplayView>,
+}
+
+/// How a dead letter's sender was verified at receipt.
+#[derive(Debug, Serialize, ToSchema)]
+struct VerificationView {
+    /// `hmac-sha256`, `sns-signature`, `disabled` or `unknown` (stored
+    /// before statushub recorded it).
+    #[schema(example = "hmac-sha256")]
+    method: &'static str,
+    /// The certificate the SNS signature verified under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_url: Option<String>,
+}
+
+impl From<ReceiptVerification> for VerificationView {
+    fn from(verification: ReceiptVerification) -> Self {
+        VerificationView {
+            method: verification.method(),
+            cert_url: verification.detail().map(str::to_owned),
+        }
+    }
+}
+
+/// A dead letter's last replay.
+#[derive(Debug, Serialize, ToSchema)]
+struct ReplayView {
+    #[schema(format = DateTime)]
+    replayed_at: String,
+    /// `applied`, `partial` or `failed`.
+    #[schema(example = "applied")]
+    outcome: &'static str,
+    /// What stayed uninterpretable.
+    error: Option<String>,
+    received: i64,
+    applied: i64,
+    duplicates: i64,
+    unmatched: i64,
+    /// Replays run so far.
+    replays: i64,
+}
+
+impl From<ReplayRecord> for ReplayView {
+    fn from(replay: ReplayRecord) -> Self {
+        ReplayView {
+            replayed_at: format_ms(replay.replayed_at_ms),
+            outcome: replay.outcome.as_str(),
+            error: replay.error,
+            received: replay.received,
+            applied: replay.applied,
+            duplicates: replay.duplicates,
+            unmatched: replay.unmatched,
+            replays: replay.replays,
+        }
+    }
 }
 
 impl From<StoredDeadLetter> for DeadLetterView {
@@ -420,6 +542,9 @@ impl From<StoredDeadLetter> for DeadLetterView {
             body_bytes: letter.body_bytes,
             body_truncated: shown < letter.body_bytes,
             received_at: format_ms(letter.received_at_ms),
+            verification: letter.verification.into(),
+            state: if letter.open { "open" } else { "replayed" },
+            replay: letter.replay.map(ReplayView::from),
         }
     }
 }

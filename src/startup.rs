@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
@@ -17,6 +18,8 @@ use crate::config::{Retention, Settings};
 use crate::hub::{Hub, HubSettings};
 use crate::limits::RequestDeadline;
 use crate::metrics::Metrics;
+use crate::request_id::REQUEST_ID_HEADER;
+use crate::shutdown::{SETTLE_TIMEOUT, SHUTDOWN_TIMEOUT, Shutdown};
 use crate::sse::StreamLimiter;
 use crate::state::AppState;
 use crate::store::PruneTarget;
@@ -27,10 +30,40 @@ use crate::webhooks::ses::{SnsSubscriptions, SnsVerifier};
 pub struct Application {
     /// The bound port (tests bind port 0 and read it here).
     port: u16,
-    /// The running server; awaiting it serves until a signal stops it.
+    /// The running server; awaiting it serves until it is stopped.
     server: Server,
-    /// Closed once the server has stopped, so the last commit is flushed.
+    /// Stops the server (see [`Stopper`]).
+    stopper: Stopper,
+    /// Settled once the server has stopped, so the last commits end
+    /// before the store closes.
+    hub: Hub,
+    /// Closed once the server has stopped and the hub settled.
     store: Store,
+}
+
+/// Stops a running [`Application`] gracefully: draining first, then the
+/// server (see [`crate::shutdown`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Stopper {
+    shutdown: Shutdown,
+    server: ServerHandle,
+}
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopper")
+            .field("shutdown", &self.shutdown)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stopper {
+    /// Begins draining and stops the server gracefully; returns once it
+    /// has stopped (at most [`SHUTDOWN_TIMEOUT`] after the call).
+    pub async fn stop(&self) {
+        self.shutdown.begin();
+        self.server.stop(true).await;
+    }
 }
 
 impl std::fmt::Debug for Application {
@@ -72,6 +105,11 @@ impl Application {
         }
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new();
+        metrics
+            .db_queue_capacity
+            .set(i64::try_from(settings.max_queue).unwrap_or(i64::MAX));
+        // The store was just opened (and migrated): it answers.
+        metrics.ready.set(1);
         // Before the listener accepts anything: with a shared store, every
         // commit from here on is followed.
         let hub = Hub::start(
@@ -127,12 +165,16 @@ impl Application {
         let reads = web::Data::new(store.clone());
         let verifier = web::Data::new(
             SnsVerifier::new(settings.sns_cert_dir.clone())
-                .with_download_override(settings.sns_cert_download_override.clone()),
+                .with_download_override(settings.sns_cert_download_override.clone())
+                .with_failure_counter(metrics.sns_certificate_failures.clone()),
         );
         let subscriptions = web::Data::new(SnsSubscriptions::new(
             settings.sns_subscribe_override.clone(),
         ));
         let limiter = web::Data::new(StreamLimiter::new(settings.stream_limits));
+        let shutdown = Shutdown::new();
+        let draining = web::Data::new(shutdown.clone());
+        let settled_hub = hub.clone();
         let state = web::Data::new(AppState {
             hub,
             metrics,
@@ -141,10 +183,14 @@ impl Application {
         });
         let server = HttpServer::new(move || {
             App::new()
-                // Outermost is last: `observe` sees the guard's 408 and 415.
+                // Outermost is last: `observe` sees every answer (the guard's 408
+                // and 415, the drain's 503, json_errors' 404/405) and gives each
+                // its X-Request-Id; the guard and the drain answer JSON themselves.
                 .wrap(from_fn(crate::error::json_errors))
                 .wrap(from_fn(crate::limits::guard))
+                .wrap(from_fn(crate::shutdown::refuse_while_draining))
                 .wrap(from_fn(observe))
+                .app_data(draining.clone())
                 .app_data(deadline.clone())
                 .app_data(state.clone())
                 .app_data(reads.clone())
@@ -161,14 +207,22 @@ impl Application {
                 .default_service(web::to(crate::openapi::unmatched))
         })
         .client_request_timeout(Duration::from_secs(10))
-        .shutdown_timeout(10)
+        // Signals are handled in `run_until_signalled`, which drains first.
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
         .workers(workers)
         .max_connections(crate::limits::per_worker(max_connections, workers));
         let server = server.listen(listener)?.run();
         tracing::info!(port, "statushub listening");
+        let stopper = Stopper {
+            shutdown,
+            server: server.handle(),
+        };
         Ok(Application {
             port,
             server,
+            stopper,
+            hub: settled_hub,
             store,
         })
     }
@@ -178,11 +232,44 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server is stopped (SIGINT/SIGTERM), then closes the store.
+    /// Returns what stops this application gracefully.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Serves until the server is stopped (by a [`Stopper`]), then lets the
+    /// last commits end (at most [`SETTLE_TIMEOUT`]) and closes the store.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        if !self.hub.settle(SETTLE_TIMEOUT).await {
+            tracing::warn!("writes were still queued when the store closed; none was acknowledged");
+        }
         self.store.close().await;
+        tracing::info!("statushub stopped");
         result
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully (see
+    /// [`crate::shutdown`]): what the binary runs.
+    pub async fn run_until_signalled(self) -> std::io::Result<()> {
+        let stopper = self.stopper();
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        actix_web::rt::spawn(async move {
+            let signal = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            tracing::info!(
+                signal,
+                timeout_secs = SHUTDOWN_TIMEOUT.as_secs(),
+                "shutting down: refusing new requests, finishing those in flight"
+            );
+            stopper.stop().await;
+        });
+        self.run_until_stopped().await
     }
 }
 
@@ -230,32 +317,78 @@ fn spawn_retention(hub: Hub, retention: Retention, shared_store: bool, metrics: 
     });
 }
 
-/// Gives each request a span with an id, method and path (never the query
-/// string, which may hold a token) and counts it by route and status code.
+/// Gives each request a span with its request id (see
+/// [`crate::request_id`]), method, path (never the query string, which may
+/// hold a token) and route pattern, echoes the id in `X-Request-Id` on every
+/// response (errors, the guard's 408/415, 404s and streams included), and
+/// counts the request by route and status code.
+///
+/// The line for a finished request (`status`, `duration_ms`) is logged at
+/// `debug`: at info, the hot path (thousands of webhooks a second) would
+/// spend a good part of its time writing log lines. Failures that need
+/// someone show at `warn`/`error` on their own: a 5xx other than 503 here,
+/// internal and store errors where they happen, refused signatures in the
+/// webhook handlers. 503s are the designed answer to a full write queue,
+/// counted (`statushub_db_queue_rejections_total`) rather than logged one
+/// by one while the hub is already overloaded.
 async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let started = Instant::now();
     // The app state is one `Arc`: cloning it is one increment, where
     // cloning `Metrics` would be one per metric.
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let request_id = uuid::Uuid::new_v4().simple().to_string();
-    let span = tracing::info_span!("request", id = %&request_id[..12], method = %req.method(), path = %req.path());
+    let request_id = crate::request_id::request_id(req.headers());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id.to_str().unwrap_or_default(),
+        method = %req.method(),
+        path = %req.path(),
+        route = %route,
+    );
     let result = next.call(req).instrument(span.clone()).await;
-    let code = match &result {
-        Ok(response) => response.status(),
-        Err(error) => error.as_response_error().status_code(),
+    let (result, code) = match result {
+        Ok(mut response) => {
+            response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+            let code = response.status();
+            (Ok(response), code)
+        }
+        // Rare (handlers' errors are responses by now): answer as actix
+        // would, with the id. The `HttpRequest` an `Ok` needs cannot be
+        // kept aside: holding a clone of it breaks routing.
+        Err(error) => {
+            let mut response = error.error_response();
+            response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+            let code = response.status();
+            let error = actix_web::error::InternalError::from_response(error, response);
+            (Err(error.into()), code)
+        }
     };
-    span.in_scope(|| tracing::debug!(code = code.as_u16(), "request finished"));
+    let elapsed = started.elapsed();
+    // Whole microseconds: a readable number in the log.
+    let duration_ms = elapsed.as_micros() as f64 / 1000.0;
+    span.in_scope(|| {
+        if code.is_server_error() && code != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(status = code.as_u16(), duration_ms, "request failed");
+        } else {
+            tracing::debug!(status = code.as_u16(), duration_ms, "request finished");
+        }
+    });
     if let Some(state) = state {
         state
             .metrics
             .http_requests
             .with_label_values(&[route.as_str(), code.as_str()])
             .inc();
+        state
+            .metrics
+            .http_request_seconds
+            .with_label_values(&[route.as_str()])
+            .observe(elapsed.as_secs_f64());
     }
     result
 }

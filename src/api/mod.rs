@@ -1,6 +1,7 @@
 //! The API for senders and dashboards under `/api/v1` (bearer tokens).
 
 mod campaigns;
+mod listing;
 mod messages;
 
 use actix_web::web;
@@ -11,7 +12,13 @@ pub use messages::parse_registrations;
 /// The OpenAPI description of the routes [`configure`] registers: a route
 /// added there is annotated with `#[utoipa::path]` and listed here.
 #[derive(Debug, OpenApi)]
-#[openapi(paths(messages::register, messages::show, campaigns::metrics))]
+#[openapi(paths(
+    messages::register,
+    messages::show,
+    campaigns::metrics,
+    listing::list_campaigns,
+    listing::list_messages
+))]
 pub struct Doc;
 
 /// Registers the `/api/v1` routes; `body_limit` bounds registration bodies.
@@ -28,5 +35,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     .route(
         "/api/v1/campaigns/{campaign_id}/metrics",
         web::get().to(campaigns::metrics),
+    )
+    .route("/api/v1/campaigns", web::get().to(listing::list_campaigns))
+    .route(
+        "/api/v1/campaigns/{campaign_id}/messages",
+        web::get().to(listing::list_messages),
     );
 }

@@ -20,8 +20,8 @@ use super::group::OneInFlight;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{
-    Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, Prune, Register,
-    Registered, Store, UpdateOutcome, Weight,
+    Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, Prune, RecordReplay,
+    Register, Registered, Store, UpdateOutcome, Weight,
 };
 
 /// Capacity of the actor's mailbox. Messages are only queued there for the
@@ -47,6 +47,7 @@ pub enum Queued {
     Apply(Apply, Reply<Applied>),
     Buffer(Buffer, Reply<Vec<UpdateOutcome>>),
     DeadLetter(DeadLetter, Reply<()>),
+    Replay(RecordReplay, Reply<bool>),
     Prune(Prune, Reply<u64>),
 }
 
@@ -67,6 +68,7 @@ write_kind!(Register, Registered, Register);
 write_kind!(Apply, Applied, Apply);
 write_kind!(Buffer, Vec<UpdateOutcome>, Buffer);
 write_kind!(DeadLetter, (), DeadLetter);
+write_kind!(RecordReplay, bool, Replay);
 write_kind!(Prune, u64, Prune);
 
 // ---- messages ----
@@ -85,6 +87,12 @@ impl<W: Write> Message for Persist<W> {
 #[rtype(result = "usize")]
 pub struct QueueDepth;
 
+/// Asks the DB actor whether nothing waits for a commit and none is in
+/// flight (shutdown waits for this before closing the store).
+#[derive(Message, Debug)]
+#[rtype(result = "bool")]
+pub struct IsIdle;
+
 /// The replies of a batch, kind by kind, in the batch's order.
 #[derive(Debug, Default)]
 struct Replies {
@@ -93,6 +101,7 @@ struct Replies {
     applies: Vec<Reply<Applied>>,
     buffers: Vec<Reply<Vec<UpdateOutcome>>>,
     dead_letters: Vec<Reply<()>>,
+    replays: Vec<Reply<bool>>,
     prunes: Vec<Reply<u64>>,
 }
 
@@ -122,6 +131,10 @@ fn split(group: Vec<Queued>) -> (Batch, Replies) {
                 batch.dead_letters.push(write);
                 replies.dead_letters.push(reply);
             }
+            Queued::Replay(write, reply) => {
+                batch.replays.push(write);
+                replies.replays.push(reply);
+            }
             Queued::Prune(write, reply) => {
                 batch.prunes.push(write);
                 replies.prunes.push(reply);
@@ -150,6 +163,7 @@ impl Replies {
         answer(self.applies, outcome.applies);
         answer(self.buffers, outcome.buffers);
         answer(self.dead_letters, vec![(); outcome.dead_letters]);
+        answer(self.replays, outcome.replays);
         answer(self.prunes, outcome.prunes);
     }
 
@@ -159,6 +173,7 @@ impl Replies {
         answer(self.applies, Vec::new());
         answer(self.buffers, Vec::new());
         answer(self.dead_letters, Vec::new());
+        answer(self.replays, Vec::new());
         answer(self.prunes, Vec::new());
     }
 }
@@ -308,5 +323,14 @@ impl Handler<QueueDepth> for DbActor {
     /// Handler for `QueueDepth`: returns the rows waiting for a commit.
     fn handle(&mut self, _: QueueDepth, _: &mut Self::Context) -> usize {
         self.queue.queued_weight()
+    }
+}
+
+impl Handler<IsIdle> for DbActor {
+    type Result = bool;
+
+    /// Handler for `IsIdle`: whether no write is queued or committing.
+    fn handle(&mut self, _: IsIdle, _: &mut Self::Context) -> bool {
+        self.queue.is_idle()
     }
 }

@@ -43,11 +43,11 @@ pub use router::{Addresses, Router};
 use crate::domain::{CampaignCounters, Channel, StatusUpdate};
 use crate::metrics::Metrics;
 use crate::store::{
-    Buffer, DeadLetter, EnsureCampaign, MessageRef, NewMessage, Prune, PruneTarget,
+    Buffer, DeadLetter, EnsureCampaign, MessageRef, NewMessage, Prune, PruneTarget, RecordReplay,
     RegisterReceipt, Store, StoreError, UpdateOutcome,
 };
 use campaign_actor::{ApplyUpdates, GetCounters, RegisterMessages};
-use db_actor::{Persist, QueueDepth};
+use db_actor::{IsIdle, Persist, QueueDepth};
 use router::{CountActive, Locate};
 
 /// Updates split by where they go: known messages grouped by campaign
@@ -265,6 +265,43 @@ impl Hub {
         self.persist(letter).await?;
         self.metrics.dead_letters.inc();
         Ok(())
+    }
+
+    /// Records what a replay of dead letter `replay.id` did; returns
+    /// whether the letter still exists. The statuses it carried were
+    /// applied before, through [`Hub::apply`], like a webhook's.
+    pub async fn record_replay(&self, replay: RecordReplay) -> Result<bool, HubError> {
+        let outcome = replay.outcome.as_str();
+        let found = self.persist(replay).await?;
+        self.metrics
+            .dead_letter_replays
+            .with_label_values(&[outcome])
+            .inc();
+        Ok(found)
+    }
+
+    /// Counts a replay refused because its letter was not verified at
+    /// receipt.
+    pub fn count_refused_replay(&self) {
+        self.metrics
+            .dead_letter_replays
+            .with_label_values(&["refused"])
+            .inc();
+    }
+
+    /// Waits until no write is queued or committing, at most `limit`;
+    /// returns whether it got there. Shutdown calls it once the HTTP server
+    /// has stopped, before closing the store, so the last commits end
+    /// before the pools close.
+    pub async fn settle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.db.send(IsIdle).await {
+                Ok(true) | Err(_) => return true,
+                Ok(false) if tokio::time::Instant::now() >= deadline => return false,
+                Ok(false) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
     }
 
     /// Creates the tenant and campaign if needed and returns its key.

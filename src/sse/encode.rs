@@ -5,6 +5,9 @@
 //! counts these encodings). Snapshots and replays, which are per stream,
 //! are encoded per stream.
 
+use std::time::Duration;
+
+use actix_web_lab::sse;
 use bytestring::ByteString;
 use prometheus::IntCounter;
 use serde::Serialize;
@@ -77,4 +80,49 @@ pub(super) fn metrics_data(published: &PublishedCampaign, encoded: &IntCounter) 
             counters_json(&published.counters)
         })
         .clone()
+}
+
+/// The last event of every stream when the hub shuts down:
+///
+/// ```text
+/// event: shutdown
+/// retry: 1000
+/// data: {"reason":"server shutting down"}
+/// ```
+///
+/// `retry:` tells the client how soon to reconnect; it then reaches
+/// whichever instance answers (and resumes with `Last-Event-ID`).
+///
+/// # Implementation Notes
+///
+/// actix-web-lab writes `retry:` only as the stream's first line, and a
+/// data event's fields as given, each on its own line. So the `retry:` line
+/// travels in the event name, after a line break: the bytes are exactly the
+/// event above (the test below checks them, should the crate ever change).
+pub(super) fn shutdown_event(retry: Duration) -> sse::Event {
+    sse::Data::new(r#"{"reason":"server shutting down"}"#)
+        .event(format!("shutdown\nretry: {}", retry.as_millis()))
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody as _;
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn the_shutdown_event_carries_a_retry_field() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(shutdown_event(Duration::from_millis(1500)))
+            .await
+            .unwrap();
+        drop(tx);
+        let body = sse::Sse::from_infallible_receiver(rx).boxed();
+        let bytes = actix_web::body::to_bytes(body).await.unwrap();
+        assert_eq!(
+            bytes,
+            "event: shutdown\nretry: 1500\ndata: {\"reason\":\"server shutting down\"}\n\n"
+        );
+    }
 }

@@ -28,6 +28,10 @@
 //! fixed-period timer per response (not reset by events) that writes the
 //! heartbeat comment.
 //!
+//! When the hub shuts down, every stream ends after `event: shutdown` with a
+//! `retry:` hint (see [`crate::shutdown`]); a stream's connection closes
+//! when it ends.
+//!
 //! A stream ends when its token expires, after `event: expired`: the client
 //! reconnects with a fresh token. Open streams are capped in total, per
 //! tenant and per token ([`StreamLimiter`]); beyond a cap, 429 with
@@ -50,6 +54,7 @@ use crate::auth::Caller;
 use crate::domain::CampaignCounters;
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::{Follow, IncomingEvent, Subscription};
+use crate::shutdown::{SHUTDOWN_RETRY, Shutdown};
 use crate::state::AppState;
 use crate::store::{EventPosition, Store};
 use stream::{Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope, StreamCounters};
@@ -95,7 +100,7 @@ struct CampaignEvent {
     event: CampaignEventName,
     /// JSON: the campaign's counters (`snapshot`, `metrics`; see
     /// `CampaignCounters`), one message change (`status`), `{}` (`reset`),
-    /// `{"reason": …}` (`expired`) or `{"skipped": N}` (`lagged`).
+    /// `{"reason": …}` (`expired`, `shutdown`) or `{"skipped": N}` (`lagged`).
     #[schema(content_media_type = "application/json")]
     data: String,
     /// The campaign's `version` (campaign stream) or the status-event
@@ -120,6 +125,9 @@ enum CampaignEventName {
     Expired,
     /// The client was too slow for `?include=statuses`: the stream ends.
     Lagged,
+    /// The server is shutting down (`retry: 1000`): reconnect, with
+    /// `Last-Event-ID`, to whichever instance answers.
+    Shutdown,
 }
 
 /// One Server-Sent Event of `/webhooks/stream` (document only).
@@ -127,7 +135,8 @@ enum CampaignEventName {
 #[allow(dead_code)]
 struct IncomingStreamEvent {
     event: IncomingEventName,
-    /// JSON: an `IncomingEvent` (`webhook`) or `{"skipped": N}` (`lagged`).
+    /// JSON: an `IncomingEvent` (`webhook`), `{"skipped": N}` (`lagged`)
+    /// or `{"reason": …}` (`shutdown`).
     #[schema(content_media_type = "application/json")]
     data: String,
 }
@@ -141,6 +150,8 @@ enum IncomingEventName {
     Webhook,
     /// Events the client was too slow for were skipped.
     Lagged,
+    /// The server is shutting down (`retry: 1000`): the stream ends.
+    Shutdown,
 }
 
 /// The OpenAPI description of the routes [`configure`] registers: a route
@@ -182,14 +193,28 @@ fn last_event_id(req: &HttpRequest, query: &StreamQuery) -> Option<i64> {
 }
 
 /// Returns the SSE response reading from `rx`, with the retry hint and
-/// heartbeats.
-fn respond(rx: mpsc::Receiver<sse::Event>, state: &AppState) -> impl Responder + use<> {
-    sse::Sse::from_infallible_receiver(rx)
+/// heartbeats. Its connection closes when the stream ends (token expired,
+/// shutdown): a client reconnecting then opens a new connection, which a
+/// load balancer may send elsewhere, and a hub shutting down is not held
+/// up by the idle connection.
+fn respond(
+    req: &HttpRequest,
+    rx: mpsc::Receiver<sse::Event>,
+    state: &AppState,
+) -> impl Responder + use<> {
+    let mut response = sse::Sse::from_infallible_receiver(rx)
         .with_keep_alive(state.settings.sse_heartbeat)
         .with_retry_duration(RETRY_HINT)
-        .customize()
-        // Tell buffering proxies (nginx) to pass events through at once.
-        .insert_header(("x-accel-buffering", "no"))
+        .respond_to(req);
+    // Tell buffering proxies (nginx) to pass events through at once.
+    response.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static("x-accel-buffering"),
+        actix_web::http::header::HeaderValue::from_static("no"),
+    );
+    response
+        .head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    response
 }
 
 /// Takes a stream slot for `caller`, counting refusals.
@@ -213,15 +238,17 @@ fn spawn(
     live: Subscription,
     state: &AppState,
     store: &Store,
+    shutdown: &Shutdown,
 ) {
     if let Some(expires) = caller.expires_at() {
         connection.expire_at(expires);
     }
     let hub = state.hub.clone();
     let store = store.clone();
+    let shutdown = shutdown.watch();
     actix_web::rt::spawn(async move {
         let _permit = permit;
-        connection.run(live, hub, store).await;
+        connection.run(live, hub, store, shutdown).await;
     });
 }
 
@@ -246,9 +273,11 @@ fn spawn(
         (status = 503, description = crate::openapi::UNAVAILABLE, body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
     )
 )]
+#[allow(clippy::too_many_arguments)]
 async fn campaign_stream(
     req: HttpRequest,
     state: web::Data<AppState>,
+    shutdown: web::Data<Shutdown>,
     store: web::Data<Store>,
     limiter: web::Data<StreamLimiter>,
     caller: Caller,
@@ -321,8 +350,8 @@ async fn campaign_stream(
         xact: 0,
         event_id: snapshot.version,
     });
-    spawn(connection, &caller, permit, live, &state, &store);
-    Ok(respond(rx, &state))
+    spawn(connection, &caller, permit, live, &state, &store, &shutdown);
+    Ok(respond(&req, rx, &state))
 }
 
 /// `GET /api/v1/stream`.
@@ -347,6 +376,7 @@ async fn campaign_stream(
 async fn tenant_stream(
     req: HttpRequest,
     state: web::Data<AppState>,
+    shutdown: web::Data<Shutdown>,
     store: web::Data<Store>,
     limiter: web::Data<StreamLimiter>,
     caller: Caller,
@@ -431,8 +461,8 @@ async fn tenant_stream(
             connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
         }
     }
-    spawn(connection, &caller, permit, live, &state, &store);
-    Ok(respond(rx, &state))
+    spawn(connection, &caller, permit, live, &state, &store, &shutdown);
+    Ok(respond(&req, rx, &state))
 }
 
 /// `GET /webhooks/stream`: admin only.
@@ -450,7 +480,9 @@ async fn tenant_stream(
     )
 )]
 async fn incoming_stream(
+    req: HttpRequest,
     state: web::Data<AppState>,
+    shutdown: web::Data<Shutdown>,
     limiter: web::Data<StreamLimiter>,
     caller: Caller,
 ) -> Result<impl Responder + use<>, ApiError> {
@@ -458,12 +490,17 @@ async fn incoming_stream(
     let permit = acquire(&state, &limiter, &caller)?;
     let mut incoming = state.hub.broadcaster().subscribe_incoming();
     let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
+    let mut shutdown = shutdown.watch();
     actix_web::rt::spawn(async move {
         // Holds the stream's slot until the client goes away.
         let _permit = permit;
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
+                () = Shutdown::began(&mut shutdown) => {
+                    let _ = tx.try_send(encode::shutdown_event(SHUTDOWN_RETRY));
+                    return;
+                }
                 received = incoming.recv() => {
                     let event = match received {
                         Ok(event) => sse::Data::new_json(&*event).map(|data| data.event("webhook").into()),
@@ -481,5 +518,5 @@ async fn incoming_stream(
             }
         }
     });
-    Ok(respond(rx, &state))
+    Ok(respond(&req, rx, &state))
 }

@@ -17,10 +17,11 @@ use bytestring::ByteString;
 use prometheus::IntCounter;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::encode::{counters_json, metrics_data, status_data, status_json};
+use super::encode::{counters_json, metrics_data, shutdown_event, status_data, status_json};
 use crate::domain::CampaignCounters;
 use crate::hub::{Hub, Live, PublishedCampaign, StatusBatch, Subscription};
 use crate::metrics::Metrics;
+use crate::shutdown::{SHUTDOWN_RETRY, Shutdown};
 use crate::store::{EventPosition, StatusChange, Store};
 
 /// How long a status stream may take nothing from its buffer before it is
@@ -93,6 +94,12 @@ pub(super) struct StreamCounters {
     encoded_metrics: IntCounter,
     /// Live `status` data encoded (once per change).
     encoded_statuses: IntCounter,
+    /// Streams closed because their client took nothing for a while.
+    lagged_slow_client: IntCounter,
+    /// Status streams closed because they missed changes.
+    lagged_missed_changes: IntCounter,
+    /// Metrics-only streams that fell behind and re-read their counters.
+    lagged_resync: IntCounter,
 }
 
 impl StreamCounters {
@@ -101,6 +108,9 @@ impl StreamCounters {
             wakeups: metrics.sse_wakeups.clone(),
             encoded_metrics: metrics.sse_frames_encoded.with_label_values(&["metrics"]),
             encoded_statuses: metrics.sse_frames_encoded.with_label_values(&["status"]),
+            lagged_slow_client: metrics.sse_lagged.with_label_values(&["slow_client"]),
+            lagged_missed_changes: metrics.sse_lagged.with_label_values(&["missed_changes"]),
+            lagged_resync: metrics.sse_lagged.with_label_values(&["resync"]),
         }
     }
 }
@@ -267,6 +277,7 @@ impl Connection {
             Err(_elapsed) => None,
         };
         sent.unwrap_or_else(|| {
+            self.counters.lagged_slow_client.inc();
             self.lagged("client too slow");
             false
         })
@@ -286,6 +297,7 @@ impl Connection {
     /// own commit, and ids never go back.
     async fn take_batch(&mut self, batch: &StatusBatch) -> bool {
         if batch.gap {
+            self.counters.lagged_missed_changes.inc();
             self.lagged("missed status changes");
             return false;
         }
@@ -409,10 +421,18 @@ impl Connection {
         self.take_frames(&frames, false);
     }
 
-    /// Runs until the client goes away, its token expires, the hub stops,
+    /// Runs until the client goes away, its token expires, the hub stops
+    /// or shuts down (`event: shutdown` with a `retry:` hint, then the end),
     /// or a status subscriber falls too far behind. Wakes only for its
-    /// topic, the expiry, and room in a full buffer when metrics wait.
-    pub(super) async fn run(mut self, mut live: Subscription, hub: Hub, store: Store) {
+    /// topic, the expiry, the shutdown, and room in a full buffer when
+    /// metrics wait.
+    pub(super) async fn run(
+        mut self,
+        mut live: Subscription,
+        hub: Hub,
+        store: Store,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let expires = self.expires_at;
         let expiry = tokio::time::sleep(until_unix(expires.unwrap_or(u64::MAX)));
         tokio::pin!(expiry);
@@ -427,6 +447,13 @@ impl Connection {
                     );
                     return;
                 }
+                () = Shutdown::began(&mut shutdown) => {
+                    // Metrics still pending are the latest state: send them
+                    // first if there is room; the client resyncs anyway.
+                    self.flush();
+                    let _ = self.tx.try_send(shutdown_event(SHUTDOWN_RETRY));
+                    return;
+                }
                 received = live.next() => {
                     self.counters.wakeups.inc();
                     match received {
@@ -437,10 +464,14 @@ impl Connection {
                             }
                         }
                         Live::Behind if self.include_statuses => {
-                            self.lagged("missed status changes");
+                            self.counters.lagged_missed_changes.inc();
+            self.lagged("missed status changes");
                             return;
                         }
-                        Live::Behind => self.resync(&hub, &store).await,
+                        Live::Behind => {
+                            self.counters.lagged_resync.inc();
+                            self.resync(&hub, &store).await;
+                        }
                         Live::Closed => return,
                     }
                     self.flush();

@@ -10,7 +10,7 @@ use crate::domain::{
     CampaignCounters, Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally,
 };
 
-use super::types::MessageRef;
+use super::types::{MessageRef, ReceiptVerification, ReplayOutcome};
 
 /// Creates the tenant and the campaign (with zeroed counters) if needed;
 /// commits to the campaign's key.
@@ -91,7 +91,7 @@ impl PruneTarget {
 ///
 /// Within a commit, kinds are applied in this order: campaigns,
 /// registrations (with the buffered statuses they release), buffers, dead
-/// letters, pruning, then the updates of `applies`.
+/// letters, replay records, pruning, then the updates of `applies`.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub campaigns: Vec<EnsureCampaign>,
@@ -99,6 +99,7 @@ pub struct Batch {
     pub applies: Vec<Apply>,
     pub buffers: Vec<Buffer>,
     pub dead_letters: Vec<DeadLetter>,
+    pub replays: Vec<RecordReplay>,
     pub prunes: Vec<Prune>,
 }
 
@@ -113,6 +114,8 @@ pub struct BatchOutcome {
     pub buffers: Vec<Vec<UpdateOutcome>>,
     /// How many dead letters were stored.
     pub dead_letters: usize,
+    /// For each replay record, whether its dead letter still exists.
+    pub replays: Vec<bool>,
     /// Rows deleted by each prune.
     pub prunes: Vec<u64>,
 }
@@ -178,6 +181,12 @@ impl Weight for DeadLetter {
     }
 }
 
+impl Weight for RecordReplay {
+    fn weight(&self) -> usize {
+        1
+    }
+}
+
 impl Weight for Prune {
     fn weight(&self) -> usize {
         1
@@ -192,13 +201,31 @@ pub struct NewMessage {
     pub recipient: Option<String>,
 }
 
-/// A signed payload kept verbatim.
+/// A payload kept verbatim because it could not be interpreted.
 #[derive(Clone, Debug)]
 pub struct DeadLetter {
     pub channel: Channel,
     pub reason: String,
     pub content_type: Option<String>,
     pub body: Vec<u8>,
+    /// How the sender was verified: what lets a replay skip a second
+    /// signature check.
+    pub verification: ReceiptVerification,
+}
+
+/// Records the outcome of a dead letter's replay (the statuses it carried
+/// were applied by the usual path before); commits to whether the letter
+/// still exists (retention may have removed it meanwhile).
+#[derive(Clone, Debug)]
+pub struct RecordReplay {
+    pub id: i64,
+    pub outcome: ReplayOutcome,
+    /// What stayed uninterpretable, clipped.
+    pub error: Option<String>,
+    pub received: i64,
+    pub applied: i64,
+    pub duplicates: i64,
+    pub unmatched: i64,
 }
 
 /// What happened to one update.

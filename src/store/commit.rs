@@ -26,7 +26,8 @@ use crate::domain::{CampaignCounters, Channel, StatusSet, StatusUpdate, Tally};
 
 use super::batch::{
     Applied, Batch, BatchOutcome, CounterRow, DeadLetter, EventRow, LoadedMessage, NewMessage,
-    Prune, PruneTarget, RegisterReceipt, Registered, StatusChange, UpdateOutcome, apply_updates,
+    Prune, PruneTarget, RecordReplay, RegisterReceipt, Registered, StatusChange, UpdateOutcome,
+    apply_updates,
 };
 use super::types::{MessageRef, StoreError};
 
@@ -111,6 +112,14 @@ pub(crate) trait CommitTx {
         letter: &DeadLetter,
         now_ms: i64,
     ) -> Result<(), StoreError>;
+
+    /// Records a dead letter's replay outcome (closing it when applied);
+    /// returns whether the letter exists.
+    async fn record_replay(
+        &mut self,
+        replay: &RecordReplay,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes at most `limit` of the oldest buffered updates received
     /// before `older_than_ms`.
@@ -233,7 +242,8 @@ pub(crate) async fn commit_in<T: CommitTx>(
         .collect();
     let mut versions = tx.counter_versions(&written).await?;
 
-    // 1. Campaigns, registrations, buffers, dead letters, pruning.
+    // 1. Campaigns, registrations, buffers, dead letters, replay records,
+    // pruning.
     for campaign in &batch.campaigns {
         let campaign_pk = tx
             .ensure_campaign(&campaign.tenant_id, &campaign.campaign_id, now_ms)
@@ -286,6 +296,11 @@ pub(crate) async fn commit_in<T: CommitTx>(
     for letter in &batch.dead_letters {
         tx.insert_dead_letter(letter, now_ms).await?;
         outcome.dead_letters += 1;
+    }
+    for replay in &batch.replays {
+        outcome
+            .replays
+            .push(tx.record_replay(replay, now_ms).await?);
     }
     for each in &batch.prunes {
         outcome.prunes.push(prune(tx, each).await?);

@@ -11,6 +11,7 @@
 
 mod batch;
 mod commit;
+pub mod listing;
 mod postgres;
 mod settings;
 mod sqlite;
@@ -18,14 +19,16 @@ mod types;
 
 pub use batch::{
     Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, NewMessage, Prune,
-    PruneTarget, Register, RegisterReceipt, Registered, StatusChange, UpdateOutcome, Weight,
+    PruneTarget, RecordReplay, Register, RegisterReceipt, Registered, StatusChange, UpdateOutcome,
+    Weight,
 };
 pub use postgres::{ChangeFeed, ChangePage, FeedOpener, PgStore};
 pub use settings::{Backend, StoreSettings, Synchronous};
 pub use sqlite::SqliteStore;
 pub use types::{
-    CampaignInfo, EventPosition, MessageRef, RecentEvent, RecentKind, StoreError, StoreStats,
-    StoredDeadLetter, StoredEvent, StoredMessage,
+    CampaignInfo, DeadLetterState, EventPosition, MessageRef, ReceiptVerification, RecentEvent,
+    RecentKind, ReplayOutcome, ReplayRecord, StoreError, StoreStats, StoredDeadLetter, StoredEvent,
+    StoredMessage,
 };
 
 use std::sync::Arc;
@@ -133,15 +136,16 @@ impl Store {
         dispatch!(self, store => store.recent_events(limit).await)
     }
 
-    /// Returns the newest dead letters with ids below `before`, newest
-    /// first, bodies cut to `body_limit` bytes.
+    /// Returns the newest dead letters in `state` with ids below `before`,
+    /// newest first, bodies cut to `body_limit` bytes.
     pub async fn dead_letters(
         &self,
+        state: DeadLetterState,
         limit: u32,
         before: Option<i64>,
         body_limit: u32,
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
-        dispatch!(self, store => store.dead_letters(limit, before, body_limit).await)
+        dispatch!(self, store => store.dead_letters(state, limit, before, body_limit).await)
     }
 
     /// Returns one dead letter with its whole body.
@@ -208,6 +212,37 @@ impl Store {
         limit: u32,
     ) -> Result<(EventPosition, Vec<(i64, CampaignCounters)>), StoreError> {
         dispatch!(self, store => store.tenant_snapshot(tenant_id, limit).await)
+    }
+
+    /// Returns a page of campaigns, newest activity first (see
+    /// [`listing::ActivityKey`]).
+    pub async fn list_campaigns(
+        &self,
+        query: &listing::CampaignQuery,
+    ) -> Result<Vec<listing::ListedCampaign>, StoreError> {
+        dispatch!(self, store => store.list_campaigns(query).await)
+    }
+
+    /// Returns a page of a campaign's messages in id order and where the
+    /// next page starts (see [`listing`] for what one page reads).
+    pub async fn message_page(
+        &self,
+        query: &listing::MessageQuery,
+    ) -> Result<listing::MessagePage, StoreError> {
+        let wanted = listing::candidates_wanted(query);
+        let candidates = dispatch!(self, store => store.message_candidates(query, wanted).await)?;
+        let rows = dispatch!(self, store => store.messages_by_ids(query, &candidates).await)?;
+        Ok(listing::settle_page(query, wanted, &candidates, rows))
+    }
+
+    /// Returns the query plans of a message page and of a campaign list
+    /// (`EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on PostgreSQL).
+    pub async fn explain_reads(
+        &self,
+        messages: &listing::MessageQuery,
+        campaigns: &listing::CampaignQuery,
+    ) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, store => store.explain_reads(messages, campaigns).await)
     }
 
     /// Closes the pools.

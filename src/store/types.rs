@@ -135,6 +135,139 @@ pub struct StoredDeadLetter {
     pub body_bytes: i64,
     /// When statushub received it, Unix milliseconds.
     pub received_at_ms: i64,
+    /// How its sender was verified when it arrived.
+    pub verification: ReceiptVerification,
+    /// Whether it still waits for a replay that applies it (never
+    /// replayed, or its last replay left something uninterpretable).
+    pub open: bool,
+    /// What its last replay did; `None` when it was never replayed.
+    pub replay: Option<ReplayRecord>,
+}
+
+/// How the sender of a dead letter was verified when it arrived: what
+/// allows replaying it without a second signature check (see
+/// `webhooks::replay`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiptVerification {
+    /// Meta's `X-Hub-Signature-256` matched (HMAC-SHA256 of the body under
+    /// the app secret).
+    HmacSha256,
+    /// The SNS signature verified under the certificate at `cert_url`.
+    SnsSignature { cert_url: String },
+    /// Verification was disabled: nobody vouches for the payload.
+    Disabled,
+    /// Stored before statushub recorded verification: unknown.
+    Unknown,
+}
+
+impl ReceiptVerification {
+    /// The name stored and shown (`hmac-sha256`, `sns-signature`,
+    /// `disabled`, `unknown`).
+    pub fn method(&self) -> &'static str {
+        match self {
+            ReceiptVerification::HmacSha256 => "hmac-sha256",
+            ReceiptVerification::SnsSignature { .. } => "sns-signature",
+            ReceiptVerification::Disabled => "disabled",
+            ReceiptVerification::Unknown => "unknown",
+        }
+    }
+
+    /// The detail stored beside the method (the SNS certificate URL).
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            ReceiptVerification::SnsSignature { cert_url } => Some(cert_url),
+            _ => None,
+        }
+    }
+
+    /// Whether a signature was verified at receipt.
+    pub fn signed(&self) -> bool {
+        matches!(
+            self,
+            ReceiptVerification::HmacSha256 | ReceiptVerification::SnsSignature { .. }
+        )
+    }
+
+    /// Reads the stored columns (`NULL` method: a row older than the
+    /// record, unknown).
+    pub fn from_columns(method: Option<&str>, detail: Option<String>) -> Result<Self, StoreError> {
+        match method {
+            None => Ok(ReceiptVerification::Unknown),
+            Some("hmac-sha256") => Ok(ReceiptVerification::HmacSha256),
+            Some("sns-signature") => Ok(ReceiptVerification::SnsSignature {
+                cert_url: detail.unwrap_or_default(),
+            }),
+            Some("disabled") => Ok(ReceiptVerification::Disabled),
+            Some(other) => Err(StoreError::Corrupt(format!(
+                "unknown dead-letter verification {other}"
+            ))),
+        }
+    }
+}
+
+/// What a replay of a dead letter did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// Everything was interpreted and applied: the letter is closed.
+    Applied,
+    /// Some statuses were applied, some parts are still uninterpretable:
+    /// the letter stays open.
+    Partial,
+    /// Nothing could be interpreted: the letter stays open.
+    Failed,
+}
+
+impl ReplayOutcome {
+    /// The name stored and shown.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReplayOutcome::Applied => "applied",
+            ReplayOutcome::Partial => "partial",
+            ReplayOutcome::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "applied" => Ok(ReplayOutcome::Applied),
+            "partial" => Ok(ReplayOutcome::Partial),
+            "failed" => Ok(ReplayOutcome::Failed),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown replay outcome {other}"
+            ))),
+        }
+    }
+}
+
+/// The last replay of a dead letter, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayRecord {
+    /// When it ran, Unix milliseconds.
+    pub replayed_at_ms: i64,
+    pub outcome: ReplayOutcome,
+    /// What stayed uninterpretable (`partial`, `failed`).
+    pub error: Option<String>,
+    /// Statuses the payload carried, and what became of them.
+    pub received: i64,
+    pub applied: i64,
+    pub duplicates: i64,
+    pub unmatched: i64,
+    /// Replays run so far.
+    pub replays: i64,
+}
+
+/// Which dead letters a listing returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadLetterState {
+    /// Not applied by a replay yet (the default).
+    #[default]
+    Open,
+    /// Applied by a replay.
+    Replayed,
+    /// Both.
+    All,
 }
 
 /// Where a status event is in the order tenant streams follow:

@@ -2,6 +2,7 @@
 //! provider's way, parses the payload into [`crate::domain::StatusUpdate`]s
 //! and hands them to the hub; the reply waits for the commit.
 
+mod replay;
 mod reply;
 pub mod ses;
 pub mod whatsapp;
@@ -19,6 +20,8 @@ use utoipa::OpenApi;
     ses::confirm_held
 ))]
 pub struct Doc;
+
+pub use replay::replay_dead_letter;
 
 /// Registers `/webhooks/whatsapp`, `/webhooks/email` (and later providers) on `cfg`.
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -193,6 +193,9 @@ async fn debug_page_shows_live_counters_and_events_in_a_real_browser() {
         "wamid.DBG5",
     ];
     app.register_whatsapp("t1", "c1", &ids).await;
+    // Before the page opens: the tail must show it from the store.
+    app.send_statuses(&[("wamid.DBG5", "sent", 1_700_000_005)])
+        .await;
 
     let driver = start_chromedriver(&chromedriver).await;
     let capabilities = json!({
@@ -302,6 +305,16 @@ async fn scenario(
         json!("5"),
     )
     .await;
+    // The tail is backfilled from `/webhooks/events`: the status sent before
+    // the page opened is there, without waiting for the next webhook.
+    wait_for_js(
+        client,
+        "the backfilled tail",
+        r#"const row = document.querySelector('#event-tail tr[data-message="wamid.DBG5"]');
+           return row ? [row.dataset.backfilled, row.dataset.outcome] : null;"#,
+        json!(["true", "applied"]),
+    )
+    .await;
 
     // Webhooks: out of order (read before delivered), a duplicate, an
     // unknown message id, and a signed payload nobody can read.
@@ -325,7 +338,7 @@ async fn scenario(
 
     let metrics = app.metrics("c1").await;
     for (field, expected) in [
-        ("sent", 3),
+        ("sent", 4),
         ("delivered", 2),
         ("read", 1),
         ("failed", 1),
@@ -371,6 +384,52 @@ async fn scenario(
         json!(1),
     )
     .await;
+    // A letter the parser reads now (stored as an older statushub would
+    // have) gets a Replay button; one click applies it, live.
+    let body =
+        serde_json::to_vec(&whatsapp_payload(&[("wamid.DBG3", "read", 1_700_000_035)])).unwrap();
+    let letter =
+        crate::dead_letter_replay::store_letter(app, &body, "older shape", Some("hmac-sha256"), 0)
+            .await;
+    let selector = format!("#dead-letters [data-dead-letter='{letter}']");
+    wait_for_js(
+        client,
+        "the stored letter, open, with its replay button",
+        &format!(
+            "const item = document.querySelector(\"{selector}\"); \
+             return !!item && item.dataset.state === 'open' && !!item.querySelector('button[data-replay]');"
+        ),
+        json!(true),
+    )
+    .await;
+    client
+        .find(Locator::Css(&format!("{selector} button[data-replay]")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_js(
+        client,
+        "the letter replayed and applied, without its button",
+        &format!(
+            "const item = document.querySelector(\"{selector}\"); \
+             return !!item && item.dataset.state === 'replayed' \
+               && item.querySelector('[data-outcome]').dataset.outcome === 'applied' \
+               && !item.querySelector('button[data-replay]');"
+        ),
+        json!(true),
+    )
+    .await;
+    wait_for_js(
+        client,
+        "c1's read counter after the replay",
+        &field_script("c1", "read"),
+        json!("2"),
+    )
+    .await;
+    assert_eq!(app.metrics("c1").await["read"], 2);
+
     wait_for_js(
         client,
         "the unmatched count",

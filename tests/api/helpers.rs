@@ -43,10 +43,18 @@ pub const AUTH_SECRET: &str = "test-auth-secret-of-at-least-32-bytes";
 /// Logs go to stdout when `TEST_LOG` is set, else nowhere.
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var_os("TEST_LOG").is_some() {
-        let subscriber = statushub::telemetry::get_subscriber("debug", std::io::stdout);
+        let subscriber = statushub::telemetry::get_subscriber(
+            "debug",
+            statushub::telemetry::LogStyle::PLAIN,
+            std::io::stdout,
+        );
         statushub::telemetry::init_subscriber(subscriber);
     } else {
-        let subscriber = statushub::telemetry::get_subscriber("info", std::io::sink);
+        let subscriber = statushub::telemetry::get_subscriber(
+            "info",
+            statushub::telemetry::LogStyle::PLAIN,
+            std::io::sink,
+        );
         statushub::telemetry::init_subscriber(subscriber);
     }
 });
@@ -325,6 +333,23 @@ impl TestApp {
     /// Returns the answer of `GET /readyz`.
     pub async fn readyz(&self) -> reqwest::Response {
         self.client.get(self.url("/readyz")).send().await.unwrap()
+    }
+
+    /// Scrapes `/metrics` and returns the value of one sample, written as
+    /// the exposition format writes it (`name` or `name{label="value"}`).
+    pub async fn scrape(&self, sample: &str) -> f64 {
+        let response = self.get("/metrics", ADMIN_TOKEN).await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{sample} not in /metrics:\n{text}"))
     }
 }
 

@@ -5,8 +5,10 @@
 
 mod helpers;
 
+mod alerts;
 mod auth;
 mod backpressure;
+mod dead_letter_replay;
 mod debug_page;
 mod durability;
 mod fuzz;
@@ -14,13 +16,16 @@ mod harness;
 mod hot_path;
 mod limits;
 mod loadgen;
+mod logs;
 mod model;
 mod openapi;
+mod reads;
 mod registration;
 mod retention;
 mod robustness;
 mod scale_out;
 mod ses;
+mod shutdown;
 mod simulate;
 mod sse;
 mod store_down;

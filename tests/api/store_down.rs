@@ -26,16 +26,21 @@ async fn readyz_is_503_with_retry_after_while_the_store_is_down_and_200_once_it_
     let app = spawn_app().await;
     assert_eq!(app.readyz().await.status(), 200);
 
+    assert_eq!(app.scrape("statushub_ready").await, 1.0);
+
     let outage = app.db.outage().await;
     let down = app.readyz().await;
     assert_unavailable(&down, "readyz with the store down");
     // Still down on a second look: no connection was lucky.
     assert_unavailable(&app.readyz().await, "readyz again");
+    // The readiness gauge says so, for the alert.
+    assert_eq!(app.scrape("statushub_ready").await, 0.0);
 
     outage.end().await;
     let up = app.readyz().await;
     assert_eq!(up.status(), 200);
     assert_eq!(up.text().await.unwrap(), "ready");
+    assert_eq!(app.scrape("statushub_ready").await, 1.0);
 }
 
 #[actix_web::test]

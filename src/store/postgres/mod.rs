@@ -9,6 +9,7 @@
 //! - [`rows`]: mapping rows to types.
 
 mod follow;
+mod listing;
 mod reads;
 mod rows;
 mod tx;

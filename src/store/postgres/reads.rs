@@ -5,15 +5,15 @@ use sqlx::Row as _;
 use crate::domain::{CampaignCounters, Channel};
 use crate::store::batch::StatusChange;
 use crate::store::types::{
-    CampaignInfo, EventPosition, MessageRef, RecentEvent, RecentKind, StoreError, StoreStats,
-    StoredDeadLetter, StoredMessage,
+    CampaignInfo, DeadLetterState, EventPosition, MessageRef, RecentEvent, RecentKind, StoreError,
+    StoreStats, StoredDeadLetter, StoredMessage,
 };
 
 use super::PgStore;
 use super::follow::horizon;
 use super::rows::{
-    buffered_update, channel_of, counter_row, current_status_of, failure, status_change, status_of,
-    status_set, stored_dead_letter, stored_event,
+    DEAD_LETTER_COLUMNS, buffered_update, channel_of, counter_row, current_status_of, failure,
+    status_change, status_of, status_set, stored_dead_letter, stored_event,
 };
 
 /// The columns a change is read with.
@@ -192,37 +192,40 @@ impl PgStore {
         Ok(events)
     }
 
-    /// Returns the newest dead letters with ids below `before`, newest
-    /// first, each body cut to `body_limit` bytes in SQL.
+    /// Returns the newest dead letters in `state` with ids below `before`,
+    /// newest first, each body cut to `body_limit` bytes in SQL.
     pub async fn dead_letters(
         &self,
+        state: DeadLetterState,
         limit: u32,
         before: Option<i64>,
         body_limit: u32,
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, channel, reason, content_type, substring(body FROM 1 FOR $1) AS body,
-                    octet_length(body)::int8 AS body_bytes, received_at
-             FROM dead_letters WHERE id < $2 ORDER BY id DESC LIMIT $3",
-        )
-        .bind(i32::try_from(body_limit).unwrap_or(i32::MAX))
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        let filter = match state {
+            DeadLetterState::Open => "AND is_open",
+            DeadLetterState::Replayed => "AND NOT is_open",
+            DeadLetterState::All => "",
+        };
+        let sql = format!(
+            "SELECT {DEAD_LETTER_COLUMNS}, substring(body FROM 1 FOR $1) AS body
+             FROM dead_letters WHERE id < $2 {filter} ORDER BY id DESC LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(i32::try_from(body_limit).unwrap_or(i32::MAX))
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(stored_dead_letter).collect()
     }
 
     /// Returns one dead letter with its whole body.
     pub async fn dead_letter(&self, id: i64) -> Result<Option<StoredDeadLetter>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, channel, reason, content_type, body,
-                    octet_length(body)::int8 AS body_bytes, received_at
-             FROM dead_letters WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
+        let sql = format!("SELECT {DEAD_LETTER_COLUMNS}, body FROM dead_letters WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
         row.as_ref().map(stored_dead_letter).transpose()
     }
 

@@ -8,10 +8,10 @@ use sqlx::{PgConnection, Row as _};
 
 use crate::domain::{Channel, Status, StatusUpdate, Tally};
 use crate::store::batch::{
-    CounterRow, DeadLetter, EventRow, LoadedMessage, NewMessage, PruneTarget,
+    CounterRow, DeadLetter, EventRow, LoadedMessage, NewMessage, PruneTarget, RecordReplay,
 };
 use crate::store::commit::{CommitTx, EventIds, OldRow};
-use crate::store::types::{MessageRef, StoreError};
+use crate::store::types::{MessageRef, ReplayOutcome, StoreError};
 
 use crate::store::batch::details_json;
 
@@ -286,17 +286,47 @@ impl CommitTx for PgTx<'_> {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO dead_letters (channel, reason, content_type, body, received_at)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO dead_letters (channel, reason, content_type, body, received_at,
+                                       verification, verification_detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(letter.channel.as_str())
         .bind(&letter.reason)
         .bind(&letter.content_type)
         .bind(&letter.body)
         .bind(now_ms)
+        .bind(letter.verification.method())
+        .bind(letter.verification.detail())
         .execute(&mut *self.0)
         .await?;
         Ok(())
+    }
+
+    async fn record_replay(
+        &mut self,
+        replay: &RecordReplay,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE dead_letters
+             SET is_open = $2, replays = replays + 1, replayed_at = $3, replay_outcome = $4,
+                 replay_error = $5, replay_received = $6, replay_applied = $7,
+                 replay_duplicates = $8, replay_unmatched = $9
+             WHERE id = $1",
+        )
+        .bind(replay.id)
+        .bind(replay.outcome != ReplayOutcome::Applied)
+        .bind(now_ms)
+        .bind(replay.outcome.as_str())
+        .bind(&replay.error)
+        .bind(replay.received)
+        .bind(replay.applied)
+        .bind(replay.duplicates)
+        .bind(replay.unmatched)
+        .execute(&mut *self.0)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
     }
 
     async fn delete_unmatched_before(
@@ -569,7 +599,7 @@ impl CommitTx for PgTx<'_> {
                 clicked = clicked + $6, complained = complained + $7,
                 now_pending = now_pending + $8, now_sent = now_sent + $9,
                 now_delivered = now_delivered + $10, now_read = now_read + $11,
-                now_failed = now_failed + $12, updated_at = $13
+                now_failed = now_failed + $12, updated_at = GREATEST(updated_at, $13)
              WHERE campaign_pk = $14 RETURNING *",
         )
         .bind(versions)

@@ -3,10 +3,12 @@
 
 //!
 //! - `mod.rs`: the pools and the reads;
+//! - `listing`: campaign lists and message queries;
 //! - [`tx`]: the statements a commit is made of (the commit itself is
 //!   [`crate::store::commit`], shared by every backend);
 //! - [`rows`]: mapping rows to types, and statement sizing.
 
+mod listing;
 mod rows;
 mod writer;
 
@@ -23,13 +25,14 @@ use crate::domain::{CampaignCounters, Channel};
 use crate::store::batch::{Batch, BatchOutcome, StatusChange};
 use crate::store::settings::{StoreSettings, Synchronous};
 use crate::store::types::{
-    CampaignInfo, EventPosition, MessageRef, RecentEvent, RecentKind, StoreError, StoreStats,
-    StoredDeadLetter, StoredMessage,
+    CampaignInfo, DeadLetterState, EventPosition, MessageRef, RecentEvent, RecentKind, StoreError,
+    StoreStats, StoredDeadLetter, StoredMessage,
 };
 
 use rows::{
-    ROWS_PER_STATEMENT, buffered_update, channel_of, counter_row, current_status_of, failure,
-    status_change, status_of, status_set, stored_dead_letter, stored_event,
+    DEAD_LETTER_COLUMNS, ROWS_PER_STATEMENT, buffered_update, channel_of, counter_row,
+    current_status_of, failure, status_change, status_of, status_set, stored_dead_letter,
+    stored_event,
 };
 use writer::{MMAP_BYTES, Writer};
 
@@ -275,38 +278,41 @@ impl SqliteStore {
         Ok(events)
     }
 
-    /// Returns the newest dead letters with ids below `before` (all when
-    /// `None`), newest first, each body cut to `body_limit` bytes in SQL so
-    /// that a page never loads whole bodies.
+    /// Returns the newest dead letters in `state` with ids below `before`
+    /// (all when `None`), newest first, each body cut to `body_limit` bytes
+    /// in SQL so that a page never loads whole bodies.
     pub async fn dead_letters(
         &self,
+        state: DeadLetterState,
         limit: u32,
         before: Option<i64>,
         body_limit: u32,
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, channel, reason, content_type, substr(body, 1, ?) AS body,
-                    length(body) AS body_bytes, received_at
-             FROM dead_letters WHERE id < ? ORDER BY id DESC LIMIT ?",
-        )
-        .bind(body_limit)
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
+        let filter = match state {
+            DeadLetterState::Open => "AND is_open = 1",
+            DeadLetterState::Replayed => "AND is_open = 0",
+            DeadLetterState::All => "",
+        };
+        let sql = format!(
+            "SELECT {DEAD_LETTER_COLUMNS}, substr(body, 1, ?) AS body
+             FROM dead_letters WHERE id < ? {filter} ORDER BY id DESC LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(body_limit)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(stored_dead_letter).collect()
     }
 
     /// Returns one dead letter with its whole body.
     pub async fn dead_letter(&self, id: i64) -> Result<Option<StoredDeadLetter>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, channel, reason, content_type, body, length(body) AS body_bytes,
-                    received_at
-             FROM dead_letters WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
+        let sql = format!("SELECT {DEAD_LETTER_COLUMNS}, body FROM dead_letters WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
         row.as_ref().map(stored_dead_letter).transpose()
     }
 

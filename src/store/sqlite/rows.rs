@@ -5,13 +5,44 @@ use sqlx::sqlite::SqliteRow;
 
 use crate::domain::{Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally};
 use crate::store::batch::{CounterRow, StatusChange};
-use crate::store::types::{StoreError, StoredDeadLetter, StoredEvent};
+use crate::store::types::{
+    ReceiptVerification, ReplayOutcome, ReplayRecord, StoreError, StoredDeadLetter, StoredEvent,
+};
 
 /// Rows per multi-row statement: keeps every statement far below SQLite's
 /// limit of 32,766 bound parameters (the widest row binds 14).
 pub(super) const ROWS_PER_STATEMENT: usize = 500;
 
+/// The columns [`stored_dead_letter`] reads, but `body` (whole or cut).
+pub(super) const DEAD_LETTER_COLUMNS: &str =
+    "id, channel, reason, content_type, length(body) AS body_bytes, received_at, verification,
+     verification_detail, is_open, replays, replayed_at, replay_outcome, replay_error,
+     replay_received, replay_applied, replay_duplicates, replay_unmatched";
+
 pub(super) fn stored_dead_letter(row: &SqliteRow) -> Result<StoredDeadLetter, StoreError> {
+    let verification: Option<String> = row.try_get("verification")?;
+    let outcome: Option<String> = row.try_get("replay_outcome")?;
+    let replay = match (outcome, row.try_get::<Option<i64>, _>("replayed_at")?) {
+        (Some(outcome), Some(replayed_at_ms)) => Some(ReplayRecord {
+            replayed_at_ms,
+            outcome: ReplayOutcome::parse(&outcome)?,
+            error: row.try_get("replay_error")?,
+            received: row
+                .try_get::<Option<i64>, _>("replay_received")?
+                .unwrap_or(0),
+            applied: row
+                .try_get::<Option<i64>, _>("replay_applied")?
+                .unwrap_or(0),
+            duplicates: row
+                .try_get::<Option<i64>, _>("replay_duplicates")?
+                .unwrap_or(0),
+            unmatched: row
+                .try_get::<Option<i64>, _>("replay_unmatched")?
+                .unwrap_or(0),
+            replays: row.try_get("replays")?,
+        }),
+        _ => None,
+    };
     Ok(StoredDeadLetter {
         id: row.try_get("id")?,
         channel: channel_of(row, "channel")?,
@@ -20,6 +51,12 @@ pub(super) fn stored_dead_letter(row: &SqliteRow) -> Result<StoredDeadLetter, St
         body: row.try_get("body")?,
         body_bytes: row.try_get("body_bytes")?,
         received_at_ms: row.try_get("received_at")?,
+        verification: ReceiptVerification::from_columns(
+            verification.as_deref(),
+            row.try_get("verification_detail")?,
+        )?,
+        open: row.try_get("is_open")?,
+        replay,
     })
 }
 

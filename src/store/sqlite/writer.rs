@@ -26,11 +26,11 @@ use tokio::sync::oneshot;
 use crate::domain::{Channel, Failure, Status, StatusSet, StatusUpdate, Tally};
 use crate::store::batch::{
     Batch, BatchOutcome, CounterRow, DeadLetter, EventRow, LoadedMessage, NewMessage, PruneTarget,
-    details_json,
+    RecordReplay, details_json,
 };
 use crate::store::commit::{CommitTx, EventIds, OldRow, commit_in};
 use crate::store::settings::Synchronous;
-use crate::store::types::{MessageRef, StoreError};
+use crate::store::types::{MessageRef, ReplayOutcome, StoreError};
 
 use super::BUSY_TIMEOUT;
 use super::rows::mask;
@@ -430,17 +430,48 @@ impl CommitTx for WriteTx<'_> {
     ) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
-                "INSERT INTO dead_letters (channel, reason, content_type, body, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO dead_letters (channel, reason, content_type, body, received_at,
+                                           verification, verification_detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 letter.channel.as_str(),
                 letter.reason,
                 letter.content_type,
                 letter.body,
-                now_ms
+                now_ms,
+                letter.verification.method(),
+                letter.verification.detail(),
             ])?;
         Ok(())
+    }
+
+    async fn record_replay(
+        &mut self,
+        replay: &RecordReplay,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let changed = self
+            .0
+            .prepare_cached(
+                "UPDATE dead_letters
+                 SET is_open = ?2, replays = replays + 1, replayed_at = ?3, replay_outcome = ?4,
+                     replay_error = ?5, replay_received = ?6, replay_applied = ?7,
+                     replay_duplicates = ?8, replay_unmatched = ?9
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                replay.id,
+                replay.outcome != ReplayOutcome::Applied,
+                now_ms,
+                replay.outcome.as_str(),
+                replay.error,
+                replay.received,
+                replay.applied,
+                replay.duplicates,
+                replay.unmatched,
+            ])?;
+        Ok(changed > 0)
     }
 
     async fn delete_unmatched_before(
@@ -641,7 +672,7 @@ impl CommitTx for WriteTx<'_> {
                 clicked = clicked + ?6, complained = complained + ?7,
                 now_pending = now_pending + ?8, now_sent = now_sent + ?9,
                 now_delivered = now_delivered + ?10, now_read = now_read + ?11,
-                now_failed = now_failed + ?12, updated_at = ?13
+                now_failed = now_failed + ?12, updated_at = MAX(updated_at, ?13)
              WHERE campaign_pk = ?14 RETURNING {COUNTER_COLUMNS}"
         ))?;
         Ok(statement.query_row(

@@ -43,6 +43,7 @@ use crate::domain::{Channel, Parsed};
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::WebhookReceipt;
 use crate::state::AppState;
+use crate::store::ReceiptVerification;
 
 /// The header SNS sets to the message type.
 const MESSAGE_TYPE_HEADER: &str = "x-amz-sns-message-type";
@@ -112,24 +113,31 @@ pub async fn receive(
         return Err(ApiError::Forbidden("topic not accepted"));
     }
 
-    let verified = if state.settings.enable_webhook_verification {
+    let verification = if state.settings.enable_webhook_verification {
         verifier.verify(&envelope).await.map_err(|error| {
             if let SnsError::CertificateUnavailable(_) = error {
                 tracing::warn!(error = %error, "cannot verify sns message now");
                 ApiError::Unavailable
             } else {
-                tracing::debug!(error = %error, "refused sns message");
+                tracing::warn!(error = %error, "refused sns message: signature does not verify");
+                state
+                    .metrics
+                    .webhook_signature_failures
+                    .with_label_values(&["email"])
+                    .inc();
                 ApiError::Unauthorized("invalid signature")
             }
         })?;
-        true
+        ReceiptVerification::SnsSignature {
+            cert_url: envelope.signing_cert_url.clone(),
+        }
     } else {
-        false
+        ReceiptVerification::Disabled
     };
 
     match message_type {
         SnsMessageType::Notification => {
-            notification(&req, &body, &state, &envelope, verified).await
+            notification(&req, &body, &state, &envelope, verification).await
         }
         SnsMessageType::SubscriptionConfirmation => {
             subscription_confirmation(&state, &subscriptions, &envelope).await
@@ -151,22 +159,30 @@ async fn notification(
     body: &[u8],
     state: &AppState,
     envelope: &SnsEnvelope,
-    verified: bool,
+    verification: ReceiptVerification,
 ) -> Result<HttpResponse, ApiError> {
-    let parsed = match parse_ses_message(&envelope.message, &envelope.message_id) {
-        Ok(update) => Ok(Parsed {
+    let Some(parsed) = parse_notification(envelope) else {
+        return Ok(HttpResponse::Ok().json(SnsReply::Receipt(WebhookReceipt::default())));
+    };
+    super::reply::apply_and_reply(&state.hub, req, Channel::Email, body, parsed, verification).await
+}
+
+/// Interprets the SES event of a notification; `None` for SES's notices
+/// about its own set-up, which carry no status (acknowledged only).
+pub(crate) fn parse_notification(envelope: &SnsEnvelope) -> Option<super::reply::ParseResult> {
+    match parse_ses_message(&envelope.message, &envelope.message_id) {
+        Ok(update) => Some(Ok(Parsed {
             updates: vec![update],
             problems: Vec::new(),
-        }),
+        })),
         Err(error) => {
             if let Some(notice) = ses_setup_notice(&envelope.message) {
                 tracing::info!(topic_arn = %envelope.topic_arn, notice, "ses set-up notice acknowledged");
-                return Ok(HttpResponse::Ok().json(SnsReply::Receipt(WebhookReceipt::default())));
+                return None;
             }
-            Err(error.to_string())
+            Some(Err(error.to_string()))
         }
-    };
-    super::reply::apply_and_reply(&state.hub, req, Channel::Email, body, parsed, verified).await
+    }
 }
 
 /// Confirms a subscription to a topic listed in `SNS_TOPIC_ARNS`: 200 once

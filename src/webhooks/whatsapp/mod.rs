@@ -17,6 +17,7 @@ use crate::domain::Channel;
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::WebhookReceipt;
 use crate::state::AppState;
+use crate::store::ReceiptVerification;
 
 /// Query of Meta's verification request.
 #[derive(Deserialize, IntoParams)]
@@ -106,7 +107,7 @@ pub async fn receive(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let verified = if state.settings.enable_webhook_verification {
+    let verification = if state.settings.enable_webhook_verification {
         let secret = state
             .settings
             .secrets
@@ -122,12 +123,18 @@ pub async fn receive(
             return Err(ApiError::Unauthorized("invalid signature"));
         }
         signature::verify(secret, &body, header).map_err(|error| {
-            tracing::debug!(error = %error, "refused whatsapp webhook");
+            // warn: a wrong app secret on either side stops every status.
+            tracing::warn!(error = %error, "refused whatsapp webhook: signature does not verify");
+            state
+                .metrics
+                .webhook_signature_failures
+                .with_label_values(&["whatsapp"])
+                .inc();
             ApiError::Unauthorized("invalid signature")
         })?;
-        true
+        ReceiptVerification::HmacSha256
     } else {
-        false
+        ReceiptVerification::Disabled
     };
     super::reply::apply_and_reply(
         &state.hub,
@@ -135,7 +142,7 @@ pub async fn receive(
         Channel::Whatsapp,
         &body,
         parse(&body),
-        verified,
+        verification,
     )
     .await
 }

@@ -215,6 +215,36 @@ async fn signed_but_uninterpretable_messages_are_dead_lettered_and_ses_setup_not
         letters[0]["body"].as_str().unwrap().contains("Teleport"),
         "{letters}"
     );
+    // What proves it was signed is kept, so it can be replayed without a
+    // second check; replayed now, it is still uninterpretable and stays open.
+    assert_eq!(letters[0]["verification"]["method"], "sns-signature");
+    assert!(
+        letters[0]["verification"]["cert_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(".pem"),
+        "{letters}"
+    );
+    let id = letters[0]["id"].as_i64().unwrap();
+    let replayed: Value = app
+        .client
+        .post(app.url(&format!("/webhooks/dead-letters/{id}/replay")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replayed["state"], "open", "{replayed}");
+    assert_eq!(replayed["replay"]["outcome"], "failed", "{replayed}");
+    assert!(
+        replayed["replay"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Teleport"),
+        "{replayed}"
+    );
 
     // What SES publishes about its own set-up is acknowledged, not kept.
     for notice in [

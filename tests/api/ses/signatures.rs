@@ -287,6 +287,9 @@ async fn a_subject_shifted_into_the_message_id_is_refused() {
     }
     let timeline = &app.message("email", "e-1").await["timeline"];
     assert_eq!(timeline.as_array().unwrap().len(), 1, "{timeline}");
+    // Each refusal is counted by channel, for the alert.
+    let refused = r#"statushub_webhook_signature_failures_total{channel="email"}"#;
+    assert_eq!(app.scrape(refused).await, 2.0);
 
     let dir = vectors_dir("sns");
     let app = spawn_app_with(|settings| settings.sns_cert_dir = Some(dir.clone())).await;

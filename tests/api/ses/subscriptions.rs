@@ -303,6 +303,11 @@ async fn an_unavailable_certificate_gives_503_and_a_later_download_succeeds() {
         assert!(retry_after.is_some_and(|secs| secs > 0), "{answer:?}");
         assert_eq!(stored(&app).await, [0, 0, 0], "{answer:?}");
         assert_eq!(stand_in.requests().len(), attempt + 1, "not cached");
+        assert_eq!(
+            app.scrape("statushub_sns_certificate_failures_total").await,
+            (attempt + 1) as f64,
+            "each failed load is counted, for the alert"
+        );
     }
     assert_eq!(app.message("email", "e-1").await["status"], "pending");
 
@@ -310,6 +315,10 @@ async fn an_unavailable_certificate_gives_503_and_a_later_download_succeeds() {
     assert_eq!(deliver(&app, &envelope).await, receipt_json(1, 0, 0, 0));
     assert_eq!(stand_in.requests().len(), 4);
     assert_eq!(app.message("email", "e-1").await["status"], "delivered");
+    assert_eq!(
+        app.scrape("statushub_sns_certificate_failures_total").await,
+        3.0
+    );
     let metrics = app.metrics("c1").await;
     assert_eq!(counts_only(&metrics), expected_counts(["Delivery"]));
     assert_eq!(counts_only(&metrics), app.sql_counts("c1").await);

@@ -259,6 +259,14 @@ async fn a_stalled_reader_delays_neither_webhooks_nor_other_subscribers() {
     );
     let stalled_changes = seen.iter().filter(|event| event.event == "status").count();
     assert!(stalled_changes < changes.len());
+    // Counted, for the alert on lagging subscribers.
+    let lagged = app
+        .scrape(r#"statushub_sse_lagged_total{reason="slow_client"}"#)
+        .await
+        + app
+            .scrape(r#"statushub_sse_lagged_total{reason="missed_changes"}"#)
+            .await;
+    assert_eq!(lagged, 1.0);
 }
 
 /// While a metrics-only subscriber does not read, its queue fills and the

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use prometheus::IntCounter;
 use reqwest::Url;
 use rsa::pkcs8::DecodePublicKey as _;
 use rsa::{Pkcs1v15Sign, RsaPublicKey};
@@ -211,6 +212,8 @@ pub struct SnsVerifier {
     /// misses wait on the same cell, and a failed load leaves it empty and is
     /// dropped from the cache so the next message retries.
     keys: Mutex<KeyCache>,
+    /// Counts failed certificate loads (`statushub_sns_certificate_failures_total`).
+    failures: Option<IntCounter>,
 }
 
 impl SnsVerifier {
@@ -223,7 +226,15 @@ impl SnsVerifier {
             client: download_client(true),
             download_override: None,
             keys: Mutex::new(KeyCache::default()),
+            failures: None,
         }
+    }
+
+    /// Counts each failed certificate load (download, cert dir, parse) on
+    /// `counter`.
+    pub fn with_failure_counter(mut self, counter: IntCounter) -> Self {
+        self.failures = Some(counter);
+        self
     }
 
     /// Test-only: with `base` set, downloads certificates from `base`
@@ -309,11 +320,21 @@ impl SnsVerifier {
     /// Reads the certificate from the cert dir when it holds it, else
     /// downloads it, and extracts its RSA public key.
     async fn load_key(&self, cert_url: &Url) -> Result<RsaPublicKey, SnsError> {
-        let pem = match self.read_from_dir(cert_url).await? {
-            Some(pem) => pem,
-            None => self.download(cert_url).await?,
+        let loaded = match self.read_from_dir(cert_url).await {
+            Ok(Some(pem)) => rsa_key_from_pem(&pem),
+            Ok(None) => match self.download(cert_url).await {
+                Ok(pem) => rsa_key_from_pem(&pem),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
         };
-        rsa_key_from_pem(&pem)
+        if let Err(error) = &loaded {
+            tracing::warn!(url = %cert_url, error = %error, "sns certificate could not be loaded");
+            if let Some(failures) = &self.failures {
+                failures.inc();
+            }
+        }
+        loaded
     }
 
     /// Returns the cert dir's file named as the URL's last path segment, or
