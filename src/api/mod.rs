@@ -21,5 +21,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     .route(
         "/api/v1/campaigns/{campaign_id}/metrics",
         web::get().to(campaigns::metrics),
+    )
+    .route(
+        "/api/v1/campaigns/{campaign_id}/timeseries",
+        web::get().to(campaigns::timeseries),
     );
 }

@@ -362,7 +362,15 @@ pub async fn sql_counts(db_path: &Path, campaign: &str) -> Value {
 pub fn counts_only(metrics: &Value) -> Value {
     let mut counts = metrics.clone();
     let object = counts.as_object_mut().unwrap();
-    for key in ["tenant_id", "campaign_id", "version", "updated_at"] {
+    for key in [
+        "tenant_id",
+        "campaign_id",
+        "version",
+        "updated_at",
+        "failure_reasons",
+        "failure_reasons_other",
+        "cost",
+    ] {
         object.remove(key);
     }
     counts

@@ -7,6 +7,7 @@
 //!   [`crate::store::commit`], shared by every backend);
 //! - [`rows`]: mapping rows to types, and statement sizing.
 
+mod analytics;
 mod rows;
 mod writer;
 
