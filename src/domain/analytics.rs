@@ -223,7 +223,10 @@ impl Reason {
                 ),
                 code => {
                     let (bounce_type, sub_type) = code.split_once('/').unwrap_or((code, ""));
-                    ("ses_bounce", cut(&format!("{bounce_type} bounce ({sub_type})")))
+                    (
+                        "ses_bounce",
+                        cut(&format!("{bounce_type} bounce ({sub_type})")),
+                    )
                 }
             },
         };
@@ -341,8 +344,10 @@ impl AnalyticsDelta {
 
     /// Drops the keys that did not move.
     pub fn prune(&mut self) {
-        self.minutes.retain(|_, counts| counts.iter().any(|c| *c != 0));
-        self.latency.retain(|_, counts| counts.iter().any(|c| *c != 0));
+        self.minutes
+            .retain(|_, counts| counts.iter().any(|c| *c != 0));
+        self.latency
+            .retain(|_, counts| counts.iter().any(|c| *c != 0));
         self.reasons.retain(|_, count| *count != 0);
         self.pricing.retain(|_, count| *count != 0);
     }
@@ -406,7 +411,10 @@ mod tests {
             pricing: None,
         };
         let contribution = Contribution::of(&facts);
-        assert_eq!(contribution.minutes, [Some(0), Some(2), Some(2), None, None]);
+        assert_eq!(
+            contribution.minutes,
+            [Some(0), Some(2), Some(2), None, None]
+        );
         assert_eq!(contribution.latency[0], Some(latency_bin(110_000)));
     }
 
@@ -414,10 +422,15 @@ mod tests {
     fn pricing_reads_billable_or_type() {
         let details = serde_json::json!({"pricing": {"billable": true, "pricing_model": "CBP", "category": "service"}});
         let pricing = Pricing::from_details(&details, 5).unwrap();
-        assert_eq!((pricing.category.as_str(), pricing.billable), ("service", true));
+        assert_eq!(
+            (pricing.category.as_str(), pricing.billable),
+            ("service", true)
+        );
         let free = serde_json::json!({"pricing": {"pricing_model": "PMP", "category": "utility", "type": "free_customer_service"}});
         assert!(!Pricing::from_details(&free, 5).unwrap().billable);
-        assert!(Pricing::from_details(&serde_json::json!({"pricing": {"category": "x"}}), 5).is_none());
+        assert!(
+            Pricing::from_details(&serde_json::json!({"pricing": {"category": "x"}}), 5).is_none()
+        );
         assert!(Pricing::from_details(&Value::Null, 5).is_none());
     }
 

@@ -32,7 +32,10 @@ async fn stored_rows(app: &TestApp, tenant: &str, campaign: &str) -> Vec<StoredR
                     CASE WHEN m.pricing_billable THEN 1 ELSE 0 END AS billable
              FROM messages m JOIN campaigns c ON c.id = m.campaign_pk
              WHERE c.tenant_id = $1 AND c.campaign_id = $2",
-            &[Bind::Text(tenant.to_owned()), Bind::Text(campaign.to_owned())],
+            &[
+                Bind::Text(tenant.to_owned()),
+                Bind::Text(campaign.to_owned()),
+            ],
         )
         .await;
     rows.iter()
@@ -51,9 +54,11 @@ async fn stored_rows(app: &TestApp, tenant: &str, campaign: &str) -> Vec<StoredR
                     row["complained_at"].opt_int(),
                     row["failed_at"].opt_int(),
                 ],
-                error: text("error_code").map(|code| (code, text("error_title").unwrap_or_default())),
+                error: text("error_code")
+                    .map(|code| (code, text("error_title").unwrap_or_default())),
                 complaint_type: text("complaint_type"),
-                pricing: text("pricing_category").map(|category| (category, row["billable"].int() == 1)),
+                pricing: text("pricing_category")
+                    .map(|category| (category, row["billable"].int() == 1)),
             }
         })
         .collect()
@@ -124,9 +129,14 @@ pub async fn assert_analytics_agree(app: &TestApp, tenant: &str, campaign: &str)
             *reasons.entry((key.0.to_owned(), key.1, key.2)).or_default() += 1;
         }
         if row.at[4].is_some() {
-            let code = row.complaint_type.clone().unwrap_or("unspecified".to_owned());
+            let code = row
+                .complaint_type
+                .clone()
+                .unwrap_or("unspecified".to_owned());
             let title = format!("complaint ({code})");
-            *reasons.entry(("ses_complaint".to_owned(), code, title)).or_default() += 1;
+            *reasons
+                .entry(("ses_complaint".to_owned(), code, title))
+                .or_default() += 1;
         }
         if let Some((category, billable)) = &row.pricing {
             let entry = cost.entry(category.clone()).or_default();
@@ -141,7 +151,9 @@ pub async fn assert_analytics_agree(app: &TestApp, tenant: &str, campaign: &str)
     for (bucket, width) in [("1m", 1), ("5m", 5), ("1h", 60)] {
         let mut expected: BTreeMap<i64, [i64; 5]> = BTreeMap::new();
         for (minute, counts) in &minutes {
-            let slot = expected.entry(minute - minute.rem_euclid(width)).or_default();
+            let slot = expected
+                .entry(minute - minute.rem_euclid(width))
+                .or_default();
             for (sum, count) in slot.iter_mut().zip(counts) {
                 *sum += count;
             }
@@ -166,7 +178,10 @@ pub async fn assert_analytics_agree(app: &TestApp, tenant: &str, campaign: &str)
             })
             .cloned()
             .collect();
-        assert_eq!(got, expected, "{campaign}: {bucket} buckets against a recount");
+        assert_eq!(
+            got, expected,
+            "{campaign}: {bucket} buckets against a recount"
+        );
         for (measure, name) in ["to_delivered", "to_read"].iter().enumerate() {
             let view = &series["latency"][name];
             let mut samples = latency[measure].clone();
@@ -197,7 +212,10 @@ pub async fn assert_analytics_agree(app: &TestApp, tenant: &str, campaign: &str)
         got.insert(key, reason["messages"].as_i64().unwrap());
     }
     if reasons.len() <= 20 {
-        assert_eq!(got, reasons, "{campaign}: failure reasons against a recount");
+        assert_eq!(
+            got, reasons,
+            "{campaign}: failure reasons against a recount"
+        );
         assert_eq!(metrics["failure_reasons_other"], 0);
     }
     let by_category: Vec<Value> = cost
@@ -268,7 +286,12 @@ async fn funnel_buckets_follow_the_first_timestamp_even_when_it_arrives_late() {
         whatsapp_status("wamid.a", "read", NOON + 7 * 60, None),
         whatsapp_status("wamid.a", "played", NOON + 2 * 60, None),
         whatsapp_status("wamid.a", "sent", NOON, None),
-        whatsapp_status("wamid.b", "failed", NOON + 61, Some((131_026, "Message undeliverable"))),
+        whatsapp_status(
+            "wamid.b",
+            "failed",
+            NOON + 61,
+            Some((131_026, "Message undeliverable")),
+        ),
     ] {
         let response = app
             .post_whatsapp(&statushub::webhooks::whatsapp::envelope(vec![status]))
@@ -343,7 +366,9 @@ async fn another_tenant_gets_404_and_bad_buckets_get_400() {
     assert_eq!(app.get(path, &own).await.status(), 200);
     assert_eq!(app.get(path, &other).await.status(), 404);
     assert_eq!(
-        app.get("/api/v1/campaigns/c1/metrics", &other).await.status(),
+        app.get("/api/v1/campaigns/c1/metrics", &other)
+            .await
+            .status(),
         404
     );
     for bad in [

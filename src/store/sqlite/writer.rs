@@ -648,7 +648,10 @@ impl CommitTx for WriteTx<'_> {
                 state.failure.as_ref().map(|failure| failure.title.as_str()),
                 now_ms,
                 state.complaint_type,
-                state.pricing.as_ref().map(|pricing| pricing.category.as_str()),
+                state
+                    .pricing
+                    .as_ref()
+                    .map(|pricing| pricing.category.as_str()),
                 state.pricing.as_ref().map(|pricing| pricing.billable),
                 state.pricing.as_ref().map(|pricing| pricing.at_ms),
             ])?;
