@@ -10,6 +10,12 @@ ALTER TABLE messages ADD COLUMN pricing_category TEXT;
 ALTER TABLE messages ADD COLUMN pricing_billable INTEGER;
 ALTER TABLE messages ADD COLUMN pricing_at INTEGER;
 
+-- Messages registered before this migration had statuses nobody counted
+-- into these tables: they stay out of them (marked here; new rows get
+-- NULL), so no later change of theirs moves a row it was never counted in.
+ALTER TABLE messages ADD COLUMN before_analytics INTEGER;
+UPDATE messages SET before_analytics = 1;
+
 -- The funnel over time: per minute of provider time (Unix minutes), the
 -- messages that first reached each stage then. Read summed into 5-minute
 -- and hourly buckets.

@@ -324,6 +324,9 @@ pub(crate) struct LoadedMessage {
     pub complaint_type: Option<String>,
     /// The pricing of the earliest status that carried one (WhatsApp).
     pub pricing: Option<Pricing>,
+    /// False for messages registered before the analytics tables existed:
+    /// they are not counted there.
+    pub counted: bool,
     pub dirty: bool,
 }
 
@@ -483,6 +486,7 @@ mod tests {
                 failure: None,
                 complaint_type: None,
                 pricing: None,
+                counted: true,
                 dirty: false,
             },
         )])

@@ -532,6 +532,7 @@ async fn apply_pending<T: CommitTx>(
     // What each message contributed to the analytics before the batch.
     let before: HashMap<i64, _> = states
         .iter()
+        .filter(|(_, state)| state.counted)
         .map(|(message_pk, state)| (*message_pk, state.contribution()))
         .collect();
     let keys: Vec<&str> = pending
@@ -560,7 +561,7 @@ async fn apply_pending<T: CommitTx>(
     // Analytics move by what each changed message contributes now minus
     // what it did: one upsert per distinct key and campaign.
     let mut analytics: HashMap<i64, AnalyticsDelta> = HashMap::new();
-    for (message_pk, state) in &dirty {
+    for (message_pk, state) in dirty.iter().filter(|(_, state)| state.counted) {
         let Some(was) = before.get(message_pk) else {
             continue;
         };

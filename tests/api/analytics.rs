@@ -31,7 +31,7 @@ async fn stored_rows(app: &TestApp, tenant: &str, campaign: &str) -> Vec<StoredR
                     m.pricing_category,
                     CASE WHEN m.pricing_billable THEN 1 ELSE 0 END AS billable
              FROM messages m JOIN campaigns c ON c.id = m.campaign_pk
-             WHERE c.tenant_id = $1 AND c.campaign_id = $2",
+             WHERE c.tenant_id = $1 AND c.campaign_id = $2 AND m.before_analytics IS NULL",
             &[
                 Bind::Text(tenant.to_owned()),
                 Bind::Text(campaign.to_owned()),

@@ -420,6 +420,9 @@ impl CommitTx for PgTx<'_> {
                     failure: failure(row)?,
                     complaint_type: row.try_get("complaint_type")?,
                     pricing: pricing(row)?,
+                    counted: row
+                        .try_get::<Option<bool>, _>("before_analytics")?
+                        .is_none(),
                     dirty: false,
                 },
             );

@@ -199,7 +199,7 @@ struct WriteTx<'c>(&'c Connection);
 /// The columns of a message's state, in [`read_state`]'s order.
 const STATE_COLUMNS: &str = "campaign_pk, seen, sent_at, delivered_at, read_at, clicked_at,
      complained_at, failed_at, error_code, error_title, channel, complaint_type,
-     pricing_category, pricing_billable, pricing_at";
+     pricing_category, pricing_billable, pricing_at, before_analytics IS NULL";
 
 /// A message's state as its row holds it.
 struct StateRow {
@@ -211,6 +211,7 @@ struct StateRow {
     channel: String,
     complaint_type: Option<String>,
     pricing: Option<Pricing>,
+    counted: bool,
 }
 
 /// Reads a message's state from a row of [`STATE_COLUMNS`].
@@ -242,6 +243,7 @@ fn read_state(row: &rusqlite::Row<'_>) -> rusqlite::Result<StateRow> {
             }),
             _ => None,
         },
+        counted: row.get(15)?,
     })
 }
 
@@ -562,6 +564,7 @@ impl CommitTx for WriteTx<'_> {
                     }),
                     complaint_type: row.complaint_type,
                     pricing: row.pricing,
+                    counted: row.counted,
                     dirty: false,
                 },
             );
