@@ -27,5 +27,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     .route(
         "/api/v1/campaigns/{campaign_id}/messages",
         web::get().to(listing::list_messages),
+    )
+    .route(
+        "/api/v1/campaigns/{campaign_id}/timeseries",
+        web::get().to(campaigns::timeseries),
     );
 }

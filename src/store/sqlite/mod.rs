@@ -9,6 +9,7 @@
 //! - [`rows`]: mapping rows to types, and statement sizing.
 
 mod listing;
+mod analytics;
 mod rows;
 mod writer;
 
