@@ -16,6 +16,7 @@ pub use messages::parse_registrations;
     messages::register,
     messages::show,
     campaigns::metrics,
+    campaigns::timeseries,
     listing::list_campaigns,
     listing::list_messages
 ))]
@@ -40,5 +41,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     .route(
         "/api/v1/campaigns/{campaign_id}/messages",
         web::get().to(listing::list_messages),
+    )
+    .route(
+        "/api/v1/campaigns/{campaign_id}/timeseries",
+        web::get().to(campaigns::timeseries),
     );
 }

@@ -1,6 +1,7 @@
 //! Provider-neutral domain types: the status algebra and the update every
 //! parser produces.
 
+pub mod analytics;
 mod counters;
 mod status;
 mod update;

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::domain::analytics::{Contribution, MessageFacts, Pricing, complaint_type};
 use crate::domain::{
     CampaignCounters, Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally,
 };
@@ -343,9 +344,30 @@ impl StatusChange {
 #[derive(Clone, Debug)]
 pub(crate) struct LoadedMessage {
     pub campaign_pk: i64,
+    pub channel: Channel,
     pub set: StatusSet,
     pub failure: Option<Failure>,
+    /// The feedback type of the earliest complaint that gave one.
+    pub complaint_type: Option<String>,
+    /// The pricing of the earliest status that carried one (WhatsApp).
+    pub pricing: Option<Pricing>,
+    /// False for messages registered before the analytics tables existed:
+    /// they are not counted there.
+    pub counted: bool,
     pub dirty: bool,
+}
+
+impl LoadedMessage {
+    /// Returns what this message contributes to its campaign's analytics.
+    pub(crate) fn contribution(&self) -> Contribution {
+        Contribution::of(&MessageFacts {
+            channel: self.channel,
+            set: &self.set,
+            failure: self.failure.as_ref(),
+            complaint_type: self.complaint_type.as_deref(),
+            pricing: self.pricing.as_ref(),
+        })
+    }
 }
 
 /// An event row to insert.
@@ -381,7 +403,9 @@ pub(crate) struct AppliedUpdates<'a> {
 ///
 /// A failure reason is kept from the failure with the earliest provider
 /// timestamp, so which reason a message keeps does not depend on arrival
-/// order either (ties keep the one already stored).
+/// order either (ties keep the one already stored); a complaint's feedback
+/// type likewise. A WhatsApp pricing is kept from the status with the
+/// earliest timestamp (ties: the smallest category, then `billable`).
 pub(crate) fn apply_updates<'a>(
     states: &mut HashMap<i64, LoadedMessage>,
     updates: &[(i64, &'a StatusUpdate)],
@@ -414,6 +438,29 @@ pub(crate) fn apply_updates<'a>(
                     .is_none_or(|first| update.timestamp_ms < first);
                 if state.failure.is_none() || earlier {
                     state.failure = Some(failure.clone());
+                    state.dirty = true;
+                }
+            }
+        }
+        if update.status == Some(Status::Complained) {
+            if let Some(feedback) = complaint_type(&update.details) {
+                let earlier = before
+                    .first_seen(Status::Complained)
+                    .is_none_or(|first| update.timestamp_ms < first);
+                if state.complaint_type.is_none() || earlier {
+                    state.complaint_type = Some(feedback);
+                    state.dirty = true;
+                }
+            }
+        }
+        if update.channel == Channel::Whatsapp {
+            if let Some(pricing) = Pricing::from_details(&update.details, update.timestamp_ms) {
+                if state
+                    .pricing
+                    .as_ref()
+                    .is_none_or(|kept| pricing.precedes(kept))
+                {
+                    state.pricing = Some(pricing);
                     state.dirty = true;
                 }
             }
@@ -461,8 +508,12 @@ mod tests {
             1,
             LoadedMessage {
                 campaign_pk: 7,
+                channel: Channel::Whatsapp,
                 set: StatusSet::EMPTY,
                 failure: None,
+                complaint_type: None,
+                pricing: None,
+                counted: true,
                 dirty: false,
             },
         )])

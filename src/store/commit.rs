@@ -22,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::domain::analytics::AnalyticsDelta;
 use crate::domain::{CampaignCounters, Channel, StatusSet, StatusUpdate, Tally};
 
 use super::batch::{
@@ -187,6 +188,15 @@ pub(crate) trait CommitTx {
         &mut self,
         campaign_pks: &[i64],
     ) -> Result<HashMap<i64, (String, String)>, StoreError>;
+
+    /// Moves a campaign's analytics rows (per minute, latency bins, failure
+    /// reasons, pricing) by `delta`, one upsert per key; zero keys are
+    /// already dropped.
+    async fn add_analytics(
+        &mut self,
+        campaign_pk: i64,
+        delta: &AnalyticsDelta,
+    ) -> Result<(), StoreError>;
 
     /// Records the counters this commit changed, for other instances
     /// following the store (PostgreSQL: the outbox row and one wake-up per
@@ -534,6 +544,12 @@ async fn apply_pending<T: CommitTx>(
     message_pks.sort_unstable();
     message_pks.dedup();
     let mut states = tx.load_states(&message_pks).await?;
+    // What each message contributed to the analytics before the batch.
+    let before: HashMap<i64, _> = states
+        .iter()
+        .filter(|(_, state)| state.counted)
+        .map(|(message_pk, state)| (*message_pk, state.contribution()))
+        .collect();
     let keys: Vec<&str> = pending
         .iter()
         .map(|each| each.update.idempotency_key.as_str())
@@ -557,6 +573,26 @@ async fn apply_pending<T: CommitTx>(
         .collect();
     dirty.sort_unstable_by_key(|(message_pk, _)| *message_pk);
     tx.update_messages(&dirty, now_ms).await?;
+    // Analytics move by what each changed message contributes now minus
+    // what it did: one upsert per distinct key and campaign.
+    let mut analytics: HashMap<i64, AnalyticsDelta> = HashMap::new();
+    for (message_pk, state) in dirty.iter().filter(|(_, state)| state.counted) {
+        let Some(was) = before.get(message_pk) else {
+            continue;
+        };
+        analytics
+            .entry(state.campaign_pk)
+            .or_default()
+            .transition(was, &state.contribution());
+    }
+    let mut analytics: Vec<(i64, AnalyticsDelta)> = analytics.into_iter().collect();
+    analytics.sort_unstable_by_key(|(campaign_pk, _)| *campaign_pk);
+    for (campaign_pk, mut delta) in analytics {
+        delta.prune();
+        if !delta.is_empty() {
+            tx.add_analytics(campaign_pk, &delta).await?;
+        }
+    }
     let mut events = applied.events.iter();
     for (each, result) in pending.iter().zip(&applied.results) {
         let outcome = match result {

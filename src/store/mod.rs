@@ -245,6 +245,52 @@ impl Store {
         dispatch!(self, store => store.explain_reads(messages, campaigns).await)
     }
 
+    /// Returns the campaign's first and last minute of funnel activity.
+    pub async fn campaign_minute_range(
+        &self,
+        campaign_pk: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        dispatch!(self, store => store.campaign_minute_range(campaign_pk).await)
+    }
+
+    /// Returns the funnel per bucket of `width` minutes starting in
+    /// `[from, to)` (Unix minutes), buckets without activity left out.
+    pub async fn campaign_buckets(
+        &self,
+        campaign_pk: i64,
+        width: i64,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, [i64; 5])>, StoreError> {
+        dispatch!(self, store => store.campaign_buckets(campaign_pk, width, from, to).await)
+    }
+
+    /// Returns the campaign's latency histogram, `(bin, [to_delivered, to_read])`.
+    pub async fn campaign_latency(
+        &self,
+        campaign_pk: i64,
+    ) -> Result<Vec<(i64, [i64; 2])>, StoreError> {
+        dispatch!(self, store => store.campaign_latency(campaign_pk).await)
+    }
+
+    /// Returns the `limit` most frequent failure and complaint reasons and
+    /// the messages under the others.
+    pub async fn campaign_reasons(
+        &self,
+        campaign_pk: i64,
+        limit: u32,
+    ) -> Result<(Vec<(crate::domain::analytics::Reason, i64)>, i64), StoreError> {
+        dispatch!(self, store => store.campaign_reasons(campaign_pk, limit).await)
+    }
+
+    /// Returns the priced messages, `(category, billable, messages)`.
+    pub async fn campaign_pricing(
+        &self,
+        campaign_pk: i64,
+    ) -> Result<Vec<(String, bool, i64)>, StoreError> {
+        dispatch!(self, store => store.campaign_pricing(campaign_pk).await)
+    }
+
     /// Closes the pools.
     pub async fn close(&self) {
         dispatch!(self, store => store.close().await)

@@ -460,6 +460,160 @@ async fn scenario(
     )
     .await;
 
+    // The campaign search narrows the list; clearing it shows every one.
+    let search = client.find(Locator::Id("campaign-search")).await.unwrap();
+    search.send_keys("c2").await.unwrap();
+    wait_for_js(
+        client,
+        "the search to leave c2 only",
+        r#"return [...document.querySelectorAll('#campaigns .campaign')]
+             .filter((card) => !card.hidden).map((card) => card.dataset.campaign);"#,
+        json!(["c2"]),
+    )
+    .await;
+    search.clear().await.unwrap();
+    js(
+        client,
+        "document.getElementById('campaign-search').dispatchEvent(new Event('input')); return null;",
+    )
+    .await;
+    wait_for_js(
+        client,
+        "every campaign shown again",
+        "return [...document.querySelectorAll('#campaigns .campaign')].filter((c) => !c.hidden).length;",
+        json!(2),
+    )
+    .await;
+
+    // Selecting c1 shows its funnel over time, failure reasons, cost and
+    // messages; each must agree with what the API answers.
+    client
+        .find(Locator::Css(r#"#campaigns .campaign[data-campaign="c1"]"#))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let metrics: Value = app
+        .client
+        .get(app.url("/api/v1/campaigns/c1/metrics?tenant_id=t1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let series: Value = app
+        .client
+        .get(app.url("/api/v1/campaigns/c1/timeseries?bucket=1m&tenant_id=t1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let buckets = series["buckets"].as_array().expect("buckets").clone();
+    assert!(!buckets.is_empty(), "{series}");
+    for stage in ["sent", "delivered", "read", "failed"] {
+        let total: i64 = buckets.iter().map(|b| b[stage].as_i64().unwrap_or(0)).sum();
+        wait_for_js(
+            client,
+            &format!("the chart's {stage} line"),
+            &format!(
+                r#"const line = document.querySelector('#chart svg [data-stage="{stage}"]');
+                   return line ? Number(line.dataset.total) : null;"#
+            ),
+            json!(total),
+        )
+        .await;
+    }
+    assert_eq!(
+        js(
+            client,
+            "return document.querySelector('#chart svg').dataset.buckets;"
+        )
+        .await,
+        json!(buckets.len().to_string())
+    );
+    let reasons = metrics["failure_reasons"]
+        .as_array()
+        .expect("failure reasons");
+    assert!(!reasons.is_empty(), "c1 has a failed message: {metrics}");
+    wait_for_js(
+        client,
+        "the failure-reason table",
+        r#"return [...document.querySelectorAll('#failure-table tbody tr[data-reason]')]
+             .map((row) => [row.dataset.reason, row.cells[3].textContent]);"#,
+        json!(
+            reasons
+                .iter()
+                .map(|r| json!([r["code"].as_str().unwrap(), r["messages"].to_string()]))
+                .collect::<Vec<_>>()
+        ),
+    )
+    .await;
+    wait_for_js(
+        client,
+        "the cost table",
+        r#"const cell = document.querySelector('#cost-table [data-cost="billable"]');
+           return cell ? cell.textContent : null;"#,
+        json!(metrics["cost"]["billable"].to_string()),
+    )
+    .await;
+    wait_for_js(
+        client,
+        "c1's messages",
+        "return document.querySelectorAll('#messages-table tbody tr').length;",
+        json!(5),
+    )
+    .await;
+
+    // The resend audience: delivered but not read.
+    js(
+        client,
+        r#"document.querySelector('#message-filters [data-checks="seen"] input[value="delivered"]').click();
+           document.querySelector('#message-filters [data-checks="not_seen"] input[value="read"]').click();
+           return null;"#,
+    )
+    .await;
+    client
+        .find(Locator::Id("messages-search"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_js(
+        client,
+        "the filtered messages",
+        "return [...document.querySelectorAll('#messages-table tbody tr')].map((row) => row.dataset.message);",
+        json!(["wamid.DBG2"]),
+    )
+    .await;
+    // The CSV download holds the same selection.
+    let href = js(
+        client,
+        "return document.getElementById('messages-csv').getAttribute('href');",
+    )
+    .await;
+    let href = href.as_str().expect("a CSV link");
+    assert!(
+        href.contains("format=csv") && href.contains("not_seen=read"),
+        "{href}"
+    );
+    let response = app.client.get(app.url(href)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let csv = response.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and one message: {csv}");
+    assert!(lines[0].starts_with("provider_message_id,"), "{csv}");
+    assert!(lines[1].starts_with("wamid.DBG2,"), "{csv}");
+    let screenshot = client.screenshot().await.unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug-page-campaign.png");
+    std::fs::write(&path, screenshot).unwrap();
+
     wait_for_js(
         client,
         "the health tiles to count c2's messages",

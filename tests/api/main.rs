@@ -6,6 +6,7 @@
 mod helpers;
 
 mod alerts;
+mod analytics;
 mod auth;
 mod backpressure;
 mod dead_letter_replay;

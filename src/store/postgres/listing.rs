@@ -179,7 +179,9 @@ fn rows_sql<'a>(prefix: &str, query: &'a MessageQuery, ids: &[i64]) -> QueryBuil
     if let Some(since) = query.updated_since_ms {
         sql.push(" AND updated_at >= ").push_bind(since);
     }
-    sql.push(" ORDER BY id");
+    // Only the page's rows are decoded, however many candidates matched.
+    sql.push(" ORDER BY id LIMIT ")
+        .push_bind(i64::from(query.limit));
     sql
 }
 

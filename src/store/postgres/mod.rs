@@ -8,6 +8,7 @@
 //! - [`follow`]: the outbox every instance follows for fan-out;
 //! - [`rows`]: mapping rows to types.
 
+mod analytics;
 mod follow;
 mod listing;
 mod reads;

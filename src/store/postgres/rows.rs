@@ -3,6 +3,7 @@
 use sqlx::Row as _;
 use sqlx::postgres::PgRow;
 
+use crate::domain::analytics::Pricing;
 use crate::domain::{Channel, CurrentStatus, Failure, Status, StatusSet, StatusUpdate, Tally};
 use crate::store::batch::{CounterRow, StatusChange};
 use crate::store::types::{
@@ -81,6 +82,21 @@ pub(super) fn failure(row: &PgRow) -> Result<Option<Failure>, StoreError> {
         code,
         title: title.unwrap_or_default(),
     }))
+}
+
+/// Reads a message's kept WhatsApp pricing.
+pub(super) fn pricing(row: &PgRow) -> Result<Option<Pricing>, StoreError> {
+    let category: Option<String> = row.try_get("pricing_category")?;
+    let billable: Option<bool> = row.try_get("pricing_billable")?;
+    let at_ms: Option<i64> = row.try_get("pricing_at")?;
+    Ok(match (category, billable, at_ms) {
+        (Some(category), Some(billable), Some(at_ms)) => Some(Pricing {
+            category,
+            billable,
+            at_ms,
+        }),
+        _ => None,
+    })
 }
 
 pub(super) fn buffered_update(row: &PgRow) -> Result<StatusUpdate, StoreError> {

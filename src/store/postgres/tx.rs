@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgConnection, Row as _};
 
+use crate::domain::analytics::AnalyticsDelta;
 use crate::domain::{Channel, Status, StatusUpdate, Tally};
 use crate::store::batch::{
     CounterRow, DeadLetter, EventRow, LoadedMessage, NewMessage, PruneTarget, RecordReplay,
@@ -15,7 +16,9 @@ use crate::store::types::{MessageRef, ReplayOutcome, StoreError};
 
 use crate::store::batch::details_json;
 
-use super::rows::{buffered_update, counter_row, failure, parse_channel, status_set};
+use super::rows::{
+    buffered_update, channel_of, counter_row, failure, parse_channel, pricing, status_set,
+};
 
 /// The channel every instance LISTENs on; a commit that changed counters
 /// sends one empty notification on it: a wake-up, never the change.
@@ -442,8 +445,14 @@ impl CommitTx for PgTx<'_> {
                 row.try_get("id")?,
                 LoadedMessage {
                     campaign_pk: row.try_get("campaign_pk")?,
+                    channel: channel_of(row, "channel")?,
                     set: status_set(row)?,
                     failure: failure(row)?,
+                    complaint_type: row.try_get("complaint_type")?,
+                    pricing: pricing(row)?,
+                    counted: row
+                        .try_get::<Option<bool>, _>("before_analytics")?
+                        .is_none(),
                     dirty: false,
                 },
             );
@@ -547,7 +556,15 @@ impl CommitTx for PgTx<'_> {
         let mut firsts: [Vec<Option<i64>>; 6] = Default::default();
         let mut codes: Vec<Option<&str>> = Vec::with_capacity(n);
         let mut titles: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut complaints: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut categories: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut billables: Vec<Option<bool>> = Vec::with_capacity(n);
+        let mut priced_at: Vec<Option<i64>> = Vec::with_capacity(n);
         for (message_pk, state) in states {
+            complaints.push(state.complaint_type.as_deref());
+            categories.push(state.pricing.as_ref().map(|p| p.category.as_str()));
+            billables.push(state.pricing.as_ref().map(|p| p.billable));
+            priced_at.push(state.pricing.as_ref().map(|p| p.at_ms));
             ids.push(*message_pk);
             seen.push(i64::from(state.set.mask()));
             status.push(state.set.current().as_str());
@@ -562,11 +579,14 @@ impl CommitTx for PgTx<'_> {
             "UPDATE messages m SET seen = v.seen, status = v.status, sent_at = v.sent,
                  delivered_at = v.delivered, read_at = v.read, clicked_at = v.clicked,
                  complained_at = v.complained, failed_at = v.failed, error_code = v.code,
-                 error_title = v.title, updated_at = $12
+                 error_title = v.title, updated_at = $12, complaint_type = v.complaint,
+                 pricing_category = v.category, pricing_billable = v.billable,
+                 pricing_at = v.priced_at
              FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
-                         $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::text[])
+                         $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::text[],
+                         $13::text[], $14::text[], $15::bool[], $16::int8[])
                   AS v(id, seen, status, sent, delivered, read, clicked, complained, failed,
-                       code, title)
+                       code, title, complaint, category, billable, priced_at)
              WHERE m.id = v.id",
         )
         .bind(&ids)
@@ -581,6 +601,10 @@ impl CommitTx for PgTx<'_> {
         .bind(&codes)
         .bind(&titles)
         .bind(now_ms)
+        .bind(&complaints)
+        .bind(&categories)
+        .bind(&billables)
+        .bind(&priced_at)
         .execute(&mut *self.0)
         .await?;
         Ok(())
@@ -652,6 +676,93 @@ impl CommitTx for PgTx<'_> {
     /// Writes the outbox rows and one wake-up for every instance. The
     /// notification is delivered at commit, and only if the commit
     /// succeeds.
+    async fn add_analytics(
+        &mut self,
+        campaign_pk: i64,
+        delta: &AnalyticsDelta,
+    ) -> Result<(), StoreError> {
+        if !delta.minutes.is_empty() {
+            let minutes: Vec<i64> = delta.minutes.keys().copied().collect();
+            let column = |stage: usize| -> Vec<i64> {
+                delta.minutes.values().map(|counts| counts[stage]).collect()
+            };
+            sqlx::query(
+                "INSERT INTO campaign_minutes AS t (campaign_pk, minute, sent, delivered, read,
+                     clicked, failed)
+                 SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::int8[], $5::int8[],
+                                          $6::int8[], $7::int8[])
+                 ON CONFLICT (campaign_pk, minute) DO UPDATE SET
+                     sent = t.sent + excluded.sent, delivered = t.delivered + excluded.delivered,
+                     read = t.read + excluded.read, clicked = t.clicked + excluded.clicked,
+                     failed = t.failed + excluded.failed",
+            )
+            .bind(campaign_pk)
+            .bind(&minutes)
+            .bind(column(0))
+            .bind(column(1))
+            .bind(column(2))
+            .bind(column(3))
+            .bind(column(4))
+            .execute(&mut *self.0)
+            .await?;
+        }
+        if !delta.latency.is_empty() {
+            let bins: Vec<i64> = delta.latency.keys().copied().collect();
+            let to_delivered: Vec<i64> = delta.latency.values().map(|c| c[0]).collect();
+            let to_read: Vec<i64> = delta.latency.values().map(|c| c[1]).collect();
+            sqlx::query(
+                "INSERT INTO campaign_latency AS t (campaign_pk, bin, to_delivered, to_read)
+                 SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::int8[])
+                 ON CONFLICT (campaign_pk, bin) DO UPDATE SET
+                     to_delivered = t.to_delivered + excluded.to_delivered,
+                     to_read = t.to_read + excluded.to_read",
+            )
+            .bind(campaign_pk)
+            .bind(&bins)
+            .bind(&to_delivered)
+            .bind(&to_read)
+            .execute(&mut *self.0)
+            .await?;
+        }
+        if !delta.reasons.is_empty() {
+            let kinds: Vec<&str> = delta.reasons.keys().map(|r| r.kind.as_str()).collect();
+            let codes: Vec<&str> = delta.reasons.keys().map(|r| r.code.as_str()).collect();
+            let titles: Vec<&str> = delta.reasons.keys().map(|r| r.title.as_str()).collect();
+            let counts: Vec<i64> = delta.reasons.values().copied().collect();
+            sqlx::query(
+                "INSERT INTO campaign_reasons AS t (campaign_pk, kind, code, title, messages)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int8[])
+                 ON CONFLICT (campaign_pk, kind, code, title) DO UPDATE SET
+                     messages = t.messages + excluded.messages",
+            )
+            .bind(campaign_pk)
+            .bind(&kinds)
+            .bind(&codes)
+            .bind(&titles)
+            .bind(&counts)
+            .execute(&mut *self.0)
+            .await?;
+        }
+        if !delta.pricing.is_empty() {
+            let categories: Vec<&str> = delta.pricing.keys().map(|k| k.0.as_str()).collect();
+            let billables: Vec<bool> = delta.pricing.keys().map(|k| k.1).collect();
+            let counts: Vec<i64> = delta.pricing.values().copied().collect();
+            sqlx::query(
+                "INSERT INTO campaign_pricing AS t (campaign_pk, category, billable, messages)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::bool[], $4::int8[])
+                 ON CONFLICT (campaign_pk, category, billable) DO UPDATE SET
+                     messages = t.messages + excluded.messages",
+            )
+            .bind(campaign_pk)
+            .bind(&categories)
+            .bind(&billables)
+            .bind(&counts)
+            .execute(&mut *self.0)
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn record_changes(&mut self, changed: &[&CounterRow]) -> Result<(), StoreError> {
         let mut columns: [Vec<i64>; 14] = Default::default();
         for row in changed {

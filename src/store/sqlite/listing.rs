@@ -180,7 +180,8 @@ fn rows_sql<'a>(prefix: &str, query: &'a MessageQuery, ids: &[i64]) -> QueryBuil
     if let Some(since) = query.updated_since_ms {
         sql.push(" AND m.updated_at >= ").push_bind(since);
     }
-    sql.push(" ORDER BY m.id");
+    // Only the page's rows are decoded, however many candidates matched.
+    sql.push(" ORDER BY m.id LIMIT ").push_bind(query.limit);
     sql
 }
 

@@ -8,6 +8,7 @@
 //!   [`crate::store::commit`], shared by every backend);
 //! - [`rows`]: mapping rows to types, and statement sizing.
 
+mod analytics;
 mod listing;
 mod rows;
 mod writer;

@@ -23,6 +23,7 @@ use futures_util::FutureExt as _;
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use crate::domain::analytics::{AnalyticsDelta, Pricing};
 use crate::domain::{Channel, Failure, Status, StatusSet, StatusUpdate, Tally};
 use crate::store::batch::{
     Batch, BatchOutcome, CounterRow, DeadLetter, EventRow, LoadedMessage, NewMessage, PruneTarget,
@@ -33,7 +34,7 @@ use crate::store::settings::Synchronous;
 use crate::store::types::{MessageRef, ReplayOutcome, StoreError};
 
 use super::BUSY_TIMEOUT;
-use super::rows::mask;
+use super::rows::{mask, parse_channel};
 
 /// How much of the file every connection maps into memory: reads of pages
 /// not in the cache are then memory accesses, not `read` system calls.
@@ -197,7 +198,8 @@ struct WriteTx<'c>(&'c Connection);
 
 /// The columns of a message's state, in [`read_state`]'s order.
 const STATE_COLUMNS: &str = "campaign_pk, seen, sent_at, delivered_at, read_at, clicked_at,
-     complained_at, failed_at, error_code, error_title";
+     complained_at, failed_at, error_code, error_title, channel, complaint_type,
+     pricing_category, pricing_billable, pricing_at, before_analytics IS NULL";
 
 /// A message's state as its row holds it.
 struct StateRow {
@@ -206,6 +208,10 @@ struct StateRow {
     first: [Option<i64>; 6],
     error_code: Option<String>,
     error_title: Option<String>,
+    channel: String,
+    complaint_type: Option<String>,
+    pricing: Option<Pricing>,
+    counted: bool,
 }
 
 /// Reads a message's state from a row of [`STATE_COLUMNS`].
@@ -223,6 +229,21 @@ fn read_state(row: &rusqlite::Row<'_>) -> rusqlite::Result<StateRow> {
         ],
         error_code: row.get(8)?,
         error_title: row.get(9)?,
+        channel: row.get(10)?,
+        complaint_type: row.get(11)?,
+        pricing: match (
+            row.get::<_, Option<String>>(12)?,
+            row.get::<_, Option<bool>>(13)?,
+            row.get::<_, Option<i64>>(14)?,
+        ) {
+            (Some(category), Some(billable), Some(at_ms)) => Some(Pricing {
+                category,
+                billable,
+                at_ms,
+            }),
+            _ => None,
+        },
+        counted: row.get(15)?,
     })
 }
 
@@ -566,11 +587,15 @@ impl CommitTx for WriteTx<'_> {
                 *message_pk,
                 LoadedMessage {
                     campaign_pk: row.campaign_pk,
+                    channel: parse_channel(&row.channel)?,
                     set: StatusSet::from_parts(mask(row.seen)?, row.first),
                     failure: row.error_code.map(|code| Failure {
                         code,
                         title: row.error_title.unwrap_or_default(),
                     }),
+                    complaint_type: row.complaint_type,
+                    pricing: row.pricing,
+                    counted: row.counted,
                     dirty: false,
                 },
             );
@@ -636,7 +661,9 @@ impl CommitTx for WriteTx<'_> {
         let mut statement = self.0.prepare_cached(
             "UPDATE messages SET seen = ?2, status = ?3, sent_at = ?4, delivered_at = ?5,
                  read_at = ?6, clicked_at = ?7, complained_at = ?8, failed_at = ?9,
-                 error_code = ?10, error_title = ?11, updated_at = ?12
+                 error_code = ?10, error_title = ?11, updated_at = ?12,
+                 complaint_type = ?13, pricing_category = ?14, pricing_billable = ?15,
+                 pricing_at = ?16
              WHERE id = ?1",
         )?;
         for (message_pk, state) in states {
@@ -653,7 +680,14 @@ impl CommitTx for WriteTx<'_> {
                 first[5],
                 state.failure.as_ref().map(|failure| failure.code.as_str()),
                 state.failure.as_ref().map(|failure| failure.title.as_str()),
-                now_ms
+                now_ms,
+                state.complaint_type,
+                state
+                    .pricing
+                    .as_ref()
+                    .map(|pricing| pricing.category.as_str()),
+                state.pricing.as_ref().map(|pricing| pricing.billable),
+                state.pricing.as_ref().map(|pricing| pricing.at_ms),
             ])?;
         }
         Ok(())
@@ -720,6 +754,77 @@ impl CommitTx for WriteTx<'_> {
             }
         }
         Ok(names)
+    }
+
+    async fn add_analytics(
+        &mut self,
+        campaign_pk: i64,
+        delta: &AnalyticsDelta,
+    ) -> Result<(), StoreError> {
+        let tx = self.0;
+        if !delta.minutes.is_empty() {
+            let mut statement = tx.prepare_cached(
+                "INSERT INTO campaign_minutes (campaign_pk, minute, sent, delivered, read,
+                     clicked, failed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (campaign_pk, minute) DO UPDATE SET
+                     sent = sent + excluded.sent, delivered = delivered + excluded.delivered,
+                     read = read + excluded.read, clicked = clicked + excluded.clicked,
+                     failed = failed + excluded.failed",
+            )?;
+            for (minute, [sent, delivered, read, clicked, failed]) in &delta.minutes {
+                statement.execute(params![
+                    campaign_pk,
+                    minute,
+                    sent,
+                    delivered,
+                    read,
+                    clicked,
+                    failed
+                ])?;
+            }
+        }
+        if !delta.latency.is_empty() {
+            let mut statement = tx.prepare_cached(
+                "INSERT INTO campaign_latency (campaign_pk, bin, to_delivered, to_read)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (campaign_pk, bin) DO UPDATE SET
+                     to_delivered = to_delivered + excluded.to_delivered,
+                     to_read = to_read + excluded.to_read",
+            )?;
+            for (bin, [to_delivered, to_read]) in &delta.latency {
+                statement.execute(params![campaign_pk, bin, to_delivered, to_read])?;
+            }
+        }
+        if !delta.reasons.is_empty() {
+            let mut statement = tx.prepare_cached(
+                "INSERT INTO campaign_reasons (campaign_pk, kind, code, title, messages)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (campaign_pk, kind, code, title) DO UPDATE SET
+                     messages = messages + excluded.messages",
+            )?;
+            for (reason, count) in &delta.reasons {
+                statement.execute(params![
+                    campaign_pk,
+                    reason.kind,
+                    reason.code,
+                    reason.title,
+                    count
+                ])?;
+            }
+        }
+        if !delta.pricing.is_empty() {
+            let mut statement = tx.prepare_cached(
+                "INSERT INTO campaign_pricing (campaign_pk, category, billable, messages)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (campaign_pk, category, billable) DO UPDATE SET
+                     messages = messages + excluded.messages",
+            )?;
+            for ((category, billable), count) in &delta.pricing {
+                statement.execute(params![campaign_pk, category, billable, count])?;
+            }
+        }
+        Ok(())
     }
 
     async fn record_changes(&mut self, _: &[&CounterRow]) -> Result<(), StoreError> {

@@ -314,6 +314,30 @@ pub(super) async fn run_case(
             continue;
         }
         let metrics = app.assert_counts_agree(name).await;
+        // Funnel over time, latency, failure reasons and cost against a
+        // recount of the stored rows; each priced message counted once.
+        let analytics = crate::analytics::assert_analytics_agree(app, &case.tenant, name).await;
+        let priced = model
+            .messages
+            .iter()
+            .enumerate()
+            .filter(|(index, message)| {
+                message.registered
+                    && case.campaign_of[*index] == campaign
+                    && case.channels[*index] == "whatsapp"
+                    && message.timeline.iter().any(|(event, ..)| {
+                        matches!(event.as_str(), "sent" | "delivered" | "read" | "played")
+                    })
+            })
+            .count();
+        let cost = &analytics["cost"];
+        prop_assert_eq!(
+            cost["billable"].as_i64().unwrap() + cost["free"].as_i64().unwrap(),
+            i64::try_from(priced).unwrap(),
+            "priced messages of {}: {}",
+            name,
+            cost
+        );
         prop_assert_eq!(
             counts_only(&metrics),
             model.counts(campaign, &case.campaign_of),

@@ -59,6 +59,19 @@ pub(super) struct Case {
     pub(super) calls: Vec<Call>,
 }
 
+/// Adds Meta's `pricing` object to a status that is not a failure: the
+/// category follows the message, and `read` says free where the others say
+/// billable, so which status's pricing a message keeps shows in the counts.
+fn priced(mut status: Value, message: usize) -> Value {
+    let value = status["status"].as_str().unwrap_or_default().to_owned();
+    if matches!(value.as_str(), "sent" | "delivered" | "read" | "played") {
+        let category = ["marketing", "utility", "service"][message % 3];
+        status["pricing"] = json!({"billable": value != "read", "pricing_model": "CBP",
+                                   "category": category});
+    }
+    status
+}
+
 fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap()
@@ -213,7 +226,10 @@ pub(super) fn dress(history: &History, signer: &SnsSigner) -> Case {
                         title: title.to_owned(),
                         code_parts: vec![code.to_string()],
                     }),
-                    wire: Wire::WhatsApp(whatsapp_status(&id, value, seconds, error)),
+                    wire: Wire::WhatsApp(priced(
+                        whatsapp_status(&id, value, seconds, error),
+                        message,
+                    )),
                 }
             };
             case.notices.push(notice);
