@@ -154,6 +154,9 @@ async fn every_error_answer_is_an_error_body() {
         if status == 405 {
             assert!(response.headers().contains_key("allow"), "{error}");
         }
+        // The request-id middleware wraps the JSON-error one: both apply.
+        let id = response.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 32, "{error}: generated id {id:?}");
         let body: Value = response.json().await.unwrap();
         let text = body["error"].as_str().unwrap();
         assert!(text.contains(error), "{text:?} should say {error:?}");
