@@ -65,8 +65,12 @@ pub struct Metrics {
     pub sse_fanout_window_seconds: Gauge,
     /// Times a stream was woken with something for it.
     pub sse_wakeups: IntCounter,
-    /// Live events serialized, by kind (`metrics`, `status`): once each,
-    /// whatever the number of streams that send it.
+    /// Live events serialized, by kind, once each whatever the number of
+    /// streams that send it: `metrics` (counters), `status`,
+    /// `campaign_metrics` (a campaign stream's counters with its failure
+    /// reasons and cost: one store read per frame) and `timeseries` (a
+    /// read of the buckets changed since a version, shared by the streams
+    /// that have it).
     pub sse_frames_encoded: IntCounterVec,
     /// SSE streams that fell behind, by what happened (`slow_client`:
     /// closed after taking nothing for a while; `missed_changes`: closed,
@@ -214,13 +218,13 @@ impl Metrics {
         let sse_frames_encoded = IntCounterVec::new(
             Opts::new(
                 "sse_frames_encoded_total",
-                "Live SSE events serialized (once each, shared by every stream)",
+                "Live SSE events serialized, and campaign streams' store reads (once each, shared by every stream)",
             ),
             &["kind"],
         )
         .expect("valid metric definition");
-        // Both kinds show from the start, at 0.
-        for kind in ["metrics", "status"] {
+        // Every kind shows from the start, at 0.
+        for kind in ["metrics", "status", "campaign_metrics", "timeseries"] {
             sse_frames_encoded.with_label_values(&[kind]);
         }
         let sse_lagged = IntCounterVec::new(

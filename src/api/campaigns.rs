@@ -2,7 +2,7 @@
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
@@ -14,7 +14,7 @@ use crate::domain::CampaignCounters;
 use crate::domain::analytics::{MINUTE_MS, STAGES, bucket_start, minute_of, percentile};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{CampaignInfo, Store, StoreError};
 
 /// Most buckets one time-series response holds: a day of minutes, five
 /// days of 5-minute buckets, sixty days of hours.
@@ -61,27 +61,47 @@ pub async fn metrics(
 ) -> Result<HttpResponse, ApiError> {
     let campaign = resolve_campaign(&store, &caller, query.tenant_id.as_deref(), &path).await?;
     let counters = state.hub.counters(campaign.campaign_pk).await?;
-    let mut body = serde_json::to_value(&counters)
-        .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))?;
-    let (reasons, others) = store
-        .campaign_reasons(campaign.campaign_pk, MAX_REASONS)
-        .await?;
-    let pricing = store.campaign_pricing(campaign.campaign_pk).await?;
-    if let Some(object) = body.as_object_mut() {
-        object.insert(
-            "failure_reasons".to_owned(),
-            reasons
-                .into_iter()
-                .map(|(reason, messages)| {
-                    json!({"kind": reason.kind, "code": reason.code, "title": reason.title,
-                           "messages": messages})
-                })
-                .collect(),
-        );
-        object.insert("failure_reasons_other".to_owned(), json!(others));
-        object.insert("cost".to_owned(), cost_json(&pricing));
-    }
+    let summary = campaign_summary(&store, campaign.campaign_pk).await?;
+    let body = metrics_json(&counters, &summary);
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// Reads what the metrics add to a campaign's counters: its top failure
+/// reasons (`failure_reasons`, `failure_reasons_other`) and its cost.
+/// Shared by `GET …/metrics` and the campaign stream's events.
+pub async fn campaign_summary(
+    store: &Store,
+    campaign_pk: i64,
+) -> Result<Map<String, Value>, StoreError> {
+    let (reasons, others) = store.campaign_reasons(campaign_pk, MAX_REASONS).await?;
+    let pricing = store.campaign_pricing(campaign_pk).await?;
+    let mut summary = Map::new();
+    summary.insert(
+        "failure_reasons".to_owned(),
+        reasons
+            .into_iter()
+            .map(|(reason, messages)| {
+                json!({"kind": reason.kind, "code": reason.code, "title": reason.title,
+                       "messages": messages})
+            })
+            .collect(),
+    );
+    summary.insert("failure_reasons_other".to_owned(), json!(others));
+    summary.insert("cost".to_owned(), cost_json(&pricing));
+    Ok(summary)
+}
+
+/// Returns the metrics answer: the counters' fields, then the summary's.
+pub fn metrics_json(counters: &CampaignCounters, summary: &Map<String, Value>) -> Value {
+    let mut body = serde_json::to_value(counters).unwrap_or_else(|_| json!({}));
+    if let Some(object) = body.as_object_mut() {
+        object.extend(
+            summary
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone())),
+        );
+    }
+    body
 }
 
 /// The `cost` object: priced WhatsApp messages, billable and free, in all
@@ -186,7 +206,7 @@ struct TimeseriesView {
 /// (provider time).
 #[derive(ToSchema)]
 #[allow(dead_code)]
-struct BucketView {
+pub(crate) struct BucketView {
     #[schema(format = DateTime)]
     start: String,
     sent: i64,
@@ -199,7 +219,7 @@ struct BucketView {
 /// Latency percentiles from `sent`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-struct LatencyView {
+pub(crate) struct LatencyView {
     to_delivered: LatencyMeasure,
     to_read: LatencyMeasure,
 }
@@ -316,7 +336,8 @@ pub async fn timeseries(
     query: web::Query<TimeseriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let bucket = query.bucket.as_deref().unwrap_or("1m");
-    let width = bucket_minutes(bucket)
+    // Refused before the campaign is looked up.
+    bucket_minutes(bucket)
         .ok_or_else(|| ApiError::BadRequest("bucket must be 1m, 5m or 1h".to_owned()))?;
     let from_ms = query
         .from
@@ -329,6 +350,22 @@ pub async fn timeseries(
         .map(|text| parse_time("to", text))
         .transpose()?;
     let campaign = resolve_campaign(&store, &caller, query.tenant_id.as_deref(), &path).await?;
+    let body = timeseries_json(&store, &campaign, bucket, from_ms, to_ms).await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Returns the time-series answer of a campaign for buckets `bucket` (a
+/// valid [`bucket_minutes`] value) over `[from_ms, to_ms)`, or the latest
+/// activity. Also the campaign stream's `timeseries` snapshot.
+pub async fn timeseries_json(
+    store: &Store,
+    campaign: &CampaignInfo,
+    bucket: &str,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+) -> Result<Value, ApiError> {
+    let width = bucket_minutes(bucket)
+        .ok_or_else(|| ApiError::BadRequest("bucket must be 1m, 5m or 1h".to_owned()))?;
     let activity = store.campaign_minute_range(campaign.campaign_pk).await?;
     let window = window(width, from_ms, to_ms, activity)?;
     let buckets = match window {
@@ -340,8 +377,7 @@ pub async fn timeseries(
         None => Vec::new(),
     };
     let latency = store.campaign_latency(campaign.campaign_pk).await?;
-    let minute_time = |minute: i64| format_ms(minute.saturating_mul(MINUTE_MS));
-    let body = json!({
+    Ok(json!({
         "tenant_id": campaign.tenant_id,
         "campaign_id": campaign.campaign_id,
         "bucket": bucket,
@@ -349,17 +385,93 @@ pub async fn timeseries(
         "to": window.map(|(_, to)| minute_time(to)),
         "first_activity": activity.map(|(first, _)| minute_time(first)),
         "last_activity": activity.map(|(_, last)| minute_time(last)),
-        "buckets": buckets.iter().map(|(start, counts)| {
-            let mut bucket = serde_json::Map::new();
+        "buckets": buckets_json(&buckets),
+        "latency": latency_json(&latency),
+    }))
+}
+
+/// Returns the time of a Unix minute, as the time series write it.
+pub fn minute_time(minute: i64) -> String {
+    format_ms(minute.saturating_mul(MINUTE_MS))
+}
+
+/// The `buckets` array: per bucket, its start and its count per stage.
+pub fn buckets_json(buckets: &[(i64, [i64; 5])]) -> Value {
+    buckets
+        .iter()
+        .map(|(start, counts)| {
+            let mut bucket = Map::new();
             bucket.insert("start".to_owned(), json!(minute_time(*start)));
             for (stage, count) in STAGES.iter().zip(counts) {
                 bucket.insert((*stage).to_owned(), json!(count));
             }
             Value::Object(bucket)
-        }).collect::<Vec<_>>(),
-        "latency": latency_json(&latency),
-    });
-    Ok(HttpResponse::Ok().json(body))
+        })
+        .collect()
+}
+
+/// Returns the buckets of `width` minutes holding a minute that commits
+/// after counters version `after` moved, at their current counts (zeros
+/// for a bucket that emptied), oldest first; at most [`MAX_BUCKETS`], the
+/// newest, and whether none was left out. What the campaign stream's
+/// `timeseries` events carry; it reads the `(campaign_pk, version)` index
+/// and the changed buckets' minute rows, never the campaign's history.
+pub async fn changed_buckets(
+    store: &Store,
+    campaign_pk: i64,
+    width: i64,
+    after: i64,
+) -> Result<(Vec<(i64, [i64; 5])>, bool), StoreError> {
+    // Enough minutes to fill MAX_BUCKETS buckets, and one to tell whether
+    // there were more.
+    let limit = MAX_BUCKETS * width + 1;
+    let minutes = store
+        .campaign_minutes_changed(campaign_pk, after, limit)
+        .await?;
+    let mut complete = i64::try_from(minutes.len()).unwrap_or(i64::MAX) < limit;
+    let mut starts: Vec<i64> = minutes
+        .iter()
+        .map(|minute| bucket_start(*minute, width))
+        .collect();
+    // Newest first: keep the newest buckets.
+    // The minutes come newest first, so their buckets do too.
+    starts.dedup();
+    if starts.len() > usize::try_from(MAX_BUCKETS).unwrap_or(usize::MAX) {
+        starts.truncate(usize::try_from(MAX_BUCKETS).unwrap_or(usize::MAX));
+        complete = false;
+    }
+    starts.reverse();
+    // Consecutive buckets are read as one range; scattered ones as few
+    // ranges as a bound allows (beyond it, one range over all of them).
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for start in &starts {
+        match runs.last_mut() {
+            Some((_, end)) if *end == *start => *end = start + width,
+            _ => runs.push((*start, start + width)),
+        }
+    }
+    const MAX_RUNS: usize = 16;
+    if runs.len() > MAX_RUNS {
+        if let (Some(first), Some(last)) = (runs.first().copied(), runs.last().copied()) {
+            runs = vec![(first.0, last.1)];
+        }
+    }
+    let mut read: Vec<(i64, [i64; 5])> = Vec::new();
+    for (from, to) in runs {
+        read.extend(store.campaign_buckets(campaign_pk, width, from, to).await?);
+    }
+    let buckets = starts
+        .iter()
+        .map(|start| {
+            let counts = read
+                .binary_search_by_key(start, |(bucket, _)| *bucket)
+                .ok()
+                .and_then(|at| read.get(at))
+                .map_or([0; 5], |(_, counts)| *counts);
+            (*start, counts)
+        })
+        .collect();
+    Ok((buckets, complete))
 }
 
 /// The `latency` object: per measure, the messages measured and p50/p90 in

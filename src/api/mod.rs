@@ -1,6 +1,6 @@
 //! The API for senders and dashboards under `/api/v1` (bearer tokens).
 
-mod campaigns;
+pub(crate) mod campaigns;
 mod listing;
 mod messages;
 

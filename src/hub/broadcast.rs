@@ -100,6 +100,42 @@ pub struct PublishedCampaign {
     /// The counters as the SSE layer encodes them, filled by the first
     /// stream that sends them and shared by the others.
     pub encoded: OnceLock<ByteString>,
+    /// The campaign stream's `metrics` data (the counters with the
+    /// campaign's failure reasons and cost), read from the store once, by
+    /// the first campaign stream that sends the frame.
+    pub enriched: tokio::sync::OnceCell<ByteString>,
+    /// Per bucket width (1m, 5m, 1h), the funnel buckets changed after
+    /// some version, as the first `include=timeseries` stream read them;
+    /// a stream that has at least that version shares the read.
+    pub series: [tokio::sync::OnceCell<Arc<ChangedSeries>>; 3],
+}
+
+impl PublishedCampaign {
+    /// A frame of `campaign_pk` at `counters`, nothing encoded or read yet.
+    pub fn new(campaign_pk: i64, counters: Arc<CampaignCounters>, position: EventPosition) -> Self {
+        PublishedCampaign {
+            campaign_pk,
+            counters,
+            position,
+            encoded: OnceLock::new(),
+            enriched: tokio::sync::OnceCell::new(),
+            series: Default::default(),
+        }
+    }
+}
+
+/// A campaign's funnel buckets that commits after version `after` moved,
+/// at their counts when read, and its latency percentiles then (see
+/// `crate::api::campaigns::changed_buckets`).
+#[derive(Debug)]
+pub struct ChangedSeries {
+    pub after: i64,
+    /// `(bucket start in Unix minutes, counts per stage)`, oldest first.
+    pub buckets: Vec<(i64, [i64; 5])>,
+    /// Whether no changed bucket was left out (at most 1440 are kept).
+    pub complete: bool,
+    /// The `latency` object.
+    pub latency: serde_json::Value,
 }
 
 /// One message change of a commit.
@@ -739,12 +775,11 @@ impl Shared {
             }
         }
         for (campaign_pk, dirty) in campaigns {
-            let frame = Arc::new(PublishedCampaign {
+            let frame = Arc::new(PublishedCampaign::new(
                 campaign_pk,
-                counters: dirty.counters,
-                position: dirty.position,
-                encoded: OnceLock::new(),
-            });
+                dirty.counters,
+                dirty.position,
+            ));
             for &target in routes.get(&campaign_pk).into_iter().flatten() {
                 if let Some(target) = targets.get_mut(target) {
                     target.frames.push(Arc::clone(&frame));

@@ -256,12 +256,11 @@ mod tests {
     }
 
     fn frame(campaign_pk: i64, version: i64) -> Arc<PublishedCampaign> {
-        Arc::new(PublishedCampaign {
+        Arc::new(PublishedCampaign::new(
             campaign_pk,
-            counters: counters(&format!("c{campaign_pk}"), version),
-            position: EventPosition::default(),
-            encoded: OnceLock::new(),
-        })
+            counters(&format!("c{campaign_pk}"), version),
+            EventPosition::default(),
+        ))
     }
 
     fn change(campaign_pk: i64, event_id: i64) -> PublishedChange {

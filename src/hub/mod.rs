@@ -31,8 +31,8 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 pub use broadcast::{
-    Broadcaster, CommitUpdate, FanoutSettings, Follow, IncomingEvent, Live, PublishedCampaign,
-    PublishedChange, StatusBatch, Subscription,
+    Broadcaster, ChangedSeries, CommitUpdate, FanoutSettings, Follow, IncomingEvent, Live,
+    PublishedCampaign, PublishedChange, StatusBatch, Subscription,
 };
 pub use campaign_actor::CampaignActor;
 pub use db_actor::{DbActor, Write};

@@ -43,6 +43,7 @@ mod stream;
 
 use actix_web::{HttpRequest, Responder, web};
 use actix_web_lab::sse;
+use bytestring::ByteString;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -50,6 +51,9 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 pub use limiter::{StreamLimiter, StreamPermit};
 
 use crate::access::resolve_campaign;
+use crate::api::campaigns::{
+    campaign_summary, changed_buckets, latency_json, metrics_json, timeseries_json,
+};
 use crate::auth::Caller;
 use crate::domain::CampaignCounters;
 use crate::error::{ApiError, ErrorBody};
@@ -57,7 +61,7 @@ use crate::hub::{Follow, IncomingEvent, Subscription};
 use crate::shutdown::{SHUTDOWN_RETRY, Shutdown};
 use crate::state::AppState;
 use crate::store::{EventPosition, Store};
-use stream::{Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope, StreamCounters};
+use stream::{CampaignExtras, Connection, IdMode, MAX_SNAPSHOT_CAMPAIGNS, Scope, StreamCounters};
 
 /// Events buffered per connection between its task and the socket. A client
 /// that lets this fill is slow: it skips to the latest metrics, or is
@@ -84,8 +88,13 @@ pub struct StreamQuery {
     /// Whose campaigns: defaults to the token's tenant (the admin's
     /// `/api/v1/stream` without it follows every tenant).
     tenant_id: Option<String>,
-    /// `statuses` adds `event: status`.
+    /// Comma-separated: `statuses` adds `event: status`; `timeseries`
+    /// (campaign stream only) adds `event: timeseries`.
     include: Option<String>,
+    /// The time series' bucket width with `include=timeseries`: `1m`
+    /// (default), `5m` or `1h`.
+    #[param(pattern = "^(1m|5m|1h)$")]
+    bucket: Option<String>,
     /// For clients that cannot set `Last-Event-ID` on the first request.
     last_event_id: Option<String>,
 }
@@ -99,13 +108,41 @@ pub struct StreamQuery {
 struct CampaignEvent {
     event: CampaignEventName,
     /// JSON: the campaign's counters (`snapshot`, `metrics`; see
-    /// `CampaignCounters`), one message change (`status`), `{}` (`reset`),
-    /// `{"reason": …}` (`expired`, `shutdown`) or `{"skipped": N}` (`lagged`).
+    /// `CampaignCounters`; on the campaign stream with its failure reasons
+    /// and cost, as `MetricsView`), the changed funnel buckets
+    /// (`timeseries`, see `TimeseriesEvent`), one message change
+    /// (`status`), `{}` (`reset`), `{"reason": …}` (`expired`, `shutdown`)
+    /// or `{"skipped": N}` (`lagged`).
     #[schema(content_media_type = "application/json")]
     data: String,
     /// The campaign's `version` (campaign stream) or the status-event
     /// cursor (tenant stream): send it back as `Last-Event-ID` to resume.
     id: Option<String>,
+}
+
+/// The `data:` of `event: timeseries` (document only): sent on connect
+/// (`snapshot: true`, the latest window as `GET …/timeseries` gives it;
+/// on a resume, the changes since `Last-Event-ID` instead), then after each
+/// `metrics` event whose window moved a bucket or the latency.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct TimeseriesEvent {
+    tenant_id: String,
+    campaign_id: String,
+    /// `1m`, `5m` or `1h` (`?bucket=`).
+    bucket: String,
+    /// The campaign's counters version the buckets are at least as new
+    /// as; also the event's `id:`.
+    version: i64,
+    /// `true`: the buckets replace the client's; `false`: only the buckets
+    /// that changed (zeros included), each replacing the client's bucket
+    /// of the same start.
+    snapshot: bool,
+    /// `false` when over 1440 buckets changed and only the newest are
+    /// listed: read the rest from `GET …/timeseries`.
+    complete: bool,
+    buckets: Vec<crate::api::campaigns::BucketView>,
+    latency: crate::api::campaigns::LatencyView,
 }
 
 /// The `event:` names of the campaign and tenant streams.
@@ -119,6 +156,9 @@ enum CampaignEventName {
     Metrics,
     /// One message's change (`?include=statuses`).
     Status,
+    /// The campaign's funnel buckets that changed, after the `metrics`
+    /// event of the same id (campaign stream, `?include=timeseries`).
+    Timeseries,
     /// The resume point is too old: a snapshot follows.
     Reset,
     /// The token expired: the stream ends.
@@ -159,7 +199,7 @@ enum IncomingEventName {
 #[derive(Debug, OpenApi)]
 #[openapi(
     paths(campaign_stream, tenant_stream, incoming_stream),
-    components(schemas(CampaignCounters, IncomingEvent))
+    components(schemas(CampaignCounters, IncomingEvent, TimeseriesEvent))
 )]
 pub struct Doc;
 
@@ -168,15 +208,48 @@ impl std::fmt::Debug for StreamQuery {
         f.debug_struct("StreamQuery")
             .field("tenant_id", &self.tenant_id)
             .field("include", &self.include)
+            .field("bucket", &self.bucket)
             .finish_non_exhaustive()
     }
 }
 
+/// What `?include=` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Include {
+    statuses: bool,
+    timeseries: bool,
+}
+
 impl StreamQuery {
-    fn include_statuses(&self) -> bool {
-        self.include
-            .as_deref()
-            .is_some_and(|include| include.split(',').any(|part| part.trim() == "statuses"))
+    /// Parses `?include=`: a comma-separated list of `statuses` and
+    /// `timeseries`; anything else is refused, naming what is accepted.
+    fn include(&self) -> Result<Include, ApiError> {
+        let mut include = Include::default();
+        for part in self.include.as_deref().unwrap_or("").split(',') {
+            match part.trim() {
+                "" => {}
+                "statuses" => include.statuses = true,
+                "timeseries" => include.timeseries = true,
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "include takes statuses and timeseries (comma-separated)".to_owned(),
+                    ));
+                }
+            }
+        }
+        Ok(include)
+    }
+
+    /// Returns the bucket name and width of `?bucket=` (`1m` by default).
+    fn bucket(&self) -> Result<(&'static str, i64), ApiError> {
+        match self.bucket.as_deref().unwrap_or("1m") {
+            "1m" => Ok(("1m", 1)),
+            "5m" => Ok(("5m", 5)),
+            "1h" => Ok(("1h", 60)),
+            _ => Err(ApiError::BadRequest(
+                "bucket must be 1m, 5m or 1h".to_owned(),
+            )),
+        }
     }
 }
 
@@ -284,9 +357,11 @@ async fn campaign_stream(
     path: web::Path<String>,
     query: web::Query<StreamQuery>,
 ) -> Result<impl Responder + use<>, ApiError> {
+    let include = query.include()?;
+    let bucket = query.bucket()?;
     let campaign = resolve_campaign(&store, &caller, query.tenant_id.as_deref(), &path).await?;
     let permit = acquire(&state, &limiter, &caller)?;
-    let include_statuses = query.include_statuses();
+    let include_statuses = include.statuses;
     let resume = last_event_id(&req, &query);
     // Subscribe before reading the snapshot: nothing committed in between is missed.
     let live = state
@@ -314,10 +389,24 @@ async fn campaign_stream(
         IdMode::Version,
         StreamCounters::new(&state.metrics),
     );
+    let mut extras = CampaignExtras::new(&campaign, include.timeseries.then_some(bucket));
+    // The snapshot carries the failure reasons and cost, read after the
+    // counters: a later change to them comes with a later version.
+    let snapshot_data = || async {
+        let summary = campaign_summary(&store, campaign.campaign_pk).await?;
+        Ok::<_, ApiError>(ByteString::from(
+            metrics_json(&snapshot, &summary).to_string(),
+        ))
+    };
+    // The time series the client lacks: what changed after the version it
+    // resumes from, or else the whole latest window; read after the
+    // counters, so that every later change has a later version.
+    let mut series_from = None;
     match resume {
         // The client is up to date: nothing to send until the next change.
         Some(version) if version == snapshot.version => {
-            connection.seen(campaign.campaign_pk, version)
+            connection.seen(campaign.campaign_pk, version);
+            series_from = Some(version);
         }
         Some(after) if include_statuses => {
             let limit = state.settings.sse_replay_limit;
@@ -334,16 +423,76 @@ async fn campaign_stream(
             };
             let missed = missed.filter(|missed| missed.len() <= limit as usize);
             if let Some(missed) = missed {
-                connection.snapshot(campaign.campaign_pk, &snapshot);
+                connection.snapshot_data(
+                    campaign.campaign_pk,
+                    snapshot.version,
+                    snapshot_data().await?,
+                );
                 for change in &missed {
                     connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
                 }
+                series_from = (after < snapshot.version).then_some(after);
             } else {
                 connection.reset();
-                connection.snapshot(campaign.campaign_pk, &snapshot);
+                connection.snapshot_data(
+                    campaign.campaign_pk,
+                    snapshot.version,
+                    snapshot_data().await?,
+                );
             }
         }
-        _ => connection.snapshot(campaign.campaign_pk, &snapshot),
+        Some(after) => {
+            connection.snapshot_data(
+                campaign.campaign_pk,
+                snapshot.version,
+                snapshot_data().await?,
+            );
+            series_from = (after < snapshot.version).then_some(after);
+        }
+        None => {
+            connection.snapshot_data(
+                campaign.campaign_pk,
+                snapshot.version,
+                snapshot_data().await?,
+            );
+        }
+    }
+    if let Some((name, width)) = extras.series {
+        let latency;
+        let data = match series_from {
+            Some(after) => {
+                let (buckets, complete) =
+                    changed_buckets(&store, campaign.campaign_pk, width, after).await?;
+                latency = latency_json(&store.campaign_latency(campaign.campaign_pk).await?);
+                // Resumed with nothing new: the client has it all.
+                (!buckets.is_empty() || after < snapshot.version).then(|| {
+                    extras.series_json(snapshot.version, false, complete, &buckets, &latency)
+                })
+            }
+            None => {
+                let mut body = timeseries_json(&store, &campaign, name, None, None).await?;
+                latency = body.get("latency").cloned().unwrap_or_default();
+                if let Some(object) = body.as_object_mut() {
+                    object.insert("version".to_owned(), snapshot.version.into());
+                    object.insert("snapshot".to_owned(), true.into());
+                    object.insert("complete".to_owned(), true.into());
+                }
+                Some(ByteString::from(body.to_string()))
+            }
+        };
+        extras.series_version = snapshot.version;
+        match data {
+            Some(data) => {
+                connection.with_extras(extras);
+                connection.series(snapshot.version, data, latency);
+            }
+            None => {
+                extras.latency = Some(latency);
+                connection.with_extras(extras);
+            }
+        }
+    } else {
+        connection.with_extras(extras);
     }
     // Changes up to the snapshot are in it (or were replayed).
     connection.advance_cursor(EventPosition {
@@ -393,8 +542,15 @@ async fn tenant_stream(
         Caller::Tenant(claims) => claims.campaigns.clone(),
         Caller::Admin => None,
     };
+    let include = query.include()?;
+    if include.timeseries {
+        return Err(ApiError::BadRequest(
+            "include=timeseries is for one campaign's stream: /api/v1/campaigns/{campaign_id}/stream"
+                .to_owned(),
+        ));
+    }
     let permit = acquire(&state, &limiter, &caller)?;
-    let include_statuses = query.include_statuses();
+    let include_statuses = include.statuses;
     let resume = last_event_id(&req, &query);
     // Subscribe before reading the snapshot: nothing committed in between
     // is missed. A tenant's streams follow the tenant's topic (a restricted

@@ -18,8 +18,11 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::encode::{counters_json, metrics_data, shutdown_event, status_data, status_json};
+use crate::api::campaigns::{
+    buckets_json, campaign_summary, changed_buckets, latency_json, metrics_json,
+};
 use crate::domain::CampaignCounters;
-use crate::hub::{Hub, Live, PublishedCampaign, StatusBatch, Subscription};
+use crate::hub::{ChangedSeries, Hub, Live, PublishedCampaign, StatusBatch, Subscription};
 use crate::metrics::Metrics;
 use crate::shutdown::{SHUTDOWN_RETRY, Shutdown};
 use crate::store::{EventPosition, StatusChange, Store};
@@ -85,6 +88,104 @@ impl IdMode {
     }
 }
 
+/// What a campaign stream sends beside the counters: every `snapshot` and
+/// `metrics` event also carries the campaign's failure reasons and cost
+/// (as `GET …/metrics` does), and with `include=timeseries` each `metrics`
+/// event is followed by `event: timeseries` with the funnel buckets that
+/// changed since the client's last one.
+#[derive(Debug)]
+pub(super) struct CampaignExtras {
+    pub(super) campaign_pk: i64,
+    pub(super) tenant_id: String,
+    pub(super) campaign_id: String,
+    /// `include=timeseries`: the bucket name and width in minutes.
+    pub(super) series: Option<(&'static str, i64)>,
+    /// The counters version up to which the client has the time series.
+    pub(super) series_version: i64,
+    /// The `latency` object the client has.
+    pub(super) latency: Option<serde_json::Value>,
+    /// The pending frame's events, read by [`Connection::prepare`].
+    prepared: Option<Prepared>,
+}
+
+impl CampaignExtras {
+    pub(super) fn new(
+        info: &crate::store::CampaignInfo,
+        series: Option<(&'static str, i64)>,
+    ) -> Self {
+        CampaignExtras {
+            campaign_pk: info.campaign_pk,
+            tenant_id: info.tenant_id.clone(),
+            campaign_id: info.campaign_id.clone(),
+            series,
+            series_version: 0,
+            latency: None,
+            prepared: None,
+        }
+    }
+
+    /// Encodes a `timeseries` event's data of `series` at counters
+    /// `version`; `snapshot` tells whether it replaces the client's buckets.
+    pub(super) fn series_json(
+        &self,
+        version: i64,
+        snapshot: bool,
+        complete: bool,
+        buckets: &[(i64, [i64; 5])],
+        latency: &serde_json::Value,
+    ) -> ByteString {
+        let bucket = self.series.map_or("1m", |(name, _)| name);
+        let body = serde_json::json!({
+            "tenant_id": self.tenant_id,
+            "campaign_id": self.campaign_id,
+            "bucket": bucket,
+            "version": version,
+            "snapshot": snapshot,
+            "complete": complete,
+            "buckets": buckets_json(buckets),
+            "latency": latency,
+        });
+        ByteString::from(body.to_string())
+    }
+}
+
+/// A campaign stream's events for one frame, ready to send together.
+#[derive(Debug)]
+struct Prepared {
+    version: i64,
+    metrics: ByteString,
+    /// `None` when the time series was not asked for or could not be read;
+    /// `Some(None)` when nothing in it changed.
+    series: Option<Option<(ByteString, serde_json::Value)>>,
+}
+
+/// Returns the slot of a bucket width in [`PublishedCampaign::series`].
+fn series_slot(width: i64) -> usize {
+    match width {
+        1 => 0,
+        5 => 1,
+        _ => 2,
+    }
+}
+
+/// Reads the buckets of `width` minutes changed after `after`, and the
+/// latency, from the store.
+async fn read_series(
+    store: &Store,
+    campaign_pk: i64,
+    width: i64,
+    after: i64,
+) -> Result<ChangedSeries, crate::store::StoreError> {
+    let (buckets, complete) = changed_buckets(store, campaign_pk, width, after).await?;
+    let latency = latency_json(&store.campaign_latency(campaign_pk).await?);
+    Ok(ChangedSeries {
+        after,
+        buckets,
+        complete,
+        latency,
+    })
+}
+
 /// The counters a connection moves.
 #[derive(Clone, Debug)]
 pub(super) struct StreamCounters {
@@ -94,6 +195,11 @@ pub(super) struct StreamCounters {
     encoded_metrics: IntCounter,
     /// Live `status` data encoded (once per change).
     encoded_statuses: IntCounter,
+    /// Campaign streams' `metrics` data read and encoded (once per frame).
+    encoded_campaign_metrics: IntCounter,
+    /// Reads of changed buckets (once per frame, bucket width and
+    /// starting version).
+    series_reads: IntCounter,
     /// Streams closed because their client took nothing for a while.
     lagged_slow_client: IntCounter,
     /// Status streams closed because they missed changes.
@@ -108,6 +214,12 @@ impl StreamCounters {
             wakeups: metrics.sse_wakeups.clone(),
             encoded_metrics: metrics.sse_frames_encoded.with_label_values(&["metrics"]),
             encoded_statuses: metrics.sse_frames_encoded.with_label_values(&["status"]),
+            encoded_campaign_metrics: metrics
+                .sse_frames_encoded
+                .with_label_values(&["campaign_metrics"]),
+            series_reads: metrics
+                .sse_frames_encoded
+                .with_label_values(&["timeseries"]),
             lagged_slow_client: metrics.sse_lagged.with_label_values(&["slow_client"]),
             lagged_missed_changes: metrics.sse_lagged.with_label_values(&["missed_changes"]),
             lagged_resync: metrics.sse_lagged.with_label_values(&["resync"]),
@@ -146,6 +258,8 @@ pub(super) struct Connection {
     /// When the caller's token expires (Unix seconds): the stream ends then.
     expires_at: Option<u64>,
     counters: StreamCounters,
+    /// Campaign streams: failure reasons, cost and the time series.
+    extras: Option<CampaignExtras>,
 }
 
 impl Connection {
@@ -168,6 +282,33 @@ impl Connection {
             skip_counted: true,
             expires_at: None,
             counters,
+            extras: None,
+        }
+    }
+
+    /// Makes this a campaign stream that sends `extras`' analytics.
+    pub(super) fn with_extras(&mut self, extras: CampaignExtras) {
+        self.extras = Some(extras);
+    }
+
+    /// Queues `event: snapshot` of the campaign stream: `data` is the
+    /// counters at `version` with the failure reasons and cost.
+    pub(super) fn snapshot_data(&mut self, campaign_pk: i64, version: i64, data: ByteString) {
+        self.sent_versions.insert(campaign_pk, version);
+        let id = self.id_for(version);
+        self.send(sse::Data::new(data).event("snapshot").id(id).into());
+    }
+
+    /// Queues `event: timeseries` (campaign streams with
+    /// `include=timeseries`): the client has the series up to counters
+    /// `version` once it is sent.
+    pub(super) fn series(&mut self, version: i64, data: ByteString, latency: serde_json::Value) {
+        let id = self.id_for(version);
+        if self.send(sse::Data::new(data).event("timeseries").id(id).into()) {
+            if let Some(extras) = &mut self.extras {
+                extras.series_version = version;
+                extras.latency = Some(latency);
+            }
         }
     }
 
@@ -363,6 +504,10 @@ impl Connection {
     /// Sends the pending metrics. A full buffer keeps them pending: the
     /// client skips to the latest state once it makes room.
     fn flush(&mut self) {
+        if self.extras.is_some() {
+            self.flush_campaign();
+            return;
+        }
         let campaigns: Vec<i64> = self.pending.keys().copied().collect();
         for campaign_pk in campaigns {
             let Some(frame) = self.pending.remove(&campaign_pk) else {
@@ -384,6 +529,146 @@ impl Connection {
                 }
                 Err(TrySendError::Closed(_)) => return,
             }
+        }
+    }
+
+    /// Reads what a campaign stream sends with its pending frame (see
+    /// [`CampaignExtras`]), unless already read: the failure reasons and
+    /// cost once per frame for every stream (the frame's `enriched` cell),
+    /// and the changed buckets once per frame and bucket width for the
+    /// streams that have the previous version (its `series` cells). A
+    /// store error sends the counters alone, and the time series at the
+    /// next frame.
+    async fn prepare(&mut self, store: &Store) {
+        let Some(extras) = &self.extras else {
+            return;
+        };
+        let Some(frame) = self.pending.get(&extras.campaign_pk).cloned() else {
+            return;
+        };
+        let version = frame.counters.version;
+        if extras
+            .prepared
+            .as_ref()
+            .is_some_and(|prepared| prepared.version == version)
+        {
+            return;
+        }
+        let campaign_pk = extras.campaign_pk;
+        let metrics = frame
+            .enriched
+            .get_or_try_init(|| async {
+                let summary = campaign_summary(store, campaign_pk).await?;
+                self.counters.encoded_campaign_metrics.inc();
+                Ok::<_, crate::store::StoreError>(ByteString::from(
+                    metrics_json(&frame.counters, &summary).to_string(),
+                ))
+            })
+            .await
+            .cloned()
+            .unwrap_or_else(|error| {
+                tracing::debug!(%error, campaign_pk, "reading a campaign's failure reasons and cost failed");
+                metrics_data(&frame, &self.counters.encoded_metrics)
+            });
+        let mut series = None;
+        if let Some((_, width)) = extras.series {
+            let after = extras.series_version;
+            let cell = &frame.series[series_slot(width)];
+            let reads = &self.counters.series_reads;
+            let read_once = || async {
+                reads.inc();
+                read_series(store, campaign_pk, width, after)
+                    .await
+                    .map(Arc::new)
+            };
+            let shared = cell.get_or_try_init(read_once).await.ok().cloned();
+            // A read from an older version holds every change this stream
+            // needs; one from a newer version may not: read our own.
+            let read = match shared {
+                Some(read) if read.after <= after => Some(read),
+                _ => read_once().await.ok(),
+            };
+            if let Some(read) = read {
+                let changed =
+                    !read.buckets.is_empty() || extras.latency.as_ref() != Some(&read.latency);
+                series = Some(changed.then(|| {
+                    let data = extras.series_json(
+                        version,
+                        false,
+                        read.complete,
+                        &read.buckets,
+                        &read.latency,
+                    );
+                    (data, read.latency.clone())
+                }));
+            }
+        }
+        if let Some(extras) = &mut self.extras {
+            extras.prepared = Some(Prepared {
+                version,
+                metrics,
+                series,
+            });
+        }
+    }
+
+    /// [`Connection::flush`] of a campaign stream: the pending frame's
+    /// `metrics`, then its `timeseries`, both or neither.
+    fn flush_campaign(&mut self) {
+        let Some(extras) = &mut self.extras else {
+            return;
+        };
+        let Some(frame) = self.pending.remove(&extras.campaign_pk) else {
+            return;
+        };
+        let version = frame.counters.version;
+        let prepared = extras
+            .prepared
+            .take()
+            .filter(|prepared| prepared.version == version);
+        let (metrics, series) = match prepared {
+            Some(prepared) => (prepared.metrics, prepared.series),
+            None => (metrics_data(&frame, &self.counters.encoded_metrics), None),
+        };
+        let id = match self.id_mode {
+            IdMode::Version => version.to_string(),
+            IdMode::EventCursor => self.cursor.event_id.to_string(),
+        };
+        let changed = series.as_ref().is_some_and(Option::is_some);
+        let permits = match self.tx.try_reserve_many(if changed { 2 } else { 1 }) {
+            Ok(permits) => permits,
+            Err(TrySendError::Full(())) => {
+                // Keep it all for when the client makes room.
+                extras.prepared = Some(Prepared {
+                    version,
+                    metrics,
+                    series,
+                });
+                self.pending.insert(frame.campaign_pk, frame);
+                return;
+            }
+            Err(TrySendError::Closed(())) => return,
+        };
+        let mut permits = permits;
+        if let Some(permit) = permits.next() {
+            permit.send(
+                sse::Data::new(metrics)
+                    .event("metrics")
+                    .id(id.clone())
+                    .into(),
+            );
+        }
+        self.sent_versions.insert(frame.campaign_pk, version);
+        match (series, permits.next()) {
+            (Some(Some((data, latency))), Some(permit)) => {
+                permit.send(sse::Data::new(data).event("timeseries").id(id).into());
+                extras.series_version = version;
+                extras.latency = Some(latency);
+            }
+            // Nothing in the series changed: the client has it up to here.
+            (Some(None), _) => extras.series_version = version,
+            // Not read: the next frame sends what changed since the last.
+            _ => {}
         }
     }
 
@@ -410,12 +695,13 @@ impl Connection {
             .into_iter()
             .map(|(campaign_pk, counters)| {
                 let encoded = counters_json(&counters);
-                Arc::new(PublishedCampaign {
+                let frame = PublishedCampaign::new(
                     campaign_pk,
-                    counters: Arc::new(counters),
-                    position: EventPosition::default(),
-                    encoded: encoded.into(),
-                })
+                    Arc::new(counters),
+                    EventPosition::default(),
+                );
+                let _ = frame.encoded.set(encoded);
+                Arc::new(frame)
             })
             .collect();
         self.take_frames(&frames, false);
@@ -474,6 +760,7 @@ impl Connection {
                         }
                         Live::Closed => return,
                     }
+                    self.prepare(&store).await;
                     self.flush();
                 }
                 // Room again (the permit is given back at once): send the latest metrics.

@@ -191,11 +191,14 @@ pub(crate) trait CommitTx {
 
     /// Moves a campaign's analytics rows (per minute, latency bins, failure
     /// reasons, pricing) by `delta`, one upsert per key; zero keys are
-    /// already dropped.
+    /// already dropped. Each minute row it moves records `version`, the
+    /// campaign's counters version after this commit, so that streams can
+    /// ask for the minutes changed since the version they have.
     async fn add_analytics(
         &mut self,
         campaign_pk: i64,
         delta: &AnalyticsDelta,
+        version: i64,
     ) -> Result<(), StoreError>;
 
     /// Records the counters this commit changed, for other instances
@@ -343,8 +346,9 @@ pub(crate) async fn commit_in<T: CommitTx>(
     }
 
     // 2. Apply every update to the states read here, in order.
+    let mut analytics = Vec::new();
     if !pending.is_empty() {
-        apply_pending(
+        analytics = apply_pending(
             tx,
             &pending,
             &mut versions,
@@ -357,8 +361,29 @@ pub(crate) async fn commit_in<T: CommitTx>(
         .await?;
     }
 
-    // 3. Counters: deltas, so concurrent writers stay exact.
+    // An analytics change that moved no status (a first `pricing` or an
+    // earlier failure on a status the message had) still moves the
+    // campaign's version, so that streams learn of it.
+    for (campaign_pk, _) in &analytics {
+        let entry = deltas.entry(*campaign_pk).or_default();
+        if entry.1 == 0 {
+            entry.1 = 1;
+        }
+        touched.insert(*campaign_pk);
+    }
+
+    // 3. Counters: deltas, so concurrent writers stay exact; then the
+    // analytics rows, stamped with the version the counters reached.
     let counters = settle_counters(tx, touched, deltas, now_ms).await?;
+    for (campaign_pk, delta) in &analytics {
+        let version = counters
+            .get(campaign_pk)
+            .map(|counters| counters.version)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("campaign {campaign_pk} has no counters row"))
+            })?;
+        tx.add_analytics(*campaign_pk, delta, version).await?;
+    }
     let counters_of = |campaign_pk: i64| {
         counters.get(&campaign_pk).cloned().ok_or_else(|| {
             StoreError::Corrupt(format!("campaign {campaign_pk} has no counters row"))
@@ -528,7 +553,9 @@ async fn prune<T: CommitTx>(tx: &mut T, prune: &Prune) -> Result<u64, StoreError
 
 /// Applies the pending updates to the message states read in the
 /// transaction, writes the events and states, and records the outcomes,
-/// changes and counter deltas.
+/// changes and counter deltas. Returns each campaign's analytics delta
+/// (pruned, never empty), in key order, for the caller to write once the
+/// counters' versions are known.
 #[allow(clippy::too_many_arguments)]
 async fn apply_pending<T: CommitTx>(
     tx: &mut T,
@@ -539,7 +566,7 @@ async fn apply_pending<T: CommitTx>(
     applies: &mut [Building<Vec<UpdateOutcome>>],
     registrations: &mut [Building<RegisterReceipt>],
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<(i64, AnalyticsDelta)>, StoreError> {
     let mut message_pks: Vec<i64> = pending.iter().map(|each| each.message_pk).collect();
     message_pks.sort_unstable();
     message_pks.dedup();
@@ -585,14 +612,14 @@ async fn apply_pending<T: CommitTx>(
             .or_default()
             .transition(was, &state.contribution());
     }
-    let mut analytics: Vec<(i64, AnalyticsDelta)> = analytics.into_iter().collect();
+    let mut analytics: Vec<(i64, AnalyticsDelta)> = analytics
+        .into_iter()
+        .filter_map(|(campaign_pk, mut delta)| {
+            delta.prune();
+            (!delta.is_empty()).then_some((campaign_pk, delta))
+        })
+        .collect();
     analytics.sort_unstable_by_key(|(campaign_pk, _)| *campaign_pk);
-    for (campaign_pk, mut delta) in analytics {
-        delta.prune();
-        if !delta.is_empty() {
-            tx.add_analytics(campaign_pk, &delta).await?;
-        }
-    }
     let mut events = applied.events.iter();
     for (each, result) in pending.iter().zip(&applied.results) {
         let outcome = match result {
@@ -655,7 +682,7 @@ async fn apply_pending<T: CommitTx>(
         entry.1 += moved;
         touched.insert(campaign_pk);
     }
-    Ok(())
+    Ok(analytics)
 }
 
 /// Changes the counters of every touched campaign by its delta, records the

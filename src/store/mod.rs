@@ -265,6 +265,17 @@ impl Store {
         dispatch!(self, store => store.campaign_buckets(campaign_pk, width, from, to).await)
     }
 
+    /// Returns the minutes (newest first, at most `limit`) whose funnel
+    /// rows moved in commits after the campaign's counters version `after`.
+    pub async fn campaign_minutes_changed(
+        &self,
+        campaign_pk: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        dispatch!(self, store => store.campaign_minutes_changed(campaign_pk, after, limit).await)
+    }
+
     /// Returns the campaign's latency histogram, `(bin, [to_delivered, to_read])`.
     pub async fn campaign_latency(
         &self,

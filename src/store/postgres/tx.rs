@@ -680,6 +680,7 @@ impl CommitTx for PgTx<'_> {
         &mut self,
         campaign_pk: i64,
         delta: &AnalyticsDelta,
+        version: i64,
     ) -> Result<(), StoreError> {
         if !delta.minutes.is_empty() {
             let minutes: Vec<i64> = delta.minutes.keys().copied().collect();
@@ -688,13 +689,13 @@ impl CommitTx for PgTx<'_> {
             };
             sqlx::query(
                 "INSERT INTO campaign_minutes AS t (campaign_pk, minute, sent, delivered, read,
-                     clicked, failed)
-                 SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::int8[], $5::int8[],
-                                          $6::int8[], $7::int8[])
+                     clicked, failed, version)
+                 SELECT $1, *, $8 FROM UNNEST($2::int8[], $3::int8[], $4::int8[], $5::int8[],
+                                              $6::int8[], $7::int8[])
                  ON CONFLICT (campaign_pk, minute) DO UPDATE SET
                      sent = t.sent + excluded.sent, delivered = t.delivered + excluded.delivered,
                      read = t.read + excluded.read, clicked = t.clicked + excluded.clicked,
-                     failed = t.failed + excluded.failed",
+                     failed = t.failed + excluded.failed, version = excluded.version",
             )
             .bind(campaign_pk)
             .bind(&minutes)
@@ -703,6 +704,7 @@ impl CommitTx for PgTx<'_> {
             .bind(column(2))
             .bind(column(3))
             .bind(column(4))
+            .bind(version)
             .execute(&mut *self.0)
             .await?;
         }

@@ -28,6 +28,27 @@ impl SqliteStore {
         Ok(first.zip(last))
     }
 
+    /// Returns the minutes (newest first, at most `limit`) whose rows
+    /// commits after counters version `after` moved, through the
+    /// `(campaign_pk, version)` index.
+    pub async fn campaign_minutes_changed(
+        &self,
+        campaign_pk: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let minutes = sqlx::query_scalar(
+            "SELECT minute FROM campaign_minutes WHERE campaign_pk = ?1 AND version > ?2
+             ORDER BY minute DESC LIMIT ?3",
+        )
+        .bind(campaign_pk)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(minutes)
+    }
+
     /// Returns the per-stage counts of the buckets of `width` minutes that
     /// start in `[from, to)` (minutes), summed from the minute rows, in
     /// order; buckets with no row are left out.

@@ -760,17 +760,18 @@ impl CommitTx for WriteTx<'_> {
         &mut self,
         campaign_pk: i64,
         delta: &AnalyticsDelta,
+        version: i64,
     ) -> Result<(), StoreError> {
         let tx = self.0;
         if !delta.minutes.is_empty() {
             let mut statement = tx.prepare_cached(
                 "INSERT INTO campaign_minutes (campaign_pk, minute, sent, delivered, read,
-                     clicked, failed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     clicked, failed, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (campaign_pk, minute) DO UPDATE SET
                      sent = sent + excluded.sent, delivered = delivered + excluded.delivered,
                      read = read + excluded.read, clicked = clicked + excluded.clicked,
-                     failed = failed + excluded.failed",
+                     failed = failed + excluded.failed, version = excluded.version",
             )?;
             for (minute, [sent, delivered, read, clicked, failed]) in &delta.minutes {
                 statement.execute(params![
@@ -780,7 +781,8 @@ impl CommitTx for WriteTx<'_> {
                     delivered,
                     read,
                     clicked,
-                    failed
+                    failed,
+                    version
                 ])?;
             }
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
-use super::{Recorder, collect_until, data, ids, next, open};
+use super::{Recorder, collect_until, counters, data, ids, next, open};
 use crate::helpers::*;
 
 #[actix_web::test]
@@ -22,7 +22,7 @@ async fn the_stream_starts_with_a_snapshot_whose_id_is_the_version() {
     let first = next(&mut events, Duration::from_secs(5)).await;
 
     assert_eq!(first.event, "snapshot");
-    assert_eq!(data(&first), expected);
+    assert_eq!(counters(&first), expected);
     assert_eq!(first.id, expected["version"].to_string());
     assert_eq!(
         first.retry, None,
@@ -80,7 +80,7 @@ async fn metrics_are_coalesced_to_one_per_window_and_end_on_the_final_counters()
     {
         let (at, event) = recorder.next(Duration::from_secs(10)).await;
         assert_eq!(event.event, "metrics", "{event:?}");
-        metrics.push((at, data(&event)));
+        metrics.push((at, counters(&event)));
     }
     assert_eq!(metrics.last().unwrap().1, final_counters);
     let versions: Vec<i64> = metrics

@@ -11,7 +11,7 @@ use eventsource_stream::Event;
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
-use super::{Events, collect_until, data, next, open};
+use super::{Events, collect_until, counters, data, next, open};
 use crate::helpers::*;
 
 /// Returns the value of `series` (a metric name, with its labels if it has
@@ -229,7 +229,7 @@ async fn metrics_are_encoded_once_per_campaign_per_window_not_per_subscriber() {
     let final_version = final_counters["version"].as_i64().unwrap();
     for (path, events) in &mut streams {
         let seen = until_counters(events, "c", final_version).await;
-        assert_eq!(data(seen.last().unwrap()), final_counters, "{path}");
+        assert_eq!(counters(seen.last().unwrap()), final_counters, "{path}");
         let statuses = seen.iter().filter(|event| event.event == "status").count();
         let expected = if path.contains("statuses") {
             COMMITS
@@ -354,11 +354,8 @@ async fn many_subscribers_all_end_on_the_final_state_with_every_change_once() {
                 .unwrap_or_else(|_| panic!("{path}: not at the final state after {seen:?}"))
                 .expect("stream ended");
             if ["snapshot", "metrics"].contains(&event.event.as_str()) {
-                let counters = data(&event);
-                latest.insert(
-                    counters["campaign_id"].as_str().unwrap().to_owned(),
-                    counters,
-                );
+                let got = counters(&event);
+                latest.insert(got["campaign_id"].as_str().unwrap().to_owned(), got);
             }
             seen.push(event);
         }

@@ -4,6 +4,7 @@
 //! in one file per concern.
 
 mod access;
+mod analytics;
 mod basics;
 mod fanout;
 mod resume;
@@ -69,6 +70,19 @@ fn kinds(events: &[Event]) -> Vec<&str> {
 
 fn data(event: &Event) -> Value {
     serde_json::from_str(&event.data).unwrap()
+}
+
+/// The counters of a `snapshot` or `metrics` event: its data without the
+/// failure reasons and cost that campaign streams add (see
+/// `analytics.rs`), to compare with [`TestApp::metrics`].
+fn counters(event: &Event) -> Value {
+    let mut value = data(event);
+    if let Some(object) = value.as_object_mut() {
+        for key in ["failure_reasons", "failure_reasons_other", "cost"] {
+            object.remove(key);
+        }
+    }
+    value
 }
 
 fn ids(count: usize) -> Vec<String> {

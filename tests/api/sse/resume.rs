@@ -7,7 +7,7 @@ use eventsource_stream::Event;
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
-use super::{collect_until, data, ids, kinds, next, open, take};
+use super::{collect_until, counters, data, ids, kinds, next, open, take};
 use crate::helpers::*;
 
 /// A client that resumes at the current version already has everything: no
@@ -35,7 +35,7 @@ async fn resuming_at_the_current_version_sends_nothing_until_the_next_change() {
     assert_eq!(kinds(&seen), ["status", "metrics"], "{seen:?}");
     assert_eq!(data(&seen[0])["provider_message_id"], "wamid.2");
     assert_eq!(seen[0].id, (current + 1).to_string());
-    assert_eq!(data(&seen[1]), app.metrics("c1").await);
+    assert_eq!(counters(&seen[1]), app.metrics("c1").await);
 }
 
 /// `?last_event_id=` resumes like `Last-Event-ID`, for clients that cannot
@@ -112,8 +112,8 @@ async fn resuming_without_statuses_gets_a_fresh_snapshot_and_no_statuses() {
 
     let seen = take(&mut resumed, 2).await;
     assert_eq!(kinds(&seen), ["snapshot", "metrics"], "{seen:?}");
-    assert_eq!(data(&seen[0]), now);
-    assert_eq!(data(&seen[1]), app.metrics("c1").await);
+    assert_eq!(counters(&seen[0]), now);
+    assert_eq!(counters(&seen[1]), app.metrics("c1").await);
 }
 
 #[actix_web::test]
@@ -164,7 +164,7 @@ async fn last_event_id_replays_exactly_the_missed_statuses() {
     // Assert: a fresh snapshot, then the five missed changes in order, nothing else.
     let snapshot = next(&mut resumed, Duration::from_secs(5)).await;
     assert_eq!(snapshot.event, "snapshot");
-    assert_eq!(data(&snapshot), now);
+    assert_eq!(counters(&snapshot), now);
     let mut replayed = Vec::new();
     for _ in 0..5 {
         replayed.push(next(&mut resumed, Duration::from_secs(5)).await);

@@ -8,7 +8,7 @@ use eventsource_stream::{Event, Eventsource as _};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
-use super::{Events, Recorder, collect_until, data, next, open};
+use super::{Events, Recorder, collect_until, counters, data, next, open};
 use crate::helpers::*;
 
 /// A stream read straight off a socket with a small receive buffer, so that
@@ -227,12 +227,12 @@ async fn a_stalled_reader_delays_neither_webhooks_nor_other_subscribers() {
         .collect();
     assert_eq!(changes.len() as i64, applied, "{} events", received.len());
     assert!(changes.windows(2).all(|pair| pair[0] < pair[1]));
-    assert_eq!(data(received.last().unwrap()), final_counters);
+    assert_eq!(super::counters(received.last().unwrap()), final_counters);
     let last_counters = loop {
         let (_, event) = counters.next(Duration::from_secs(10)).await;
         assert_eq!(event.event, "metrics");
         if data(&event)["version"] == final_version {
-            break data(&event);
+            break super::counters(&event);
         }
     };
     assert_eq!(last_counters, final_counters);
@@ -349,11 +349,8 @@ async fn a_slow_metrics_subscriber_skips_to_the_latest_counters_and_stays_connec
             ["snapshot", "metrics"].contains(&event.event.as_str()),
             "{event:?} after {count} events"
         );
-        let counters = data(&event);
-        latest.insert(
-            counters["campaign_id"].as_str().unwrap().to_owned(),
-            counters,
-        );
+        let got = counters(&event);
+        latest.insert(got["campaign_id"].as_str().unwrap().to_owned(), got);
     }
     // ...having skipped some: it got fewer events than the commits made
     // (a metrics event per campaign each round, and the registration).
@@ -367,7 +364,7 @@ async fn a_slow_metrics_subscriber_skips_to_the_latest_counters_and_stays_connec
         .await;
     let event = next(&mut events, Duration::from_secs(10)).await;
     assert_eq!(event.event, "metrics");
-    assert_eq!(data(&event), app.metrics("c0").await);
+    assert_eq!(counters(&event), app.metrics("c0").await);
 }
 
 /// A commit with more changes than a connection's buffer holds (one call
