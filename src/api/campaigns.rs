@@ -433,7 +433,6 @@ pub async fn changed_buckets(
         .iter()
         .map(|minute| bucket_start(*minute, width))
         .collect();
-    // Newest first: keep the newest buckets.
     // The minutes come newest first, so their buckets do too.
     starts.dedup();
     if starts.len() > usize::try_from(MAX_BUCKETS).unwrap_or(usize::MAX) {
@@ -441,8 +440,11 @@ pub async fn changed_buckets(
         complete = false;
     }
     starts.reverse();
-    // Consecutive buckets are read as one range; scattered ones as few
-    // ranges as a bound allows (beyond it, one range over all of them).
+    // Consecutive buckets are read as one range of minute rows. Scattered
+    // ones (a backfill of old timestamps) are read run by run, never as one
+    // range over the history between them: at most MAX_RUNS runs, the
+    // newest; beyond, the event says it is incomplete.
+    const MAX_RUNS: usize = 64;
     let mut runs: Vec<(i64, i64)> = Vec::new();
     for start in &starts {
         match runs.last_mut() {
@@ -450,11 +452,11 @@ pub async fn changed_buckets(
             _ => runs.push((*start, start + width)),
         }
     }
-    const MAX_RUNS: usize = 16;
     if runs.len() > MAX_RUNS {
-        if let (Some(first), Some(last)) = (runs.first().copied(), runs.last().copied()) {
-            runs = vec![(first.0, last.1)];
-        }
+        runs.drain(..runs.len() - MAX_RUNS);
+        let first = runs.first().map_or(i64::MAX, |(from, _)| *from);
+        starts.retain(|start| *start >= first);
+        complete = false;
     }
     let mut read: Vec<(i64, [i64; 5])> = Vec::new();
     for (from, to) in runs {

@@ -102,12 +102,14 @@ pub struct PublishedCampaign {
     pub encoded: OnceLock<ByteString>,
     /// The campaign stream's `metrics` data (the counters with the
     /// campaign's failure reasons and cost), read from the store once, by
-    /// the first campaign stream that sends the frame.
-    pub enriched: tokio::sync::OnceCell<ByteString>,
+    /// the first campaign stream that sends the frame (`None` when that
+    /// read failed: the frame goes out with the counters alone).
+    pub enriched: tokio::sync::OnceCell<Option<ByteString>>,
     /// Per bucket width (1m, 5m, 1h), the funnel buckets changed after
     /// some version, as the first `include=timeseries` stream read them;
-    /// a stream that has at least that version shares the read.
-    pub series: [tokio::sync::OnceCell<Arc<ChangedSeries>>; 3],
+    /// a stream that has at least that version shares the read (`None`
+    /// when it failed).
+    pub series: [tokio::sync::OnceCell<Option<Arc<ChangedSeries>>>; 3],
 }
 
 impl PublishedCampaign {

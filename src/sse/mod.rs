@@ -51,9 +51,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 pub use limiter::{StreamLimiter, StreamPermit};
 
 use crate::access::resolve_campaign;
-use crate::api::campaigns::{
-    campaign_summary, changed_buckets, latency_json, metrics_json, timeseries_json,
-};
+use crate::api::campaigns::{campaign_summary, metrics_json, timeseries_json};
 use crate::auth::Caller;
 use crate::domain::CampaignCounters;
 use crate::error::{ApiError, ErrorBody};
@@ -337,8 +335,8 @@ fn spawn(
     ),
     security(("tenant_jwt" = []), ("admin_token" = []), ("token_query" = [])),
     responses(
-        (status = 200, description = "The stream: `retry:`, `snapshot`, then `metrics` (and `status` with `?include=statuses`) as they happen; comment heartbeats", content_type = "text/event-stream", body = CampaignEvent),
-        (status = 400, description = "A query that does not parse, or a campaign name several tenants use and no `tenant_id`", body = ErrorBody),
+        (status = 200, description = "The stream: `retry:`, `snapshot` (the metrics body: counters, failure reasons, cost), with `?include=timeseries` a `timeseries` snapshot, then `metrics` (and `status` with `?include=statuses`, `timeseries` with `?include=timeseries`) as they happen; comment heartbeats", content_type = "text/event-stream", body = CampaignEvent),
+        (status = 400, description = "A query that does not parse, an `include` other than statuses and timeseries, a `bucket` other than 1m/5m/1h, or a campaign name several tenants use and no `tenant_id`", body = ErrorBody),
         (status = 403, description = "Another tenant's `tenant_id`, or a campaign the token does not cover", body = ErrorBody),
         (status = 404, description = "No such campaign", body = ErrorBody),
         (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
@@ -389,7 +387,9 @@ async fn campaign_stream(
         IdMode::Version,
         StreamCounters::new(&state.metrics),
     );
-    let mut extras = CampaignExtras::new(&campaign, include.timeseries.then_some(bucket));
+    let extras = CampaignExtras::new(&campaign, include.timeseries.then_some(bucket));
+    let series_name = extras.series.map(|(name, _)| name);
+    connection.with_extras(extras);
     // The snapshot carries the failure reasons and cost, read after the
     // counters: a later change to them comes with a later version.
     let snapshot_data = || async {
@@ -398,15 +398,36 @@ async fn campaign_stream(
             metrics_json(&snapshot, &summary).to_string(),
         ))
     };
-    // The time series the client lacks: what changed after the version it
-    // resumes from, or else the whole latest window; read after the
-    // counters, so that every later change has a later version.
-    let mut series_from = None;
+    // With `include=timeseries` the latest window follows the snapshot on
+    // every connect, resumes included: a resuming client's series may be
+    // older than the id it sends (a `timeseries` event lost with its
+    // connection, or a read that failed), so that id is not trusted for it.
+    // Read after the counters, so that every later change has a later
+    // version; queued before any replayed status, so it is never the event
+    // a full buffer drops.
+    let series = match series_name {
+        Some(name) => {
+            let mut body = timeseries_json(&store, &campaign, name, None, None).await?;
+            let latency = body.get("latency").cloned().unwrap_or_default();
+            if let Some(object) = body.as_object_mut() {
+                object.insert("version".to_owned(), snapshot.version.into());
+                object.insert("snapshot".to_owned(), true.into());
+                object.insert("complete".to_owned(), true.into());
+            }
+            Some((ByteString::from(body.to_string()), latency))
+        }
+        None => None,
+    };
+    let send_series = |connection: &mut Connection| {
+        if let Some((data, latency)) = &series {
+            connection.series(snapshot.version, data.clone(), latency.clone());
+        }
+    };
     match resume {
-        // The client is up to date: nothing to send until the next change.
+        // The client is up to date: no snapshot until the next change.
         Some(version) if version == snapshot.version => {
             connection.seen(campaign.campaign_pk, version);
-            series_from = Some(version);
+            send_series(&mut connection);
         }
         Some(after) if include_statuses => {
             let limit = state.settings.sse_replay_limit;
@@ -423,76 +444,24 @@ async fn campaign_stream(
             };
             let missed = missed.filter(|missed| missed.len() <= limit as usize);
             if let Some(missed) = missed {
-                connection.snapshot_data(
-                    campaign.campaign_pk,
-                    snapshot.version,
-                    snapshot_data().await?,
-                );
+                let data = snapshot_data().await?;
+                connection.snapshot_data(campaign.campaign_pk, snapshot.version, data);
+                send_series(&mut connection);
                 for change in &missed {
                     connection.replayed_status(&campaign.tenant_id, &campaign.campaign_id, change);
                 }
-                series_from = (after < snapshot.version).then_some(after);
             } else {
                 connection.reset();
-                connection.snapshot_data(
-                    campaign.campaign_pk,
-                    snapshot.version,
-                    snapshot_data().await?,
-                );
+                let data = snapshot_data().await?;
+                connection.snapshot_data(campaign.campaign_pk, snapshot.version, data);
+                send_series(&mut connection);
             }
         }
-        Some(after) => {
-            connection.snapshot_data(
-                campaign.campaign_pk,
-                snapshot.version,
-                snapshot_data().await?,
-            );
-            series_from = (after < snapshot.version).then_some(after);
+        _ => {
+            let data = snapshot_data().await?;
+            connection.snapshot_data(campaign.campaign_pk, snapshot.version, data);
+            send_series(&mut connection);
         }
-        None => {
-            connection.snapshot_data(
-                campaign.campaign_pk,
-                snapshot.version,
-                snapshot_data().await?,
-            );
-        }
-    }
-    if let Some((name, width)) = extras.series {
-        let latency;
-        let data = match series_from {
-            Some(after) => {
-                let (buckets, complete) =
-                    changed_buckets(&store, campaign.campaign_pk, width, after).await?;
-                latency = latency_json(&store.campaign_latency(campaign.campaign_pk).await?);
-                // Resumed with nothing new: the client has it all.
-                (!buckets.is_empty() || after < snapshot.version).then(|| {
-                    extras.series_json(snapshot.version, false, complete, &buckets, &latency)
-                })
-            }
-            None => {
-                let mut body = timeseries_json(&store, &campaign, name, None, None).await?;
-                latency = body.get("latency").cloned().unwrap_or_default();
-                if let Some(object) = body.as_object_mut() {
-                    object.insert("version".to_owned(), snapshot.version.into());
-                    object.insert("snapshot".to_owned(), true.into());
-                    object.insert("complete".to_owned(), true.into());
-                }
-                Some(ByteString::from(body.to_string()))
-            }
-        };
-        extras.series_version = snapshot.version;
-        match data {
-            Some(data) => {
-                connection.with_extras(extras);
-                connection.series(snapshot.version, data, latency);
-            }
-            None => {
-                extras.latency = Some(latency);
-                connection.with_extras(extras);
-            }
-        }
-    } else {
-        connection.with_extras(extras);
     }
     // Changes up to the snapshot are in it (or were replayed).
     connection.advance_cursor(EventPosition {
@@ -515,7 +484,7 @@ async fn campaign_stream(
     security(("tenant_jwt" = []), ("admin_token" = []), ("token_query" = [])),
     responses(
         (status = 200, description = "The stream: `retry:`, a `snapshot` per campaign, then `metrics` (and `status` with `?include=statuses`) as they happen; comment heartbeats", content_type = "text/event-stream", body = CampaignEvent),
-        (status = 400, description = "A query that does not parse", body = ErrorBody),
+        (status = 400, description = "A query that does not parse, or an `include` other than statuses (`timeseries` is for a campaign stream)", body = ErrorBody),
         (status = 403, description = "Another tenant's `tenant_id`", body = ErrorBody),
         (status = 401, description = crate::openapi::UNAUTHORIZED, body = ErrorBody),
         (status = 429, description = "A cap on open streams (total, per tenant or per token) is reached", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),

@@ -31,6 +31,11 @@ use crate::store::{EventPosition, StatusChange, Store};
 /// closed as too slow (`event: lagged`).
 const SLOW_CLIENT_GRACE: Duration = Duration::from_secs(5);
 
+/// Longest a campaign stream waits for the store to read what it sends
+/// with a frame (failure reasons and cost, changed buckets); past it the
+/// frame goes out with the counters alone.
+const STORE_READ_LIMIT: Duration = Duration::from_secs(2);
+
 /// Most campaigns a tenant stream snapshots on connect (and on a resync).
 pub(super) const MAX_SNAPSHOT_CAMPAIGNS: u32 = 1000;
 
@@ -555,21 +560,30 @@ impl Connection {
             return;
         }
         let campaign_pk = extras.campaign_pk;
-        let metrics = frame
+        // One attempt per frame, shared: a failed or slow read is not
+        // retried by each stream in turn, and never holds a stream longer
+        // than STORE_READ_LIMIT.
+        let enriched = frame
             .enriched
-            .get_or_try_init(|| async {
-                let summary = campaign_summary(store, campaign_pk).await?;
+            .get_or_init(|| async {
                 self.counters.encoded_campaign_metrics.inc();
-                Ok::<_, crate::store::StoreError>(ByteString::from(
-                    metrics_json(&frame.counters, &summary).to_string(),
-                ))
+                match tokio::time::timeout(STORE_READ_LIMIT, campaign_summary(store, campaign_pk))
+                    .await
+                {
+                    Ok(Ok(summary)) => Some(ByteString::from(
+                        metrics_json(&frame.counters, &summary).to_string(),
+                    )),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, campaign_pk, "reading a campaign's failure reasons and cost failed");
+                        None
+                    }
+                    Err(_elapsed) => None,
+                }
             })
             .await
-            .cloned()
-            .unwrap_or_else(|error| {
-                tracing::debug!(%error, campaign_pk, "reading a campaign's failure reasons and cost failed");
-                metrics_data(&frame, &self.counters.encoded_metrics)
-            });
+            .clone();
+        let metrics =
+            enriched.unwrap_or_else(|| metrics_data(&frame, &self.counters.encoded_metrics));
         let mut series = None;
         if let Some((_, width)) = extras.series {
             let after = extras.series_version;
@@ -577,16 +591,24 @@ impl Connection {
             let reads = &self.counters.series_reads;
             let read_once = || async {
                 reads.inc();
-                read_series(store, campaign_pk, width, after)
-                    .await
-                    .map(Arc::new)
+                tokio::time::timeout(
+                    STORE_READ_LIMIT,
+                    read_series(store, campaign_pk, width, after),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(Arc::new)
             };
-            let shared = cell.get_or_try_init(read_once).await.ok().cloned();
+            let shared = cell.get_or_init(read_once).await.clone();
             // A read from an older version holds every change this stream
-            // needs; one from a newer version may not: read our own.
+            // needs; one from a newer version may not: read our own. A
+            // shared read that failed is not tried again: the next frame
+            // sends what changed since the client's version.
             let read = match shared {
                 Some(read) if read.after <= after => Some(read),
-                _ => read_once().await.ok(),
+                Some(_) => read_once().await,
+                None => None,
             };
             if let Some(read) = read {
                 let changed =
@@ -610,6 +632,16 @@ impl Connection {
                 series,
             });
         }
+    }
+
+    /// Returns how many buffer slots the next flush needs at once.
+    fn slots_needed(&self) -> usize {
+        let series = self
+            .extras
+            .as_ref()
+            .and_then(|extras| extras.prepared.as_ref())
+            .is_some_and(|prepared| matches!(prepared.series, Some(Some(_))));
+        if series { 2 } else { 1 }
     }
 
     /// [`Connection::flush`] of a campaign stream: the pending frame's
@@ -723,6 +755,9 @@ impl Connection {
         let expiry = tokio::time::sleep(until_unix(expires.unwrap_or(u64::MAX)));
         tokio::pin!(expiry);
         loop {
+            // What the pending events need at once: a campaign stream's
+            // `metrics` and `timeseries` go out together.
+            let slots = self.slots_needed();
             tokio::select! {
                 biased;
                 _ = self.tx.closed() => return,
@@ -763,8 +798,10 @@ impl Connection {
                     self.prepare(&store).await;
                     self.flush();
                 }
-                // Room again (the permit is given back at once): send the latest metrics.
-                open = async { self.tx.reserve().await.is_ok() }, if !self.pending.is_empty() => {
+                // Room again for all of them (the permits are given back at
+                // once; this task is the buffer's only sender): send the
+                // latest metrics.
+                open = async { self.tx.reserve_many(slots).await.is_ok() }, if !self.pending.is_empty() => {
                     if !open {
                         return;
                     }

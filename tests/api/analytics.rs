@@ -390,3 +390,43 @@ async fn another_tenant_gets_404_and_bad_buckets_get_400() {
     assert_eq!(empty["from"], Value::Null);
     assert_eq!(empty["latency"]["to_read"]["p50_ms"], Value::Null);
 }
+
+#[actix_web::test]
+async fn messages_stored_before_the_analytics_migration_stay_out_of_them() {
+    // Arrange: wamid.old as the migration leaves a message it finds.
+    let app = spawn_app().await;
+    app.register_whatsapp("t1", "c1", &["wamid.old", "wamid.new"])
+        .await;
+    app.db.mark_before_analytics(&["wamid.old"]).await;
+
+    // Act: both move on; the old one fails.
+    for status in [
+        whatsapp_status("wamid.old", "sent", NOON, None),
+        whatsapp_status(
+            "wamid.old",
+            "failed",
+            NOON + 60,
+            Some((131_026, "Undeliverable")),
+        ),
+        whatsapp_status("wamid.new", "sent", NOON, None),
+        whatsapp_status("wamid.new", "read", NOON + 120, None),
+    ] {
+        let response = app
+            .post_whatsapp(&statushub::webhooks::whatsapp::envelope(vec![status]))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+
+    // Assert: the counters count both, the analytics only the new one.
+    let metrics = assert_analytics_agree(&app, "t1", "c1").await;
+    assert_eq!(metrics["sent"], 2);
+    assert_eq!(metrics["failed"], 1);
+    assert_eq!(metrics["failure_reasons"], json!([]), "{metrics}");
+    let series = timeseries(&app, ADMIN_TOKEN, "t1", "c1", "1h").await;
+    assert_eq!(
+        series["buckets"],
+        json!([{"start": rfc3339(NOON * 1000), "sent": 1, "delivered": 1, "read": 1,
+                "clicked": 0, "failed": 0}]),
+        "{series}"
+    );
+}

@@ -703,6 +703,23 @@ impl TestDb {
         }
     }
 
+    /// Marks messages as the analytics migration (`sqlite/0005`,
+    /// `postgres/0004`) marks those it finds: stored before the analytics
+    /// tables existed, so never counted in them.
+    pub async fn mark_before_analytics(&self, ids: &[&str]) {
+        let statements: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                // `(1 = 1)` is true in both dialects' boolean columns.
+                format!(
+                    "UPDATE messages SET before_analytics = (1 = 1) WHERE provider_message_id = '{}'",
+                    id.replace('\'', "''")
+                )
+            })
+            .collect();
+        self.administer(&statements).await;
+    }
+
     /// Runs `statements` in one transaction on a writable connection of the
     /// test's own, waiting (up to 30 s) for the hub's writer if it holds a
     /// lock the statements need.

@@ -291,8 +291,8 @@ async fn streamed_buckets_add_up_to_the_endpoint_after_shuffled_duplicated_deliv
 }
 
 #[actix_web::test]
-async fn resuming_sends_only_the_buckets_changed_since_the_last_event_id() {
-    // Arrange: a dashboard follows, then goes away.
+async fn a_live_change_lists_the_buckets_it_moved_and_a_resume_gets_a_fresh_window() {
+    // Arrange: a dashboard follows the 1m series.
     let app = spawn_app().await;
     app.register_whatsapp("t1", "c1", &["wamid.1", "wamid.2", "wamid.3"])
         .await;
@@ -305,47 +305,50 @@ async fn resuming_sends_only_the_buckets_changed_since_the_last_event_id() {
     let path = "/api/v1/campaigns/c1/stream?include=timeseries";
     let mut events = open(&app, path, ADMIN_TOKEN, None).await;
     let snapshot = next(&mut events, Duration::from_secs(5)).await;
+    assert_eq!(snapshot.event, "snapshot");
     let mut board = Board::default();
     board.apply(&next(&mut events, Duration::from_secs(5)).await);
     board.assert_matches(&app, "c1", "1m").await;
-    drop(events);
 
-    // Act: while it is away, wamid.1's `sent` at minute 2 moves its sent
-    // stage out of minute 5; wamid.2 is read at minute 3. Minute 9 is
-    // untouched.
-    app.send_statuses(&[("wamid.1", "sent", at(2))]).await;
-    app.send_statuses(&[("wamid.2", "read", at(3))]).await;
-    let mut events = open(&app, path, ADMIN_TOKEN, Some(&snapshot.id)).await;
+    // Act: wamid.3 is read at minute 7, which moves its `sent` stage out
+    // of minute 9 (left empty) into minute 7.
+    app.send_statuses(&[("wamid.3", "read", at(7))]).await;
+    let metrics = next(&mut events, Duration::from_secs(5)).await;
+    let change = next(&mut events, Duration::from_secs(5)).await;
 
-    // Assert: a fresh snapshot, then exactly the changed buckets.
-    let fresh = next(&mut events, Duration::from_secs(5)).await;
-    assert_eq!(fresh.event, "snapshot");
-    let changes = next(&mut events, Duration::from_secs(5)).await;
-    let body = data(&changes);
-    assert_eq!(body["snapshot"], false, "{body}");
-    let starts: Vec<&str> = body["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|bucket| bucket["start"].as_str().unwrap())
-        .collect();
+    // Assert: exactly the two buckets, the emptied one as zeros, with the
+    // metrics event's id.
+    assert_eq!(metrics.event, "metrics");
+    assert_eq!(change.event, "timeseries");
+    assert_eq!(change.id, metrics.id);
+    let body = data(&change);
     let minute = |m: i64| statushub::clock::format_ms(at(m) * 1000);
-    assert_eq!(starts, [minute(2), minute(3), minute(5)], "{body}");
-    // Minute 5 lost wamid.1's `sent` and kept its `delivered`.
-    assert_eq!(body["buckets"][2]["sent"], 0, "{body}");
-    assert_eq!(body["buckets"][2]["delivered"], 1, "{body}");
-    board.apply(&changes);
+    assert_eq!(
+        body["buckets"],
+        json!([
+            {"start": minute(7), "sent": 1, "delivered": 1, "read": 1, "clicked": 0, "failed": 0},
+            {"start": minute(9), "sent": 0, "delivered": 0, "read": 0, "clicked": 0, "failed": 0},
+        ]),
+        "{body}"
+    );
+    board.apply(&change);
     board.assert_matches(&app, "c1", "1m").await;
 
-    // Resuming at the current version sends nothing until the next change.
-    let current = changes.id.clone();
-    let mut events = open(&app, path, ADMIN_TOKEN, Some(&current)).await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), events.next())
-            .await
-            .is_err(),
-        "an up-to-date client got an event"
-    );
+    // A client that comes back (here after missing a change) gets a fresh
+    // window, whatever id it resumes from: its series may be older than
+    // the id (a timeseries event lost with its connection).
+    drop(events);
+    app.send_statuses(&[("wamid.2", "read", at(3))]).await;
+    for resume_from in [snapshot.id.clone(), metrics.id.clone()] {
+        let mut events = open(&app, path, ADMIN_TOKEN, Some(&resume_from)).await;
+        let fresh = next(&mut events, Duration::from_secs(5)).await;
+        assert_eq!(fresh.event, "snapshot");
+        let window = next(&mut events, Duration::from_secs(5)).await;
+        assert_eq!(data(&window)["snapshot"], true);
+        let mut resumed = Board::default();
+        resumed.apply(&window);
+        resumed.assert_matches(&app, "c1", "1m").await;
+    }
 }
 
 #[actix_web::test]

@@ -62,12 +62,14 @@ impl Costs {
 }
 
 /// Waits until no fan-out window and no stream wake-up has happened for
-/// 400 ms (four default windows), at most 10 s.
+/// 800 ms (eight default windows, and longer than the PostgreSQL change
+/// feed's 500 ms poll, which picks up a page whose notification a busy
+/// machine delivered late), at most 10 s.
 async fn settle(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = (scrape(app, WINDOWS).await, scrape(app, WAKEUPS).await);
     let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < Duration::from_millis(400) {
+    while quiet_since.elapsed() < Duration::from_millis(800) {
         assert!(Instant::now() < deadline, "the fan-out never settled");
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = (scrape(app, WINDOWS).await, scrape(app, WAKEUPS).await);
