@@ -9,7 +9,7 @@
 #         size100k size1m hot1 spread1000 hot20 spread1000x20
 #         open25|open50|open75 (RATE=requests/s in the environment) ses sse1k
 #         sse10k ready pg1 pg2 pg1x20 pg2x20 pgopen1 (RATE=) pgspread1 pgspread
-#         pgsse1k pgsse1k2
+#         pgsse1k pgsse1k2 pgsize100k pgsize1m pgses pgsse10k pgready
 #   PostgreSQL cases need psql and the server on 127.0.0.1:5432 (user postgres).
 #   Between runs it stops every hub listening on 127.0.0.1:28xxx.
 HUB=$1; LG=$2; OUT=$3; shift 3
@@ -38,11 +38,12 @@ run() { # name env-string -- loadgen args
 }
 runpg() { # name instances -- loadgen args
   local name=$1 n=$2; shift 2
-  local d=$(mktemp -d /tmp/bench.XXXX) db=sh_bench_$RANDOM
+  local d=$(mktemp -d /tmp/bench.XXXX) db=sh_bench_$RANDOM; mkdir -p $d/sns-certs
   psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $db" postgres
   local urls="" pids=""
-  start_hub $d 28431 DATABASE_URL=postgres://postgres@127.0.0.1/$db; urls=http://127.0.0.1:28431; pids=$HUBPID
-  if [ $n = 2 ]; then start_hub $d 28432 DATABASE_URL=postgres://postgres@127.0.0.1/$db; urls=$urls,http://127.0.0.1:28432; pids=$pids,$HUBPID; fi
+  start_hub $d 28431 SNS_CERT_DIR=$d/sns-certs DATABASE_URL=postgres://postgres@127.0.0.1/$db; urls=http://127.0.0.1:28431; pids=$HUBPID
+  if [ $n = 2 ]; then start_hub $d 28432 SNS_CERT_DIR=$d/sns-certs DATABASE_URL=postgres://postgres@127.0.0.1/$db; urls=$urls,http://127.0.0.1:28432; pids=$pids,$HUBPID; fi
+  local args=(); for a in "$@"; do [ "$a" = SNSDIR ] && a=$d/sns-certs; args+=("$a"); done; set -- "${args[@]}"
   echo "### $name: $LG --url $urls --data-dir $d/.statushub $*" > $OUT/$name.txt
   $LG --url $urls --data-dir $d/.statushub --hub-pid $pids "$@" >> $OUT/$name.txt 2>&1
   metrics $d 28431 >> $OUT/$name.txt
@@ -91,5 +92,22 @@ case $c in
   pgsse1k2) runpg pgsse1k2 2 --campaigns 10 --messages 20000 --seconds 10 --concurrency 64 --rate 1000 --subscribers 1000 --status-subscribers 10 ;;
   pgspread1) runpg pgspread1 1 --campaigns 1000 --messages 100 --seconds 10 --concurrency 64 ;;
   pgspread) runpg pgspread 2 --campaigns 1000 --messages 100 --seconds 10 --concurrency 64 ;;
+  pgsize100k) runpg pgsize100k 1 --messages 100000 --seconds 10 --concurrency 64 --laps 0 ;;
+  pgsize1m) runpg pgsize1m 1 --messages 1000000 --seconds 10 --concurrency 64 --laps 0 ;;
+  pgses) runpg pgses 1 --channel ses --sns-cert-dir SNSDIR --messages 10000 --seconds 10 --concurrency 64 ;;
+  pgsse10k) runpg pgsse10k 1 --campaigns 10 --messages 20000 --seconds 10 --concurrency 64 --rate 1000 --subscribers 10000 --status-subscribers 10 ;;
+  pgready)
+    d=$(mktemp -d /tmp/bench.XXXX); db=sh_bench_$RANDOM
+    psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $db" postgres
+    start_hub $d 28431 DATABASE_URL=postgres://postgres@127.0.0.1/$db
+    echo "### pgready: seed then restart" > $OUT/pgready.txt
+    $LG --url http://127.0.0.1:28431 --data-dir $d/.statushub --mode seed --campaigns 10000 --messages 100 >> $OUT/pgready.txt 2>&1
+    stop_hubs
+    (cd $d && DATABASE_URL=postgres://postgres@127.0.0.1/$db RUST_LOG=warn $HUB serve --bind 127.0.0.1:28431 > $d/hub2.log 2>&1) &
+    sleep 0.05; P=$(pgrep -f "serve --bind 127.0.0.1:28431" | head -1)
+    $LG --url http://127.0.0.1:28431 --data-dir $d/.statushub --mode ready --hub-pid $P >> $OUT/pgready.txt 2>&1
+    stop_hubs; rm -rf $d
+    psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE $db WITH (FORCE)" postgres
+    tail -3 $OUT/pgready.txt ;;
 esac
 done
