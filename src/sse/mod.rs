@@ -13,7 +13,12 @@
 //! On connect: `retry:`, then `event: snapshot` (counters). Then `event:
 //! metrics`, coalesced to at most one per campaign per window, always ending
 //! on the latest state; with `?include=statuses`, `event: status` per
-//! message change. With `Last-Event-ID`: a fresh snapshot if anything
+//! message change. On a campaign stream, `snapshot` and `metrics` carry the
+//! body of `GET …/metrics` (counters, failure reasons, cost), and with
+//! `?include=timeseries` an `event: timeseries` follows the snapshot (the
+//! latest window) and each `metrics` event whose window moved the funnel
+//! (the buckets changed since the client's last one): see
+//! [`stream::CampaignExtras`]. With `Last-Event-ID`: a fresh snapshot if anything
 //! changed, then the missed status events replayed from the store (at most
 //! [`crate::config::Settings::sse_replay_limit`]; beyond it, or past the
 //! timeline's retention, `event: reset` and a snapshot). Comment heartbeats
