@@ -610,6 +610,36 @@ async fn scenario(
     assert_eq!(lines.len(), 2, "a header and one message: {csv}");
     assert!(lines[0].starts_with("provider_message_id,"), "{csv}");
     assert!(lines[1].starts_with("wamid.DBG2,"), "{csv}");
+
+    // The detail follows c1's own stream (`include=timeseries`): a new
+    // status moves the chart without the page asking for the time series.
+    let read_before = js(
+        client,
+        r#"return Number(document.querySelector('#chart svg [data-stage="read"]').dataset.total);"#,
+    )
+    .await
+    .as_i64()
+    .expect("the read line's total");
+    app.send_statuses(&[("wamid.DBG5", "read", 1_700_000_090)])
+        .await;
+    wait_for_js(
+        client,
+        "the chart's read line after a live status",
+        r#"const line = document.querySelector('#chart svg [data-stage="read"]');
+           return line ? Number(line.dataset.total) : null;"#,
+        json!(read_before + 1),
+    )
+    .await;
+    assert_eq!(
+        js(
+            client,
+            r#"return performance.getEntriesByType('resource')
+                 .filter((entry) => entry.name.includes('/timeseries?')).length;"#,
+        )
+        .await,
+        json!(0),
+        "the page polled the time series"
+    );
     let screenshot = client.screenshot().await.unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug-page-campaign.png");
     std::fs::write(&path, screenshot).unwrap();
