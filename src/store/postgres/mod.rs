@@ -33,12 +33,41 @@ use tx::PgTx;
 /// the other transaction's result).
 const COMMIT_ATTEMPTS: u32 = 5;
 
-/// Server-side bounds on every connection: nothing waits on a lock or runs
-/// for long, and a connection left inside a transaction is closed.
-const SESSION_OPTIONS: [(&str, &str); 3] = [
+/// Server-side settings of the readers' and the change feed's connections:
+/// nothing waits on a lock or runs for long, a connection left inside a
+/// transaction is closed, and every statement is planned for its own
+/// parameters.
+///
+/// Why plans need care: sqlx keeps each connection's statements prepared,
+/// and after five executions PostgreSQL may switch a prepared statement to
+/// a generic plan that it then keeps for the connection's life. A generic
+/// plan made while a table was small (a fresh database) reads it by a
+/// sequential scan (measured: `UNNEST(…) JOIN messages` as a hash join over
+/// a seq scan, `status_events WHERE idempotency_key = ANY($1)` as a filtered
+/// seq scan), and stays so while the table grows to millions of rows unless
+/// an `ANALYZE` invalidates it, which nothing guarantees (autovacuum may be
+/// off, as it is on this project's CI machines). Measured before the fix
+/// (BENCHMARKS.md): registering 3,000 campaigns took 67 s instead of 14 s,
+/// 10,000 did not finish in ten minutes, and one status per request ran at
+/// 2,600/s instead of 7,700/s. Reads plan per execution
+/// (`force_custom_plan`: tens of µs, against a request's round trip); the
+/// writer keeps generic plans (see [`WRITER_OPTIONS`]).
+const SESSION_OPTIONS: [(&str, &str); 4] = [
     ("lock_timeout", "10s"),
     ("statement_timeout", "30s"),
     ("idle_in_transaction_session_timeout", "60s"),
+    ("plan_cache_mode", "force_custom_plan"),
+];
+
+/// The writer's settings: the bounds of [`SESSION_OPTIONS`], generic plans
+/// allowed (the commit's statements never change text, and planning them
+/// at each commit costs throughput), but never planned around a sequential
+/// scan: every statement of a commit reads by an index.
+const WRITER_OPTIONS: [(&str, &str); 4] = [
+    ("lock_timeout", "10s"),
+    ("statement_timeout", "30s"),
+    ("idle_in_transaction_session_timeout", "60s"),
+    ("enable_seqscan", "off"),
 ];
 
 /// The PostgreSQL store. Cloning is cheap (pools are reference-counted).
@@ -57,13 +86,12 @@ impl PgStore {
     /// Connects and runs the migrations (several instances starting at once
     /// are fine: sqlx takes an advisory lock around them).
     pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(&settings.url)?
-            .application_name("statushub")
-            .options(SESSION_OPTIONS);
+        let base = PgConnectOptions::from_str(&settings.url)?.application_name("statushub");
+        let options = base.clone().options(SESSION_OPTIONS);
         let writer = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options.clone())
+            .connect_with(base.options(WRITER_OPTIONS))
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&writer).await?;
         let reader = PgPoolOptions::new()
