@@ -22,7 +22,10 @@ pub use batch::{
     PruneTarget, RecordReplay, Register, RegisterReceipt, Registered, StatusChange, UpdateOutcome,
     Weight,
 };
-pub use postgres::{ChangeFeed, ChangePage, FeedOpener, PgStore};
+pub use postgres::{
+    ChangeFeed, ChangePage, FeedOpener, PgStore, SESSION_OPTIONS as PG_SESSION_OPTIONS,
+    WRITER_OPTIONS as PG_WRITER_OPTIONS,
+};
 pub use settings::{Backend, StoreSettings, Synchronous};
 pub use sqlite::SqliteStore;
 pub use types::{

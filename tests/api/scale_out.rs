@@ -1739,3 +1739,108 @@ async fn a_tenant_stream_does_not_resend_what_its_snapshot_counts() {
         .collect();
     assert_eq!(carried, [next], "live status events after the snapshot");
 }
+
+/// Runs `EXPLAIN EXECUTE` of each prepared lookup the commit and the reads
+/// depend on, on `connection`, and returns the plans' text.
+async fn lookup_plans(connection: &mut sqlx::PgConnection) -> Vec<String> {
+    let mut plans = Vec::new();
+    for execute in [
+        "EXPLAIN EXECUTE find_messages(ARRAY['whatsapp'], ARRAY['wamid.x'])",
+        "EXPLAIN EXECUTE existing_keys(ARRAY['wa:wamid.x:read'])",
+        "EXPLAIN EXECUTE load_states(ARRAY[1, 2]::int8[])",
+    ] {
+        let rows: Vec<(String,)> = sqlx::query_as(execute)
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap_or_else(|error| panic!("{execute}: {error}"));
+        plans.push(
+            rows.into_iter()
+                .map(|(line,)| line)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
+    plans
+}
+
+/// Prepares the lookups as sqlx keeps them prepared on a connection.
+async fn prepare_lookups(connection: &mut sqlx::PgConnection) {
+    for prepare in [
+        "PREPARE find_messages(text[], text[]) AS SELECT m.id, m.campaign_pk FROM UNNEST($1, $2) AS k(c, i) \
+         JOIN messages m ON m.channel = k.c AND m.provider_message_id = k.i",
+        "PREPARE existing_keys(text[]) AS SELECT idempotency_key FROM status_events WHERE idempotency_key = ANY($1)",
+        "PREPARE load_states(int8[]) AS SELECT * FROM messages WHERE id = ANY($1)",
+    ] {
+        sqlx::query(prepare)
+            .execute(&mut *connection)
+            .await
+            .unwrap_or_else(|error| panic!("{prepare}: {error}"));
+    }
+}
+
+/// PostgreSQL keeps a generic plan per prepared statement and connection;
+/// one made while the tables were empty scans them sequentially and is
+/// never re-planned while they grow (autovacuum is off on this machine).
+/// The writer's settings keep even that plan on the indexes, and the
+/// readers' plan each execution for the table as it is.
+#[actix_web::test]
+async fn plans_made_while_the_tables_were_empty_still_read_by_index() {
+    // Arrange: a fresh database, migrated by a hub, its tables empty.
+    let db = TestDb::postgres_fresh();
+    let hub = hub_on(&db.url()).await;
+    let base = sqlx::postgres::PgConnectOptions::from_str(&db.url()).unwrap();
+    let connect = |options: sqlx::postgres::PgConnectOptions| async move {
+        sqlx::PgConnection::connect_with(&options).await.unwrap()
+    };
+    let mut plain = connect(base.clone()).await;
+    let mut writer = connect(base.clone().options(statushub::store::PG_WRITER_OPTIONS)).await;
+    let mut reader = connect(base.clone().options(statushub::store::PG_SESSION_OPTIONS)).await;
+    for connection in [&mut plain, &mut writer] {
+        // The generic plan, as a connection ends up with after five runs.
+        sqlx::query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        prepare_lookups(connection).await;
+    }
+    prepare_lookups(&mut reader).await;
+    for _ in 0..6 {
+        lookup_plans(&mut reader).await;
+    }
+
+    // Act: the tables grow (no ANALYZE runs).
+    let ids: Vec<String> = (0..3000).map(|i| format!("wamid.plan.{i}")).collect();
+    hub.register_whatsapp("t1", "c1", &refs(&ids)).await;
+    let statuses: Vec<WaStatus<'_>> = ids
+        .iter()
+        .take(1000)
+        .map(|id| (id.as_str(), "read", 1_700_000_000))
+        .collect();
+    for chunk in statuses.chunks(200) {
+        hub.send_statuses(chunk).await;
+    }
+
+    // Assert: the trap is real here (a plain connection's generic plans
+    // scan)...
+    let scans = |plans: &[String]| {
+        plans
+            .iter()
+            .filter(|plan| {
+                plan.contains("Seq Scan on messages") || plan.contains("Seq Scan on status_events")
+            })
+            .count()
+    };
+    let plain_plans = lookup_plans(&mut plain).await;
+    assert!(
+        scans(&plain_plans) > 0,
+        "no generic plan scans: {plain_plans:#?}"
+    );
+    // ...and the writer's and the readers' settings avoid it.
+    let writer_plans = lookup_plans(&mut writer).await;
+    assert_eq!(scans(&writer_plans), 0, "{writer_plans:#?}");
+    let reader_plans = lookup_plans(&mut reader).await;
+    assert_eq!(scans(&reader_plans), 0, "{reader_plans:#?}");
+    for connection in [plain, writer, reader] {
+        connection.close().await.ok();
+    }
+}

@@ -52,7 +52,7 @@ const COMMIT_ATTEMPTS: u32 = 5;
 /// 2,600/s instead of 7,700/s. Reads plan per execution
 /// (`force_custom_plan`: tens of µs, against a request's round trip); the
 /// writer keeps generic plans (see [`WRITER_OPTIONS`]).
-const SESSION_OPTIONS: [(&str, &str); 4] = [
+pub const SESSION_OPTIONS: [(&str, &str); 4] = [
     ("lock_timeout", "10s"),
     ("statement_timeout", "30s"),
     ("idle_in_transaction_session_timeout", "60s"),
@@ -63,7 +63,7 @@ const SESSION_OPTIONS: [(&str, &str); 4] = [
 /// allowed (the commit's statements never change text, and planning them
 /// at each commit costs throughput), but never planned around a sequential
 /// scan: every statement of a commit reads by an index.
-const WRITER_OPTIONS: [(&str, &str); 4] = [
+pub const WRITER_OPTIONS: [(&str, &str); 4] = [
     ("lock_timeout", "10s"),
     ("statement_timeout", "30s"),
     ("idle_in_transaction_session_timeout", "60s"),
