@@ -180,6 +180,24 @@ pub(crate) trait CommitTx {
         now_ms: i64,
     ) -> Result<CounterRow, StoreError>;
 
+    /// [`CommitTx::add_to_counters`] of several campaigns, in the order
+    /// given; a backend whose statements cost a round trip each makes it
+    /// one statement.
+    async fn add_to_counters_many(
+        &mut self,
+        changes: &[(i64, Tally, i64)],
+        now_ms: i64,
+    ) -> Result<Vec<CounterRow>, StoreError> {
+        let mut rows = Vec::with_capacity(changes.len());
+        for (campaign_pk, delta, versions) in changes {
+            rows.push(
+                self.add_to_counters(*campaign_pk, delta, *versions, now_ms)
+                    .await?,
+            );
+        }
+        Ok(rows)
+    }
+
     /// Reads a campaign's counters.
     async fn counters(&mut self, campaign_pk: i64) -> Result<CounterRow, StoreError>;
 
@@ -200,6 +218,19 @@ pub(crate) trait CommitTx {
         delta: &AnalyticsDelta,
         version: i64,
     ) -> Result<(), StoreError>;
+
+    /// [`CommitTx::add_analytics`] of several campaigns `(campaign_pk,
+    /// delta, version)`; a backend whose statements cost a round trip each
+    /// writes each table once for all of them.
+    async fn add_analytics_many(
+        &mut self,
+        deltas: &[(i64, &AnalyticsDelta, i64)],
+    ) -> Result<(), StoreError> {
+        for (campaign_pk, delta, version) in deltas {
+            self.add_analytics(*campaign_pk, delta, *version).await?;
+        }
+        Ok(())
+    }
 
     /// Records the counters this commit changed, for other instances
     /// following the store (PostgreSQL: the outbox row and one wake-up per
@@ -375,14 +406,20 @@ pub(crate) async fn commit_in<T: CommitTx>(
     // 3. Counters: deltas, so concurrent writers stay exact; then the
     // analytics rows, stamped with the version the counters reached.
     let counters = settle_counters(tx, touched, deltas, now_ms).await?;
-    for (campaign_pk, delta) in &analytics {
-        let version = counters
-            .get(campaign_pk)
-            .map(|counters| counters.version)
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("campaign {campaign_pk} has no counters row"))
-            })?;
-        tx.add_analytics(*campaign_pk, delta, version).await?;
+    let stamped = analytics
+        .iter()
+        .map(|(campaign_pk, delta)| {
+            let version = counters
+                .get(campaign_pk)
+                .map(|counters| counters.version)
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("campaign {campaign_pk} has no counters row"))
+                })?;
+            Ok((*campaign_pk, delta, version))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    if !stamped.is_empty() {
+        tx.add_analytics_many(&stamped).await?;
     }
     let counters_of = |campaign_pk: i64| {
         counters.get(&campaign_pk).cloned().ok_or_else(|| {
@@ -698,22 +735,21 @@ async fn settle_counters<T: CommitTx>(
     // Key order, like the locks.
     touched.sort_unstable();
     let mut rows: Vec<CounterRow> = Vec::with_capacity(touched.len());
-    let mut changed: Vec<usize> = Vec::new();
+    let mut changes: Vec<(i64, Tally, i64)> = Vec::new();
     for campaign_pk in &touched {
         let (delta, moved) = deltas.remove(campaign_pk).unwrap_or_default();
         if delta.is_zero() && moved == 0 {
             rows.push(tx.counters(*campaign_pk).await?);
         } else {
-            changed.push(rows.len());
-            rows.push(
-                tx.add_to_counters(*campaign_pk, &delta, moved, now_ms)
-                    .await?,
-            );
+            changes.push((*campaign_pk, delta, moved));
         }
     }
-    if !changed.is_empty() {
-        let changed: Vec<&CounterRow> = changed.iter().filter_map(|at| rows.get(*at)).collect();
-        tx.record_changes(&changed).await?;
+    if !changes.is_empty() {
+        // In key order, like the locks.
+        let changed = tx.add_to_counters_many(&changes, now_ms).await?;
+        tx.record_changes(&changed.iter().collect::<Vec<_>>())
+            .await?;
+        rows.extend(changed);
     }
     let names = tx.campaign_names(&touched).await?;
     let mut named = HashMap::with_capacity(rows.len());

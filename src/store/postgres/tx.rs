@@ -645,6 +645,68 @@ impl CommitTx for PgTx<'_> {
         counter_row(&row)
     }
 
+    /// One statement for every campaign of the commit (a round trip each
+    /// would cost a commit touching many campaigns a round trip per
+    /// campaign). The campaigns' rows are already locked, in key order
+    /// (see [`CommitTx::lock`]).
+    async fn add_to_counters_many(
+        &mut self,
+        changes: &[(i64, Tally, i64)],
+        now_ms: i64,
+    ) -> Result<Vec<CounterRow>, StoreError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let column = |pick: &dyn Fn(&(i64, Tally, i64)) -> i64| -> Vec<i64> {
+            changes.iter().map(pick).collect()
+        };
+        let rows = sqlx::query(
+            "UPDATE campaign_counters AS c SET version = c.version + d.versions,
+                 total = c.total + d.total, sent = c.sent + d.sent,
+                 delivered = c.delivered + d.delivered, read = c.read + d.read,
+                 clicked = c.clicked + d.clicked, complained = c.complained + d.complained,
+                 now_pending = c.now_pending + d.p0, now_sent = c.now_sent + d.p1,
+                 now_delivered = c.now_delivered + d.p2, now_read = c.now_read + d.p3,
+                 now_failed = c.now_failed + d.p4, updated_at = GREATEST(c.updated_at, $14)
+             FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[],
+                         $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+                         $11::int8[], $12::int8[], $13::int8[])
+                  AS d(campaign_pk, versions, total, sent, delivered, read, clicked,
+                       complained, p0, p1, p2, p3, p4)
+             WHERE c.campaign_pk = d.campaign_pk
+             RETURNING c.*",
+        )
+        .bind(column(&|change| change.0))
+        .bind(column(&|change| change.2))
+        .bind(column(&|change| change.1.total))
+        .bind(column(&|change| change.1.sent))
+        .bind(column(&|change| change.1.delivered))
+        .bind(column(&|change| change.1.read))
+        .bind(column(&|change| change.1.clicked))
+        .bind(column(&|change| change.1.complained))
+        .bind(column(&|change| change.1.by_status[0]))
+        .bind(column(&|change| change.1.by_status[1]))
+        .bind(column(&|change| change.1.by_status[2]))
+        .bind(column(&|change| change.1.by_status[3]))
+        .bind(column(&|change| change.1.by_status[4]))
+        .bind(now_ms)
+        .fetch_all(&mut *self.0)
+        .await?;
+        let mut by_campaign: HashMap<i64, CounterRow> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let counters = counter_row(row)?;
+            by_campaign.insert(counters.campaign_pk, counters);
+        }
+        changes
+            .iter()
+            .map(|(campaign_pk, ..)| {
+                by_campaign.remove(campaign_pk).ok_or_else(|| {
+                    StoreError::Corrupt(format!("campaign {campaign_pk} has no counters row"))
+                })
+            })
+            .collect()
+    }
+
     async fn counters(&mut self, campaign_pk: i64) -> Result<CounterRow, StoreError> {
         let row = sqlx::query("SELECT * FROM campaign_counters WHERE campaign_pk = $1")
             .bind(campaign_pk)
@@ -682,62 +744,97 @@ impl CommitTx for PgTx<'_> {
         delta: &AnalyticsDelta,
         version: i64,
     ) -> Result<(), StoreError> {
-        if !delta.minutes.is_empty() {
-            let minutes: Vec<i64> = delta.minutes.keys().copied().collect();
-            let column = |stage: usize| -> Vec<i64> {
-                delta.minutes.values().map(|counts| counts[stage]).collect()
-            };
+        self.add_analytics_many(&[(campaign_pk, delta, version)])
+            .await
+    }
+
+    /// One upsert per table for every campaign of the commit (not per
+    /// campaign: a commit spread over many campaigns would pay a round trip
+    /// per campaign and table). Within a statement each `(campaign, key)`
+    /// appears once: keys are unique per campaign, campaigns per commit.
+    async fn add_analytics_many(
+        &mut self,
+        deltas: &[(i64, &AnalyticsDelta, i64)],
+    ) -> Result<(), StoreError> {
+        let (mut campaigns, mut minutes, mut versions) = (Vec::new(), Vec::new(), Vec::new());
+        let mut stages: [Vec<i64>; 5] = Default::default();
+        for (campaign_pk, delta, version) in deltas {
+            for (minute, counts) in &delta.minutes {
+                campaigns.push(*campaign_pk);
+                minutes.push(*minute);
+                versions.push(*version);
+                for (column, count) in stages.iter_mut().zip(counts) {
+                    column.push(*count);
+                }
+            }
+        }
+        if !minutes.is_empty() {
+            let [sent, delivered, read, clicked, failed] = &stages;
             sqlx::query(
                 "INSERT INTO campaign_minutes AS t (campaign_pk, minute, sent, delivered, read,
                      clicked, failed, version)
-                 SELECT $1, *, $8 FROM UNNEST($2::int8[], $3::int8[], $4::int8[], $5::int8[],
-                                              $6::int8[], $7::int8[])
+                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[],
+                                      $5::int8[], $6::int8[], $7::int8[], $8::int8[])
                  ON CONFLICT (campaign_pk, minute) DO UPDATE SET
                      sent = t.sent + excluded.sent, delivered = t.delivered + excluded.delivered,
                      read = t.read + excluded.read, clicked = t.clicked + excluded.clicked,
                      failed = t.failed + excluded.failed, version = excluded.version",
             )
-            .bind(campaign_pk)
+            .bind(&campaigns)
             .bind(&minutes)
-            .bind(column(0))
-            .bind(column(1))
-            .bind(column(2))
-            .bind(column(3))
-            .bind(column(4))
-            .bind(version)
+            .bind(sent)
+            .bind(delivered)
+            .bind(read)
+            .bind(clicked)
+            .bind(failed)
+            .bind(&versions)
             .execute(&mut *self.0)
             .await?;
         }
-        if !delta.latency.is_empty() {
-            let bins: Vec<i64> = delta.latency.keys().copied().collect();
-            let to_delivered: Vec<i64> = delta.latency.values().map(|c| c[0]).collect();
-            let to_read: Vec<i64> = delta.latency.values().map(|c| c[1]).collect();
+        let (mut campaigns, mut bins, mut to_delivered, mut to_read) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (campaign_pk, delta, _) in deltas {
+            for (bin, [delivered, read]) in &delta.latency {
+                campaigns.push(*campaign_pk);
+                bins.push(*bin);
+                to_delivered.push(*delivered);
+                to_read.push(*read);
+            }
+        }
+        if !bins.is_empty() {
             sqlx::query(
                 "INSERT INTO campaign_latency AS t (campaign_pk, bin, to_delivered, to_read)
-                 SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::int8[])
+                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[])
                  ON CONFLICT (campaign_pk, bin) DO UPDATE SET
                      to_delivered = t.to_delivered + excluded.to_delivered,
                      to_read = t.to_read + excluded.to_read",
             )
-            .bind(campaign_pk)
+            .bind(&campaigns)
             .bind(&bins)
             .bind(&to_delivered)
             .bind(&to_read)
             .execute(&mut *self.0)
             .await?;
         }
-        if !delta.reasons.is_empty() {
-            let kinds: Vec<&str> = delta.reasons.keys().map(|r| r.kind.as_str()).collect();
-            let codes: Vec<&str> = delta.reasons.keys().map(|r| r.code.as_str()).collect();
-            let titles: Vec<&str> = delta.reasons.keys().map(|r| r.title.as_str()).collect();
-            let counts: Vec<i64> = delta.reasons.values().copied().collect();
+        let (mut campaigns, mut kinds, mut codes, mut titles, mut counts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (campaign_pk, delta, _) in deltas {
+            for (reason, count) in &delta.reasons {
+                campaigns.push(*campaign_pk);
+                kinds.push(reason.kind.as_str());
+                codes.push(reason.code.as_str());
+                titles.push(reason.title.as_str());
+                counts.push(*count);
+            }
+        }
+        if !kinds.is_empty() {
             sqlx::query(
                 "INSERT INTO campaign_reasons AS t (campaign_pk, kind, code, title, messages)
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int8[])
+                 SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[])
                  ON CONFLICT (campaign_pk, kind, code, title) DO UPDATE SET
                      messages = t.messages + excluded.messages",
             )
-            .bind(campaign_pk)
+            .bind(&campaigns)
             .bind(&kinds)
             .bind(&codes)
             .bind(&titles)
@@ -745,17 +842,24 @@ impl CommitTx for PgTx<'_> {
             .execute(&mut *self.0)
             .await?;
         }
-        if !delta.pricing.is_empty() {
-            let categories: Vec<&str> = delta.pricing.keys().map(|k| k.0.as_str()).collect();
-            let billables: Vec<bool> = delta.pricing.keys().map(|k| k.1).collect();
-            let counts: Vec<i64> = delta.pricing.values().copied().collect();
+        let (mut campaigns, mut categories, mut billables, mut counts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (campaign_pk, delta, _) in deltas {
+            for ((category, billable), count) in &delta.pricing {
+                campaigns.push(*campaign_pk);
+                categories.push(category.as_str());
+                billables.push(*billable);
+                counts.push(*count);
+            }
+        }
+        if !categories.is_empty() {
             sqlx::query(
                 "INSERT INTO campaign_pricing AS t (campaign_pk, category, billable, messages)
-                 SELECT $1, * FROM UNNEST($2::text[], $3::bool[], $4::int8[])
+                 SELECT * FROM UNNEST($1::int8[], $2::text[], $3::bool[], $4::int8[])
                  ON CONFLICT (campaign_pk, category, billable) DO UPDATE SET
                      messages = t.messages + excluded.messages",
             )
-            .bind(campaign_pk)
+            .bind(&campaigns)
             .bind(&categories)
             .bind(&billables)
             .bind(&counts)
