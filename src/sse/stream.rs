@@ -662,10 +662,8 @@ impl Connection {
             Some(prepared) => (prepared.metrics, prepared.series),
             None => (metrics_data(&frame, &self.counters.encoded_metrics), None),
         };
-        let id = match self.id_mode {
-            IdMode::Version => version.to_string(),
-            IdMode::EventCursor => self.cursor.event_id.to_string(),
-        };
+        // A campaign stream's ids are its campaign's versions.
+        let id = version.to_string();
         let changed = series.as_ref().is_some_and(Option::is_some);
         let permits = match self.tx.try_reserve_many(if changed { 2 } else { 1 }) {
             Ok(permits) => permits,

@@ -617,32 +617,12 @@ impl CommitTx for PgTx<'_> {
         versions: i64,
         now_ms: i64,
     ) -> Result<CounterRow, StoreError> {
-        let row = sqlx::query(
-            "UPDATE campaign_counters SET version = version + $1, total = total + $2,
-                sent = sent + $3, delivered = delivered + $4, read = read + $5,
-                clicked = clicked + $6, complained = complained + $7,
-                now_pending = now_pending + $8, now_sent = now_sent + $9,
-                now_delivered = now_delivered + $10, now_read = now_read + $11,
-                now_failed = now_failed + $12, updated_at = GREATEST(updated_at, $13)
-             WHERE campaign_pk = $14 RETURNING *",
-        )
-        .bind(versions)
-        .bind(delta.total)
-        .bind(delta.sent)
-        .bind(delta.delivered)
-        .bind(delta.read)
-        .bind(delta.clicked)
-        .bind(delta.complained)
-        .bind(delta.by_status[0])
-        .bind(delta.by_status[1])
-        .bind(delta.by_status[2])
-        .bind(delta.by_status[3])
-        .bind(delta.by_status[4])
-        .bind(now_ms)
-        .bind(campaign_pk)
-        .fetch_one(&mut *self.0)
-        .await?;
-        counter_row(&row)
+        self.add_to_counters_many(&[(campaign_pk, *delta, versions)], now_ms)
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("campaign {campaign_pk} has no counters row"))
+            })
     }
 
     /// One statement for every campaign of the commit (a round trip each
