@@ -308,6 +308,7 @@ impl Settings {
             sqlite_synchronous: self.sqlite_synchronous,
             read_connections: self.db_read_connections,
             sqlite_cache_mib: self.sqlite_cache_mib,
+            max_commit_rows: self.max_batch,
             ..StoreSettings::new(self.database_url.clone())
         }
     }

@@ -198,6 +198,163 @@ async fn a_failed_commit_leaves_nothing_behind() {
     assert_eq!(db.recount("c1").await.checked("c1")["total"], 0);
 }
 
+/// Hands `batches` to the store all at once (as the DB actor does under
+/// load) and returns each one's outcome.
+async fn commit_at_once(
+    store: &Store,
+    batches: Vec<Batch>,
+    now_ms: i64,
+) -> Vec<Result<statushub::store::BatchOutcome, statushub::store::StoreError>> {
+    futures_util::future::join_all(
+        batches
+            .into_iter()
+            .map(|batch| store.commit(std::sync::Arc::new(batch), now_ms)),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn batches_handed_over_at_once_each_get_their_own_outcome_and_a_bad_one_fails_alone() {
+    let (store, db, _dir) = test_store().await;
+    let campaign_pk = campaign(&store).await;
+    let ids: Vec<String> = (0..40).map(|n| format!("wamid.{n}")).collect();
+    store
+        .commit(
+            std::sync::Arc::new(Batch {
+                registrations: vec![Register {
+                    campaign_pk,
+                    messages: ids.iter().map(|id| message(id)).collect(),
+                }],
+                ..Batch::default()
+            }),
+            2,
+        )
+        .await
+        .unwrap();
+    // One batch per message (one `delivered` each, and its duplicate in a
+    // second write of the same batch).
+    let batches = |status: Status| -> Vec<Batch> {
+        ids.iter()
+            .map(|id| {
+                let once = update(id, status, &format!("{id}:{}", status.as_str()));
+                Batch {
+                    applies: vec![
+                        Apply {
+                            campaign_pk,
+                            updates: vec![(0, once.clone().into())],
+                        },
+                        Apply {
+                            campaign_pk,
+                            updates: vec![(0, once.into())],
+                        },
+                    ],
+                    ..Batch::default()
+                }
+            })
+            .collect()
+    };
+    let message_pks: Vec<i64> = {
+        let resolved = store
+            .resolve(
+                Channel::Whatsapp,
+                &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+        ids.iter()
+            .map(|id| {
+                resolved
+                    .iter()
+                    .find(|(found, _)| found == id)
+                    .map(|(_, reference)| reference.message_pk)
+                    .unwrap()
+            })
+            .collect()
+    };
+    let with_pks = |mut batches: Vec<Batch>| {
+        for (batch, message_pk) in batches.iter_mut().zip(&message_pks) {
+            for apply in &mut batch.applies {
+                for (pk, _) in &mut apply.updates {
+                    *pk = *message_pk;
+                }
+            }
+        }
+        batches
+    };
+
+    // All good: each batch's outcome is its own, whatever transaction held it.
+    let outcomes = commit_at_once(&store, with_pks(batches(Status::Delivered)), 3).await;
+    let mut transactions = 0;
+    let mut rows_in_transactions = 0;
+    for outcome in &outcomes {
+        let outcome = outcome.as_ref().expect("every good batch commits");
+        assert_eq!(outcome.applies.len(), 2, "its own two writes, no other's");
+        assert_eq!(
+            outcome.applies[0].outcomes,
+            vec![UpdateOutcome::Applied { changed: true }]
+        );
+        assert_eq!(outcome.applies[1].outcomes, vec![UpdateOutcome::Duplicate]);
+        if let Some(transaction) = outcome.transaction {
+            transactions += 1;
+            rows_in_transactions += transaction.rows;
+        }
+    }
+    // Each change takes the campaign's next version, in the order the
+    // batches were handed over; the counters are those after the
+    // transaction that held the batch.
+    let versions: Vec<(i64, i64)> = outcomes
+        .iter()
+        .map(|outcome| {
+            let applied = &outcome.as_ref().unwrap().applies[0];
+            (applied.changes[0].version, applied.counters.version)
+        })
+        .collect();
+    assert!(
+        versions
+            .windows(2)
+            .all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1),
+        "batches commit in the order they were handed over: {versions:?}"
+    );
+    assert!(versions.iter().all(|(change, counters)| change <= counters));
+    if store.commits_in_flight() > 1 {
+        // SQLite: what queued while the writer was busy went in one
+        // transaction, told once, with every batch's rows.
+        assert!(
+            transactions < outcomes.len(),
+            "no two batches shared a transaction"
+        );
+        assert_eq!(rows_in_transactions, 2 * ids.len());
+    }
+    let counts = db.recount("c1").await.checked("c1");
+    assert_eq!(
+        (&counts["total"], &counts["delivered"]),
+        (&json!(40), &json!(40))
+    );
+
+    // A batch the store refuses among them fails alone.
+    let mut batches = with_pks(batches(Status::Read));
+    batches.insert(
+        20,
+        Batch {
+            registrations: vec![Register {
+                campaign_pk: campaign_pk + 1_000,
+                messages: vec![message("wamid.nowhere")],
+            }],
+            ..Batch::default()
+        },
+    );
+    let outcomes = commit_at_once(&store, batches, 4).await;
+    for (n, outcome) in outcomes.iter().enumerate() {
+        assert_eq!(outcome.is_err(), n == 20, "batch {n}: {outcome:?}");
+    }
+    let counts = db.recount("c1").await.checked("c1");
+    assert_eq!(
+        (&counts["total"], &counts["read"]),
+        (&json!(40), &json!(40))
+    );
+    assert_eq!(store.stats().await.unwrap().messages, 40);
+}
+
 #[tokio::test]
 async fn ping_fails_while_the_store_is_down_and_passes_once_it_is_back() {
     let (store, db, _dir) = test_store().await;

@@ -1,13 +1,19 @@
 //! The DB actor: owns the write side of the store and commits everything
 //! queued in one transaction (group commit).
 //!
-//! It commits as soon as the previous commit has finished, taking everything
-//! that queued meanwhile (up to `max_batch` rows): under load, batches grow
-//! by themselves and one fsync covers many webhooks; at rest, a lone webhook
-//! is committed at once, with no linger delay. Each [`Persist`] carries its
-//! reply, of the write's own outcome type, so a webhook is answered only
-//! after the commit that holds it, and never with another write's outcome.
+//! It hands the store the writes queued, as one batch, as long as fewer
+//! batches than the store takes are out ([`Store::commits_in_flight`]):
+//! PostgreSQL commits one batch at a time, and whatever queued meanwhile
+//! (up to `max_batch` rows) is the next; SQLite's writer thread takes
+//! batches as they come and merges all that queued while it was busy into
+//! its next transaction. Under load, commits grow by themselves and one
+//! fsync covers many webhooks; at rest, a lone webhook is committed at
+//! once, with no linger delay. Commits are published and answered in the
+//! order they were handed over. Each [`Persist`] carries its reply, of the
+//! write's own outcome type, so a webhook is answered only after the commit
+//! that holds it, and never with another write's outcome.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -178,17 +184,39 @@ impl Replies {
     }
 }
 
+/// A batch whose commit ended, waiting to be settled in order.
+#[derive(Debug)]
+struct Ended {
+    batch: Arc<Batch>,
+    replies: Replies,
+    /// Rows of this batch.
+    rows: usize,
+    /// From handing it over to its outcome.
+    seconds: f64,
+    result: Result<BatchOutcome, crate::store::StoreError>,
+}
+
 /// The DB actor. See the module docs.
 #[derive(Debug)]
 pub struct DbActor {
     /// The only writer of the store.
     store: Store,
-    /// Writes waiting for the next commit, one commit in flight at a time
-    /// (SQLite has one writer, and commits must follow arrival). Bounded by
-    /// `max_queue` rows; beyond it, `Persist` fails with
+    /// Writes waiting to be handed to the store, as many batches out at a
+    /// time as it takes (commits must follow arrival). Bounded, with the
+    /// rows in flight, by `max_queue`; beyond it, `Persist` fails with
     /// [`HubError::Overloaded`] so webhooks answer 503 and memory stays
     /// bounded.
     queue: OneInFlight<Queued>,
+    /// Rows handed to the store and not yet committed (counted against
+    /// `max_queue` with the queued ones).
+    in_flight_rows: usize,
+    /// Number of the next batch handed to the store.
+    sent: u64,
+    /// Number of the next batch whose commit is settled here: commits are
+    /// published and answered in the order they were made.
+    settled: u64,
+    /// Commits that ended before one handed over earlier, by number.
+    ended: BTreeMap<u64, Ended>,
     /// Most rows in one commit.
     max_batch: usize,
     /// Most rows waiting for a commit.
@@ -211,8 +239,12 @@ impl DbActor {
         broadcaster: Option<Broadcaster>,
     ) -> Self {
         DbActor {
+            queue: OneInFlight::with_limit(store.commits_in_flight()),
             store,
-            queue: OneInFlight::new(),
+            in_flight_rows: 0,
+            sent: 0,
+            settled: 0,
+            ended: BTreeMap::new(),
             max_batch,
             max_queue,
             metrics,
@@ -226,47 +258,81 @@ impl DbActor {
             .set(i64::try_from(self.queue.queued_weight()).unwrap_or(i64::MAX));
     }
 
-    /// Starts a commit of the oldest queued writes, if none is in flight.
+    /// Hands the oldest queued writes to the store as one batch, as long as
+    /// fewer than [`Store::commits_in_flight`] are out (SQLite: the writer
+    /// merges what it finds queued; PostgreSQL: one at a time).
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let Some((group, rows)) = self.queue.next_group(self.max_batch) else {
-            return;
-        };
-        self.set_depth_metric();
-        let (batch, replies) = split(group);
-        let batch = Arc::new(batch);
-        let store = self.store.clone();
-        let metrics = self.metrics.clone();
-        let commit = async move {
-            let started = Instant::now();
-            let result = store.commit(Arc::clone(&batch), now_ms()).await;
-            metrics
-                .db_commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            metrics.db_batch_rows.observe(rows as f64);
-            (batch, replies, result)
-        };
-        ctx.spawn(
-            commit
-                .into_actor(self)
-                .map(|(batch, replies, result), actor, ctx| {
-                    actor.queue.finish();
-                    match result {
-                        Ok(outcome) => {
-                            // Publish before replying: a dashboard may see a
-                            // change a moment before the provider gets its
-                            // 200, never after.
-                            actor.publish(&batch, &outcome);
-                            replies.answer(outcome);
+        while let Some((group, rows)) = self.queue.next_group(self.max_batch) {
+            self.set_depth_metric();
+            let (batch, replies) = split(group);
+            let batch = Arc::new(batch);
+            let store = self.store.clone();
+            let number = self.sent;
+            self.sent += 1;
+            self.in_flight_rows += rows;
+            let commit = async move {
+                let started = Instant::now();
+                let result = store.commit(Arc::clone(&batch), now_ms()).await;
+                Ended {
+                    batch,
+                    replies,
+                    rows,
+                    seconds: started.elapsed().as_secs_f64(),
+                    result,
+                }
+            };
+            ctx.spawn(commit.into_actor(self).map(move |ended, actor, ctx| {
+                actor.ended.insert(number, ended);
+                actor.settle();
+                actor.flush(ctx);
+            }));
+        }
+    }
+
+    /// Publishes and answers the commits that ended, in the order they were
+    /// handed over.
+    fn settle(&mut self) {
+        while let Some(ended) = self.ended.remove(&self.settled) {
+            self.settled += 1;
+            self.queue.finish();
+            self.in_flight_rows = self.in_flight_rows.saturating_sub(ended.rows);
+            let Ended {
+                batch,
+                replies,
+                rows,
+                seconds,
+                result,
+            } = ended;
+            match result {
+                Ok(outcome) => {
+                    // The store's own figures when it has them: the SQLite
+                    // writer merges batches, and times its transactions.
+                    match outcome.transaction {
+                        Some(transaction) => {
+                            self.metrics.db_commit_seconds.observe(transaction.seconds);
+                            self.metrics.db_batch_rows.observe(transaction.rows as f64);
                         }
-                        Err(error) => {
-                            tracing::error!(error = %error, source = ?std::error::Error::source(&error), "commit failed");
-                            actor.metrics.db_commit_failures.inc();
-                            replies.fail();
+                        None if self.store.commits_in_flight() == 1 => {
+                            self.metrics.db_commit_seconds.observe(seconds);
+                            self.metrics.db_batch_rows.observe(rows as f64);
                         }
+                        // Merged into a transaction counted with its first batch.
+                        None => {}
                     }
-                    actor.flush(ctx);
-                }),
-        );
+                    // Publish before replying: a dashboard may see a change
+                    // a moment before the provider gets its 200, never after.
+                    self.publish(&batch, &outcome);
+                    replies.answer(outcome);
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, source = ?std::error::Error::source(&error), "commit failed");
+                    self.metrics.db_commit_failures.inc();
+                    self.metrics.db_commit_seconds.observe(seconds);
+                    self.metrics.db_batch_rows.observe(rows as f64);
+                    replies.fail();
+                }
+            }
+        }
     }
 
     /// Publishes what a commit changed, when anyone listens.
@@ -305,7 +371,8 @@ impl<W: Write> Handler<Persist<W>> for DbActor {
     /// is full) and resolves once its batch has committed.
     fn handle(&mut self, Persist(write): Persist<W>, ctx: &mut Self::Context) -> Self::Result {
         let weight = write.weight();
-        if self.queue.queued_weight() + weight > self.max_queue && !self.queue.is_empty() {
+        let waiting = self.queue.queued_weight() + self.in_flight_rows;
+        if waiting + weight > self.max_queue && waiting > 0 {
             self.metrics.db_queue_rejections.inc();
             return Box::pin(async { Err(HubError::Overloaded) });
         }

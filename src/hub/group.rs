@@ -4,9 +4,9 @@
 //! Items queue while the groups in flight are out; when one is done,
 //! everything that queued meanwhile (up to a weight bound) goes out as the
 //! next group. Under load groups grow by themselves; at rest a lone item goes
-//! at once, with no linger delay. The DB actor keeps one commit in flight;
-//! a campaign actor keeps two groups out, so that the next one already waits
-//! at the DB actor when the commit before it ends (see `campaign_actor`).
+//! at once, with no linger delay. The DB actor keeps as many batches out as
+//! the store takes ([`crate::store::Store::commits_in_flight`]); a campaign
+//! actor keeps no limit (see `campaign_actor`).
 
 use std::collections::VecDeque;
 
@@ -25,11 +25,6 @@ pub(super) struct OneInFlight<T> {
 }
 
 impl<T> OneInFlight<T> {
-    /// A queue with one group in flight at a time.
-    pub(super) fn new() -> Self {
-        Self::with_limit(1)
-    }
-
     /// A queue with up to `limit` groups in flight at a time.
     pub(super) fn with_limit(limit: usize) -> Self {
         OneInFlight {
@@ -49,11 +44,6 @@ impl<T> OneInFlight<T> {
     /// Returns the weight waiting for a group.
     pub(super) fn queued_weight(&self) -> usize {
         self.queued_weight
-    }
-
-    /// Tells whether nothing is queued.
-    pub(super) fn is_empty(&self) -> bool {
-        self.queue.is_empty()
     }
 
     /// Tells whether nothing is queued and no group is in flight.
@@ -97,7 +87,7 @@ mod tests {
 
     #[test]
     fn one_group_at_a_time_oldest_first_within_the_bound() {
-        let mut queue = OneInFlight::new();
+        let mut queue = OneInFlight::with_limit(1);
         assert!(queue.next_group(10).is_none() && queue.is_idle());
         for (item, weight) in [("a", 4), ("b", 4), ("c", 4), ("d", 30)] {
             queue.push(item, weight);

@@ -107,6 +107,10 @@ pub struct Batch {
 /// The outcomes of a [`Batch`], kind by kind, in the batch's order.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
+    /// The transaction the batch was committed in, on the first batch of
+    /// it only; `None` where the store does not say (the DB actor then
+    /// times the commit itself).
+    pub transaction: Option<Transaction>,
     /// The key of each campaign.
     pub campaigns: Vec<i64>,
     pub registrations: Vec<Registered>,
@@ -119,6 +123,64 @@ pub struct BatchOutcome {
     pub replays: Vec<bool>,
     /// Rows deleted by each prune.
     pub prunes: Vec<u64>,
+}
+
+impl Batch {
+    /// The rows the batch is worth, as the DB actor's bounds count them.
+    pub fn rows(&self) -> usize {
+        fn sum<W: Weight>(writes: &[W]) -> usize {
+            writes.iter().map(Weight::weight).sum()
+        }
+        sum(&self.campaigns)
+            + sum(&self.registrations)
+            + sum(&self.applies)
+            + sum(&self.buffers)
+            + sum(&self.dead_letters)
+            + sum(&self.replays)
+            + sum(&self.prunes)
+    }
+}
+
+impl BatchOutcome {
+    /// Splits the outcome of batches committed as one (see
+    /// [`super::commit::commit_in`]) into each batch's own, in order.
+    pub(crate) fn split(mut self, batches: &[&Batch]) -> Vec<BatchOutcome> {
+        fn tail<T>(all: &mut Vec<T>, count: usize) -> Vec<T> {
+            all.split_off(all.len().saturating_sub(count))
+        }
+        if batches.len() == 1 {
+            return vec![self];
+        }
+        let mut parts: Vec<BatchOutcome> = batches
+            .iter()
+            .rev()
+            .map(|batch| {
+                let dead_letters = batch.dead_letters.len().min(self.dead_letters);
+                self.dead_letters -= dead_letters;
+                BatchOutcome {
+                    transaction: None,
+                    campaigns: tail(&mut self.campaigns, batch.campaigns.len()),
+                    registrations: tail(&mut self.registrations, batch.registrations.len()),
+                    applies: tail(&mut self.applies, batch.applies.len()),
+                    buffers: tail(&mut self.buffers, batch.buffers.len()),
+                    dead_letters,
+                    replays: tail(&mut self.replays, batch.replays.len()),
+                    prunes: tail(&mut self.prunes, batch.prunes.len()),
+                }
+            })
+            .collect();
+        parts.reverse();
+        parts
+    }
+}
+
+/// One transaction of the SQLite writer, which may hold several batches.
+#[derive(Clone, Copy, Debug)]
+pub struct Transaction {
+    /// Rows of all its batches.
+    pub rows: usize,
+    /// From its first statement to the end of its commit.
+    pub seconds: f64,
 }
 
 /// What a registration committed.
@@ -489,6 +551,61 @@ pub(crate) fn apply_updates<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merged_outcome_splits_back_into_each_batchs_own() {
+        let prune = || Prune {
+            target: PruneTarget::Unmatched,
+            older_than_ms: 0,
+            limit: 1,
+        };
+        let letter = || DeadLetter {
+            channel: Channel::Whatsapp,
+            reason: String::new(),
+            content_type: None,
+            body: Vec::new(),
+            verification: crate::store::ReceiptVerification::Disabled,
+        };
+        let campaign = || EnsureCampaign {
+            tenant_id: "t".to_owned(),
+            campaign_id: "c".to_owned(),
+        };
+        let first = Batch {
+            campaigns: vec![campaign(), campaign()],
+            dead_letters: vec![letter()],
+            prunes: vec![prune()],
+            ..Batch::default()
+        };
+        let second = Batch::default();
+        let third = Batch {
+            campaigns: vec![campaign()],
+            dead_letters: vec![letter(), letter()],
+            prunes: vec![prune(), prune()],
+            ..Batch::default()
+        };
+        let merged = BatchOutcome {
+            campaigns: vec![1, 2, 3],
+            dead_letters: 3,
+            prunes: vec![10, 20, 30],
+            ..BatchOutcome::default()
+        };
+
+        let parts = merged.split(&[&first, &second, &third]);
+
+        let shapes: Vec<(Vec<i64>, usize, Vec<u64>)> = parts
+            .into_iter()
+            .map(|part| (part.campaigns, part.dead_letters, part.prunes))
+            .collect();
+        assert_eq!(
+            shapes,
+            vec![
+                (vec![1, 2], 1, vec![10]),
+                (vec![], 0, vec![]),
+                (vec![3], 2, vec![20, 30]),
+            ]
+        );
+        assert_eq!((first.rows(), second.rows(), third.rows()), (4, 0, 5));
+    }
 
     fn update(key: &str, status: Status, ts: i64) -> StatusUpdate {
         StatusUpdate {

@@ -26,9 +26,9 @@ use crate::domain::analytics::AnalyticsDelta;
 use crate::domain::{CampaignCounters, Channel, StatusSet, StatusUpdate, Tally};
 
 use super::batch::{
-    Applied, Batch, BatchOutcome, CounterRow, DeadLetter, EventRow, LoadedMessage, NewMessage,
-    Prune, PruneTarget, RecordReplay, RegisterReceipt, Registered, StatusChange, UpdateOutcome,
-    apply_updates,
+    Applied, Apply, Batch, BatchOutcome, Buffer, CounterRow, DeadLetter, EnsureCampaign, EventRow,
+    LoadedMessage, NewMessage, Prune, PruneTarget, RecordReplay, Register, RegisterReceipt,
+    Registered, StatusChange, UpdateOutcome, apply_updates,
 };
 use super::types::{MessageRef, StoreError};
 
@@ -265,12 +265,16 @@ struct Building<T> {
 /// Per campaign: the counter delta and how many versions it moves.
 type Deltas = HashMap<i64, (Tally, i64)>;
 
-/// Runs a batch inside the transaction `tx`; the caller commits.
+/// Runs batches inside the transaction `tx`, as one batch holding each
+/// kind of write of every batch in their order (what the DB actor would
+/// have made of them had they queued together); returns each batch's own
+/// outcome. The caller commits.
 pub(crate) async fn commit_in<T: CommitTx>(
     tx: &mut T,
-    batch: &Batch,
+    batches: &[&Batch],
     now_ms: i64,
-) -> Result<BatchOutcome, StoreError> {
+) -> Result<Vec<BatchOutcome>, StoreError> {
+    let batch = Merged(batches);
     lock_batch(tx, batch).await?;
     let mut outcome = BatchOutcome::default();
     let mut deltas: Deltas = HashMap::new();
@@ -279,16 +283,15 @@ pub(crate) async fn commit_in<T: CommitTx>(
     // and every changing event takes the next number, which the event row
     // keeps as the SSE cursor.
     let written: Vec<i64> = batch
-        .registrations
-        .iter()
+        .registrations()
         .map(|registration| registration.campaign_pk)
-        .chain(batch.applies.iter().map(|apply| apply.campaign_pk))
+        .chain(batch.applies().map(|apply| apply.campaign_pk))
         .collect();
     let mut versions = tx.counter_versions(&written).await?;
 
     // 1. Campaigns, registrations, buffers, dead letters, replay records,
     // pruning.
-    for campaign in &batch.campaigns {
+    for campaign in batch.campaigns() {
         let campaign_pk = tx
             .ensure_campaign(&campaign.tenant_id, &campaign.campaign_id, now_ms)
             .await?;
@@ -297,7 +300,7 @@ pub(crate) async fn commit_in<T: CommitTx>(
     let mut registrations: Vec<Building<RegisterReceipt>> = Vec::new();
     let mut registered_messages: Vec<Vec<(Channel, String, i64)>> = Vec::new();
     let mut drained: Vec<(usize, i64, StatusUpdate)> = Vec::new();
-    for (index, registration) in batch.registrations.iter().enumerate() {
+    for (index, registration) in batch.registrations().enumerate() {
         let campaign_pk = registration.campaign_pk;
         let (receipt, registered) =
             register(tx, campaign_pk, &registration.messages, now_ms).await?;
@@ -332,26 +335,26 @@ pub(crate) async fn commit_in<T: CommitTx>(
         });
         registered_messages.push(registered);
     }
-    for buffered in &batch.buffers {
+    for buffered in batch.buffers() {
         outcome
             .buffers
             .push(buffer(tx, &buffered.updates, now_ms).await?);
     }
-    for letter in &batch.dead_letters {
+    for letter in batch.dead_letters() {
         tx.insert_dead_letter(letter, now_ms).await?;
         outcome.dead_letters += 1;
     }
-    for replay in &batch.replays {
+    for replay in batch.replays() {
         outcome
             .replays
             .push(tx.record_replay(replay, now_ms).await?);
     }
-    for each in &batch.prunes {
+    for each in batch.prunes() {
         outcome.prunes.push(prune(tx, each).await?);
     }
     let mut pending: Vec<Pending<'_>> = Vec::new();
     let mut applies: Vec<Building<Vec<UpdateOutcome>>> = Vec::new();
-    for (apply, write) in batch.applies.iter().enumerate() {
+    for (apply, write) in batch.applies().enumerate() {
         touched.insert(write.campaign_pk);
         for (update, (message_pk, each)) in write.updates.iter().enumerate() {
             pending.push(Pending {
@@ -441,28 +444,61 @@ pub(crate) async fn commit_in<T: CommitTx>(
             changes: building.changes,
         });
     }
-    Ok(outcome)
+    Ok(outcome.split(batches))
+}
+
+/// Batches committed together, seen as one: each kind of write of every
+/// batch, in the batches' order.
+#[derive(Clone, Copy)]
+struct Merged<'b>(&'b [&'b Batch]);
+
+impl<'b> Merged<'b> {
+    fn campaigns(self) -> impl Iterator<Item = &'b EnsureCampaign> {
+        self.0.iter().flat_map(|batch| batch.campaigns.iter())
+    }
+
+    fn registrations(self) -> impl Iterator<Item = &'b Register> {
+        self.0.iter().flat_map(|batch| batch.registrations.iter())
+    }
+
+    fn applies(self) -> impl Iterator<Item = &'b Apply> {
+        self.0.iter().flat_map(|batch| batch.applies.iter())
+    }
+
+    fn buffers(self) -> impl Iterator<Item = &'b Buffer> {
+        self.0.iter().flat_map(|batch| batch.buffers.iter())
+    }
+
+    fn dead_letters(self) -> impl Iterator<Item = &'b DeadLetter> {
+        self.0.iter().flat_map(|batch| batch.dead_letters.iter())
+    }
+
+    fn replays(self) -> impl Iterator<Item = &'b RecordReplay> {
+        self.0.iter().flat_map(|batch| batch.replays.iter())
+    }
+
+    fn prunes(self) -> impl Iterator<Item = &'b Prune> {
+        self.0.iter().flat_map(|batch| batch.prunes.iter())
+    }
 }
 
 /// Locks every campaign the batch changes and every message id it
 /// registers or buffers.
-async fn lock_batch<T: CommitTx>(tx: &mut T, batch: &Batch) -> Result<(), StoreError> {
+async fn lock_batch<T: CommitTx>(tx: &mut T, batch: Merged<'_>) -> Result<(), StoreError> {
     let campaigns: Vec<i64> = batch
-        .registrations
-        .iter()
+        .registrations()
         .map(|registration| registration.campaign_pk)
-        .chain(batch.applies.iter().map(|apply| apply.campaign_pk))
+        .chain(batch.applies().map(|apply| apply.campaign_pk))
         .collect();
     let messages: Vec<(Channel, &str)> = batch
-        .registrations
-        .iter()
+        .registrations()
         .flat_map(|registration| {
             registration
                 .messages
                 .iter()
                 .map(|message| (message.channel, message.provider_message_id.as_str()))
         })
-        .chain(batch.buffers.iter().flat_map(|buffer| {
+        .chain(batch.buffers().flat_map(|buffer| {
             buffer
                 .updates
                 .iter()

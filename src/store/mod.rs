@@ -19,8 +19,8 @@ mod types;
 
 pub use batch::{
     Applied, Apply, Batch, BatchOutcome, Buffer, DeadLetter, EnsureCampaign, NewMessage, Prune,
-    PruneTarget, RecordReplay, Register, RegisterReceipt, Registered, StatusChange, UpdateOutcome,
-    Weight,
+    PruneTarget, RecordReplay, Register, RegisterReceipt, Registered, StatusChange, Transaction,
+    UpdateOutcome, Weight,
 };
 pub use postgres::{
     ChangeFeed, ChangePage, FeedOpener, PgStore, SESSION_OPTIONS as PG_SESSION_OPTIONS,
@@ -85,6 +85,19 @@ impl Store {
         match self {
             Store::Sqlite(_) => None,
             Store::Postgres(store) => Some(store.feed_opener()),
+        }
+    }
+
+    /// How many batches the DB actor may hand over before the first is
+    /// committed. SQLite's writer thread takes them in order and commits
+    /// everything that queued while it was busy in one transaction, so the
+    /// next commit starts the moment the last one ends, holding all that
+    /// arrived meanwhile. PostgreSQL commits one batch at a time (its
+    /// commits await the server, and retries must not overtake).
+    pub fn commits_in_flight(&self) -> usize {
+        match self {
+            Store::Sqlite(_) => sqlite::COMMITS_IN_FLIGHT,
+            Store::Postgres(_) => 1,
         }
     }
 

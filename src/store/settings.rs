@@ -21,6 +21,9 @@ pub struct StoreSettings {
     pub acquire_timeout: Duration,
     /// The SQLite writer's page cache, MiB (readers get a quarter each).
     pub sqlite_cache_mib: u32,
+    /// Most rows in one transaction: the SQLite writer merges the batches
+    /// that queued while it committed up to this (`STATUSHUB_MAX_BATCH`).
+    pub max_commit_rows: usize,
 }
 
 impl StoreSettings {
@@ -32,6 +35,7 @@ impl StoreSettings {
             read_connections: 4,
             acquire_timeout: Duration::from_secs(5),
             sqlite_cache_mib: 16,
+            max_commit_rows: 2_000,
         }
     }
 

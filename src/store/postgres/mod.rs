@@ -143,7 +143,10 @@ impl PgStore {
 
     async fn try_commit(&self, batch: &Batch, now_ms: i64) -> Result<BatchOutcome, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let outcome = commit_in(&mut PgTx(&mut tx), batch, now_ms).await?;
+        let outcome = commit_in(&mut PgTx(&mut tx), &[batch], now_ms)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("a commit without an outcome".to_owned()))?;
         tx.commit().await?;
         Ok(outcome)
     }

@@ -35,6 +35,7 @@ use rows::{
     current_status_of, failure, status_change, status_of, status_set, stored_dead_letter,
     stored_event,
 };
+pub(crate) use writer::COMMITS_IN_FLIGHT;
 use writer::{MMAP_BYTES, Writer};
 
 /// How long a statement waits for a lock before failing with `SQLITE_BUSY`.
@@ -77,6 +78,7 @@ impl SqliteStore {
             options.get_filename(),
             settings.sqlite_synchronous,
             cache_kib,
+            settings.max_commit_rows.max(1),
         )?;
         let reader = SqlitePoolOptions::new()
             .max_connections(settings.read_connections.max(1))

@@ -11,6 +11,10 @@
 //! connection's cache (statement texts never change, so nothing is prepared
 //! twice). Reads stay on sqlx's pool, which links the same SQLite.
 //!
+//! The DB actor hands batches over as they come (up to
+//! [`COMMITS_IN_FLIGHT`]); the thread commits everything that queued while
+//! it was busy in one transaction ([`run`]).
+//!
 //! The orchestration is still [`commit_in`], shared with PostgreSQL: the
 //! [`CommitTx`] methods here are `async` only in signature (they never
 //! wait), so the commit future completes on its first poll.
@@ -18,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
+use std::time::Instant;
 
 use futures_util::FutureExt as _;
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
@@ -27,7 +32,7 @@ use crate::domain::analytics::{AnalyticsDelta, Pricing};
 use crate::domain::{Channel, Failure, Status, StatusSet, StatusUpdate, Tally};
 use crate::store::batch::{
     Batch, BatchOutcome, CounterRow, DeadLetter, EventRow, LoadedMessage, NewMessage, PruneTarget,
-    RecordReplay, details_json,
+    RecordReplay, Transaction, details_json,
 };
 use crate::store::commit::{CommitTx, EventIds, OldRow, commit_in};
 use crate::store::settings::Synchronous;
@@ -43,19 +48,31 @@ pub(super) const MMAP_BYTES: i64 = 1 << 30;
 /// Prepared statements the connection keeps (a commit uses about 25).
 const STATEMENT_CACHE: usize = 64;
 
+/// Batches the DB actor may hand over before the first is committed (see
+/// [`crate::store::Store::commits_in_flight`]). The writer merges what
+/// queued into its next transaction, up to the most rows a commit holds;
+/// the DB actor keeps what is beyond this in its own queue.
+pub(crate) const COMMITS_IN_FLIGHT: usize = 64;
+
+/// A batch to commit, with where its outcome goes.
+struct CommitJob {
+    batch: Arc<Batch>,
+    rows: usize,
+    now_ms: i64,
+    reply: oneshot::Sender<Result<BatchOutcome, StoreError>>,
+}
+
 /// What the writer thread is asked to do.
 enum Job {
-    Commit {
-        batch: Arc<Batch>,
-        now_ms: i64,
-        reply: oneshot::Sender<Result<BatchOutcome, StoreError>>,
-    },
+    Commit(CommitJob),
     /// A write that is rolled back: tells whether the file takes writes.
     Probe {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Closes the connection and ends the thread.
-    Close { reply: oneshot::Sender<()> },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The handle of the writer thread. Cheap to clone; the thread ends (and
@@ -69,31 +86,36 @@ pub(super) struct Writer {
 impl Writer {
     /// Opens the write connection on `path` (the migrations have run) and
     /// starts its thread.
+    /// `max_rows`: most rows in one transaction (a batch larger than that
+    /// goes alone).
     pub(super) fn open(
         path: &Path,
         synchronous: Synchronous,
         cache_kib: i64,
+        max_rows: usize,
     ) -> Result<Self, StoreError> {
         let connection = open(path, synchronous, cache_kib)?;
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
-            .spawn(move || run(connection, queue))?;
+            .spawn(move || run(connection, queue, max_rows))?;
         Ok(Writer { jobs })
     }
 
-    /// Commits `batch` in one transaction.
+    /// Commits `batch`, in one transaction with the batches queued next to
+    /// it (see [`run`]).
     pub(super) async fn commit(
         &self,
         batch: Arc<Batch>,
         now_ms: i64,
     ) -> Result<BatchOutcome, StoreError> {
         let (reply, outcome) = oneshot::channel();
-        self.send(Job::Commit {
+        self.send(Job::Commit(CommitJob {
+            rows: batch.rows(),
             batch,
             now_ms,
             reply,
-        })?;
+        }))?;
         outcome.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -143,16 +165,38 @@ fn open(path: &Path, synchronous: Synchronous, cache_kib: i64) -> Result<Connect
     Ok(connection)
 }
 
-/// The writer thread: one job at a time, in the order they were sent.
-fn run(mut connection: Connection, queue: mpsc::Receiver<Job>) {
-    while let Ok(job) = queue.recv() {
+/// The writer thread: jobs in the order they were sent. The batches that
+/// queued while a transaction was committing go together in the next one
+/// (group commit where the work is): the writer never waits for the DB
+/// actor between two commits, and a commit holds everything that arrived
+/// during the one before, however the arrivals were spread.
+fn run(mut connection: Connection, queue: mpsc::Receiver<Job>, max_rows: usize) {
+    let mut next = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
         match job {
-            Job::Commit {
-                batch,
-                now_ms,
-                reply,
-            } => {
-                let _ = reply.send(commit(&mut connection, &batch, now_ms));
+            Job::Commit(first) => {
+                let mut rows = first.rows;
+                let mut jobs = vec![first];
+                while let Ok(job) = queue.try_recv() {
+                    match job {
+                        Job::Commit(more) if rows + more.rows <= max_rows => {
+                            rows += more.rows;
+                            jobs.push(more);
+                        }
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                commit_jobs(&mut connection, jobs, rows);
             }
             Job::Probe { reply } => {
                 let _ = reply.send(probe(&mut connection));
@@ -166,18 +210,72 @@ fn run(mut connection: Connection, queue: mpsc::Receiver<Job>) {
     }
 }
 
-/// One group commit. A transaction dropped without `commit` rolls back.
+/// Commits `jobs` in one transaction and answers each with its own
+/// outcome. When that transaction fails and held several batches, each is
+/// tried again alone, so that one batch the store refuses does not fail the
+/// others with it.
+fn commit_jobs(connection: &mut Connection, jobs: Vec<CommitJob>, rows: usize) {
+    let started = Instant::now();
+    let batches: Vec<&Batch> = jobs.iter().map(|job| &*job.batch).collect();
+    // The oldest batch's time: the merged ones arrived after it.
+    let now_ms = jobs.first().map_or(0, |job| job.now_ms);
+    match commit(connection, &batches, now_ms) {
+        Ok(mut outcomes) if outcomes.len() == jobs.len() => {
+            if let Some(first) = outcomes.first_mut() {
+                first.transaction = Some(Transaction {
+                    rows,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        Ok(_) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Corrupt(
+                    "a commit answered a different number of batches".to_owned(),
+                )));
+            }
+        }
+        Err(error) if jobs.len() == 1 => {
+            if let Some(job) = jobs.into_iter().next() {
+                let _ = job.reply.send(Err(error));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, batches = jobs.len(), "a merged commit failed; committing its batches one by one");
+            for job in jobs {
+                let started = Instant::now();
+                let outcome = commit(connection, &[&job.batch], job.now_ms).and_then(|outcomes| {
+                    let mut outcome = outcomes.into_iter().next().ok_or_else(|| {
+                        StoreError::Corrupt("a commit without an outcome".to_owned())
+                    })?;
+                    outcome.transaction = Some(Transaction {
+                        rows: job.rows,
+                        seconds: started.elapsed().as_secs_f64(),
+                    });
+                    Ok(outcome)
+                });
+                let _ = job.reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// One group commit of `batches`. A transaction dropped without `commit`
+/// rolls back.
 fn commit(
     connection: &mut Connection,
-    batch: &Batch,
+    batches: &[&Batch],
     now_ms: i64,
-) -> Result<BatchOutcome, StoreError> {
+) -> Result<Vec<BatchOutcome>, StoreError> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let outcome = commit_in(&mut WriteTx(&tx), batch, now_ms)
+    let outcomes = commit_in(&mut WriteTx(&tx), batches, now_ms)
         .now_or_never()
         .ok_or_else(|| StoreError::Corrupt("an SQLite commit waited".to_owned()))??;
     tx.commit()?;
-    Ok(outcome)
+    Ok(outcomes)
 }
 
 /// Checks that the file takes writes (a full disk, a read-only mount or
