@@ -207,8 +207,9 @@ pub struct DbActor {
     /// [`HubError::Overloaded`] so webhooks answer 503 and memory stays
     /// bounded.
     queue: OneInFlight<Queued>,
-    /// Rows handed to the store and not yet committed (counted against
-    /// `max_queue` with the queued ones).
+    /// Rows handed to the store and not yet committed (beyond one
+    /// transaction's worth, counted against `max_queue` with the queued
+    /// ones).
     in_flight_rows: usize,
     /// Number of the next batch handed to the store.
     sent: u64,
@@ -371,7 +372,11 @@ impl<W: Write> Handler<Persist<W>> for DbActor {
     /// is full) and resolves once its batch has committed.
     fn handle(&mut self, Persist(write): Persist<W>, ctx: &mut Self::Context) -> Self::Result {
         let weight = write.weight();
-        let waiting = self.queue.queued_weight() + self.in_flight_rows;
+        // What waits for a commit: the queue, and what was handed over
+        // beyond one transaction's worth (the writer may be committing that
+        // much, as a single batch in flight was not counted before).
+        let waiting =
+            self.queue.queued_weight() + self.in_flight_rows.saturating_sub(self.max_batch);
         if waiting + weight > self.max_queue && waiting > 0 {
             self.metrics.db_queue_rejections.inc();
             return Box::pin(async { Err(HubError::Overloaded) });
