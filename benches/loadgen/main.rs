@@ -109,6 +109,7 @@
 // test binary compiles the same modules with the harness, lints included.
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
+mod conn;
 mod histogram;
 mod hub;
 mod options;

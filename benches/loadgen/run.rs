@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::Rng as _;
 use serde::Deserialize;
 use statushub::clock::now_ms;
 use tokio::time::Instant;
 
+use super::conn::{Connections, Failure};
 use super::histogram::Histogram;
 use super::hub::{Hub, Metrics};
 use super::options::{Channel, Mode, Options};
@@ -245,23 +247,29 @@ async fn load(
     };
 
     let sender = Arc::new(Sender {
-        client: hub.client.clone(),
-        endpoints: streams
-            .urls
-            .iter()
-            .map(|url| match options.channel {
-                Channel::Whatsapp => format!("{url}/webhooks/whatsapp"),
-                Channel::Ses => format!("{url}/webhooks/email"),
-            })
-            .collect(),
+        connections: Connections::new(
+            &streams
+                .urls
+                .iter()
+                .map(|url| match options.channel {
+                    Channel::Whatsapp => format!("{url}/webhooks/whatsapp"),
+                    Channel::Ses => format!("{url}/webhooks/email"),
+                })
+                .collect::<Vec<_>>(),
+            REQUEST_TIMEOUT,
+        )?,
         plan: plan.clone(),
         payloads: payloads.clone(),
         laps: options.laps,
         presigned,
-        ses_secret: options
-            .ses_webhook_secret
-            .as_ref()
-            .map(|secret| secrecy::ExposeSecret::expose_secret(secret).to_owned()),
+        ses_authorization: options.ses_webhook_secret.as_ref().map(|secret| {
+            use base64::Engine as _;
+            let pair = format!("sns:{}", secrecy::ExposeSecret::expose_secret(secret));
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        }),
         acknowledged: (0..plan.notifications.len())
             .map(|_| AtomicBool::new(false))
             .collect(),
@@ -567,15 +575,16 @@ impl Tally {
 
 /// Sends request after request of a plan.
 struct Sender {
-    client: reqwest::Client,
-    /// The webhook URL of each instance; request r goes to r mod their number.
-    endpoints: Vec<String>,
+    /// The webhook endpoint of each instance; request r goes to r mod their
+    /// number.
+    connections: Connections,
     plan: Arc<Plan>,
     payloads: Arc<Payloads>,
     laps: usize,
     /// SES: signed notifications by number.
     presigned: Option<Vec<Option<Vec<u8>>>>,
-    ses_secret: Option<String>,
+    /// SES: the `Authorization` header of the hub's basic-auth secret.
+    ses_authorization: Option<String>,
     /// Notifications carried by a request answered 200, by number.
     acknowledged: Vec<AtomicBool>,
     /// For status subscribers' delays.
@@ -587,39 +596,26 @@ impl Sender {
     /// Sends request `request`; `true` when the hub answered 200.
     async fn send(&self, request: usize) -> bool {
         let numbers = self.plan.request(request, self.laps);
-        let url = &self.endpoints[request % self.endpoints.len()];
-        let built = match self.plan.channel {
-            Channel::Whatsapp => self.whatsapp(url, &numbers),
-            Channel::Ses => self.ses(url, numbers[0]),
+        let sent = match self.plan.channel {
+            Channel::Whatsapp => self.whatsapp(request, &numbers).await,
+            Channel::Ses => self.ses(request, numbers[0]).await,
         };
-        let call = match built {
-            Ok(call) => call,
+        let (status, body) = match sent {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(failure)) => {
+                self.tally.error(failure.describe());
+                return false;
+            }
             Err(error) => {
                 self.tally.error(format!("not built: {error:#}"));
                 return false;
             }
         };
-        let response = match call.send().await {
-            Ok(response) => response,
-            Err(error) => {
-                let kind = if error.is_timeout() {
-                    "timeout"
-                } else if error.is_connect() {
-                    "connect"
-                } else {
-                    "transport"
-                };
-                self.tally.error(kind.to_owned());
-                return false;
-            }
-        };
-        let status = response.status();
         if status != 200 {
-            let _ = response.bytes().await;
-            self.tally.error(status.as_u16().to_string());
+            self.tally.error(status.to_string());
             return false;
         }
-        let receipt: Receipt = match response.json().await {
+        let receipt: Receipt = match serde_json::from_slice(&body) {
             Ok(receipt) => receipt,
             Err(_) => {
                 self.tally.error("200 without a receipt".to_owned());
@@ -654,19 +650,27 @@ impl Sender {
         true
     }
 
-    /// A WhatsApp webhook carrying `numbers`.
-    fn whatsapp(&self, url: &str, numbers: &[u32]) -> anyhow::Result<reqwest::RequestBuilder> {
+    /// Posts the WhatsApp webhook carrying `numbers`.
+    async fn whatsapp(
+        &self,
+        request: usize,
+        numbers: &[u32],
+    ) -> anyhow::Result<Result<(u16, Bytes), Failure>> {
         let (body, signature) = self.payloads.whatsapp(&self.plan, numbers)?;
-        Ok(self
-            .client
-            .post(url)
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", signature)
-            .body(body))
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-hub-signature-256", signature.as_str()),
+        ];
+        Ok(self.connections.post(request, &headers, body).await)
     }
 
-    /// The SNS notification of `number`, signed before the run when it was.
-    fn ses(&self, url: &str, number: u32) -> anyhow::Result<reqwest::RequestBuilder> {
+    /// Posts the SNS notification of `number`, signed before the run when
+    /// it was.
+    async fn ses(
+        &self,
+        request: usize,
+        number: u32,
+    ) -> anyhow::Result<Result<(u16, Bytes), Failure>> {
         let notification = &self.plan.notifications[number as usize];
         let signed = self
             .presigned
@@ -679,23 +683,18 @@ impl Sender {
                 self.payloads.ses(notification)?
             }
         };
-        let topic = &self.payloads.topic_arn;
-        let mut call = self
-            .client
-            .post(url)
-            .header("content-type", "text/plain; charset=UTF-8")
-            .header("user-agent", "Amazon Simple Notification Service Agent")
-            .header("x-amz-sns-message-type", "Notification")
-            .header(
-                "x-amz-sns-message-id",
-                sns_message_id(&self.payloads.run, notification),
-            )
-            .header("x-amz-sns-topic-arn", topic)
-            .body(body);
-        if let Some(secret) = &self.ses_secret {
-            call = call.basic_auth("sns", Some(secret));
+        let message_id = sns_message_id(&self.payloads.run, notification);
+        let mut headers = vec![
+            ("content-type", "text/plain; charset=UTF-8"),
+            ("user-agent", "Amazon Simple Notification Service Agent"),
+            ("x-amz-sns-message-type", "Notification"),
+            ("x-amz-sns-message-id", message_id.as_str()),
+            ("x-amz-sns-topic-arn", self.payloads.topic_arn.as_str()),
+        ];
+        if let Some(authorization) = &self.ses_authorization {
+            headers.push(("authorization", authorization.as_str()));
         }
-        Ok(call)
+        Ok(self.connections.post(request, &headers, body).await)
     }
 }
 

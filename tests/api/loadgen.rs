@@ -7,6 +7,8 @@
 //!
 //! No timing is asserted here: figures go in BENCHMARKS.md.
 
+#[path = "../../benches/loadgen/conn.rs"]
+mod conn;
 #[path = "../../benches/loadgen/histogram.rs"]
 mod histogram;
 #[path = "../../benches/loadgen/hub.rs"]
