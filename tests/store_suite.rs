@@ -39,6 +39,7 @@ fn update(id: &str, status: Status, key: &str) -> StatusUpdate {
         idempotency_key: key.to_owned(),
         failure: None,
         details: serde_json::Value::Null,
+        stored: Default::default(),
     }
 }
 

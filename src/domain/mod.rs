@@ -8,4 +8,4 @@ mod update;
 
 pub use counters::CampaignCounters;
 pub use status::{CurrentStatus, Status, StatusSet, Tally};
-pub use update::{Channel, Failure, Parsed, StatusUpdate};
+pub use update::{Channel, Failure, Parsed, StatusUpdate, StoredDetails};

@@ -216,7 +216,15 @@ impl Hub {
             ..WebhookReceipt::default()
         };
         let mut settled = Vec::with_capacity(updates.len());
-        let mut to_route: Vec<Arc<StatusUpdate>> = updates.into_iter().map(Arc::new).collect();
+        let mut to_route: Vec<Arc<StatusUpdate>> = updates
+            .into_iter()
+            .map(|update| {
+                // Made here, on the HTTP worker, not on the one writer
+                // thread every commit waits for.
+                let _ = update.stored_details();
+                Arc::new(update)
+            })
+            .collect();
         for _ in 0..MAX_REROUTES {
             if to_route.is_empty() {
                 break;

@@ -373,25 +373,6 @@ pub struct StatusChange {
     pub provider_ts_ms: i64,
 }
 
-/// The JSON kept in an event's `details`: the provider's details with the
-/// failure, if any.
-pub(crate) fn details_json(update: &StatusUpdate) -> Option<String> {
-    if update.details.is_null() && update.failure.is_none() {
-        return None;
-    }
-    let Some(failure) = &update.failure else {
-        // The common case, serialized in place: no copy of the details.
-        return Some(update.details.to_string());
-    };
-    let mut details = update.details.clone();
-    if let Some(object) = details.as_object_mut() {
-        object.insert("failure".to_owned(), serde_json::json!(failure));
-    } else {
-        details = serde_json::json!({ "failure": failure });
-    }
-    Some(details.to_string())
-}
-
 impl StatusChange {
     /// Where this change is in the order tenant streams follow.
     pub fn position(&self) -> super::types::EventPosition {
@@ -617,6 +598,7 @@ mod tests {
             idempotency_key: key.to_owned(),
             failure: None,
             details: serde_json::Value::Null,
+            stored: Default::default(),
         }
     }
 

@@ -14,8 +14,6 @@ use crate::store::batch::{
 use crate::store::commit::{CommitTx, EventIds, OldRow};
 use crate::store::types::{MessageRef, ReplayOutcome, StoreError};
 
-use crate::store::batch::details_json;
-
 use super::rows::{
     buffered_update, channel_of, counter_row, failure, parse_channel, pricing, status_set,
 };
@@ -490,7 +488,7 @@ impl CommitTx for PgTx<'_> {
         let mut versions: Vec<Option<i64>> = Vec::with_capacity(n);
         let mut currents = Vec::with_capacity(n);
         let mut provider_ts = Vec::with_capacity(n);
-        let mut details: Vec<Option<String>> = Vec::with_capacity(n);
+        let mut details: Vec<Option<&str>> = Vec::with_capacity(n);
         for event in events {
             keys.push(event.update.idempotency_key.as_str());
             message_pks.push(event.message_pk);
@@ -501,7 +499,7 @@ impl CommitTx for PgTx<'_> {
             versions.push(event.version);
             currents.push(event.current.as_str());
             provider_ts.push(event.update.timestamp_ms);
-            details.push(details_json(event.update));
+            details.push(event.update.stored_details());
         }
         // WITH ORDINALITY + ORDER BY: ids are drawn in the batch's order,
         // so a campaign's versions rise with its event ids.

@@ -32,7 +32,7 @@ use crate::domain::analytics::{AnalyticsDelta, Pricing};
 use crate::domain::{Channel, Failure, Status, StatusSet, StatusUpdate, Tally};
 use crate::store::batch::{
     Batch, BatchOutcome, CounterRow, DeadLetter, EventRow, LoadedMessage, NewMessage, PruneTarget,
-    RecordReplay, Transaction, details_json,
+    RecordReplay, Transaction,
 };
 use crate::store::commit::{CommitTx, EventIds, OldRow, commit_in};
 use crate::store::settings::Synchronous;
@@ -737,7 +737,7 @@ impl CommitTx for WriteTx<'_> {
                 event.version,
                 event.current.as_str(),
                 event.update.timestamp_ms,
-                details_json(event.update),
+                event.update.stored_details(),
                 now_ms
             ])?;
             ids.insert(

@@ -243,6 +243,7 @@ pub fn parse_ses_message(message: &str, sns_message_id: &str) -> Result<StatusUp
         idempotency_key: format!("sns:{sns_message_id}"),
         failure,
         details,
+        stored: Default::default(),
     })
 }
 

@@ -167,6 +167,7 @@ fn parse_status(value: Value) -> Result<StatusUpdate, String> {
             None
         },
         details,
+        stored: Default::default(),
     })
 }
 
