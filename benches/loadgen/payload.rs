@@ -95,6 +95,11 @@ fn recipient(channel: Channel, index: u32) -> String {
     }
 }
 
+/// A WhatsApp webhook up to its statuses, as [`envelope`] writes it.
+const WHATSAPP_HEAD: &str = r#"{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},"statuses":["#;
+/// What closes [`WHATSAPP_HEAD`].
+const WHATSAPP_TAIL: &str = "]}}]}]}";
+
 /// What every request of a run shares.
 #[derive(Debug)]
 pub struct Payloads {
@@ -124,16 +129,59 @@ impl Payloads {
             .whatsapp_secret
             .as_deref()
             .context("no whatsapp app secret")?;
-        let statuses = numbers
-            .iter()
-            .map(|&number| self.whatsapp_status(&plan.notifications[number as usize]))
-            .collect();
-        let body = serde_json::to_vec(&envelope(statuses))?;
+        // Written as text, not built as a `serde_json::Value`: that took
+        // about a fifth of the generator's CPU (tree maps, one allocation
+        // per key), which the hub then lacked on the shared cores. The test
+        // `whatsapp_bodies_are_the_json_of_the_envelope` holds it to
+        // `envelope` of `whatsapp_status`.
+        let mut body = String::with_capacity(WHATSAPP_HEAD.len() + 400 * numbers.len() + 8);
+        body.push_str(WHATSAPP_HEAD);
+        for (n, &number) in numbers.iter().enumerate() {
+            if n > 0 {
+                body.push(',');
+            }
+            self.write_whatsapp_status(&mut body, &plan.notifications[number as usize]);
+        }
+        body.push_str(WHATSAPP_TAIL);
+        let body = body.into_bytes();
         let header = signature::sign(secret.as_bytes(), &body);
         Ok((body, header))
     }
 
+    /// One Meta status object, as [`Payloads::whatsapp_status`] makes it,
+    /// written as JSON text. Every value is ASCII with no character JSON
+    /// escapes (ids, digits, fixed words).
+    fn write_whatsapp_status(&self, body: &mut String, notification: &Notification) {
+        use std::fmt::Write as _;
+        let Notification {
+            campaign,
+            index,
+            stage,
+        } = *notification;
+        let _ = write!(
+            body,
+            r#"{{"id":"wamid.{run}.{campaign}.{index}","status":"{event}","timestamp":"{seconds}","recipient_id":"1555{recipient:07}""#,
+            run = self.run,
+            event = stage.event(Channel::Whatsapp),
+            seconds = self.at_ms(stage) / 1_000,
+            recipient = index % 10_000_000,
+        );
+        if matches!(stage, Stage::Sent | Stage::Delivered) {
+            let _ = write!(
+                body,
+                r#","conversation":{{"id":"conv-{campaign}-{index}","origin":{{"type":"marketing"}}}},"pricing":{{"billable":true,"pricing_model":"CBP","category":"marketing"}}"#
+            );
+        }
+        if stage == Stage::Failed {
+            body.push_str(
+                r#","errors":[{"code":131026,"title":"Message undeliverable","message":"Message undeliverable","error_data":{"details":"the recipient is not on whatsapp"}}]"#,
+            );
+        }
+        body.push('}');
+    }
+
     /// One Meta status object.
+    #[cfg_attr(not(test), allow(dead_code))]
     fn whatsapp_status(&self, notification: &Notification) -> Value {
         let Notification {
             campaign,
@@ -340,6 +388,26 @@ mod tests {
 
     /// The WhatsApp body parses as the hub parses it, carries the plan's
     /// statuses in order, and its signature verifies under the app secret.
+    #[test]
+    fn whatsapp_bodies_are_the_json_of_the_envelope() {
+        let plan = Plan::new(Channel::Whatsapp, 3, 30, Order::Shuffled, 7, 5);
+        let payloads = payloads(None);
+        let every_stage: Vec<u32> = (0..plan.notifications.len() as u32).collect();
+        for numbers in every_stage.chunks(7) {
+            let (body, _) = payloads.whatsapp(&plan, numbers).unwrap();
+            let written: Value = serde_json::from_slice(&body).unwrap();
+            let built = envelope(
+                numbers
+                    .iter()
+                    .map(|&number| payloads.whatsapp_status(&plan.notifications[number as usize]))
+                    .collect(),
+            );
+            assert_eq!(written, built);
+        }
+        let stages: HashSet<Stage> = plan.notifications.iter().map(|n| n.stage).collect();
+        assert!(stages.contains(&Stage::Failed) && stages.contains(&Stage::Sent));
+    }
+
     #[test]
     fn whatsapp_webhooks_are_meta_shaped_and_signed() {
         let plan = Plan::new(Channel::Whatsapp, 2, 20, Order::InOrder, 20, 1);
