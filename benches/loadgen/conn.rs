@@ -111,9 +111,9 @@ async fn post(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .pop();
-    let mut sender = match idle {
-        Some(sender) if !sender.is_closed() => sender,
-        _ => connect(endpoint).await?,
+    let (mut sender, reused) = match idle {
+        Some(sender) if !sender.is_closed() => (sender, true),
+        _ => (connect(endpoint).await?, false),
     };
     let mut call = hyper::Request::post(endpoint.path.as_str())
         .header(hyper::header::HOST, endpoint.authority.as_str());
@@ -123,14 +123,18 @@ async fn post(
     let call = call
         .body(Full::new(Bytes::from(body)))
         .map_err(|error| Failure::Transport(error.to_string()))?;
-    sender
-        .ready()
-        .await
-        .map_err(|error| Failure::Transport(error.to_string()))?;
-    let response = sender
-        .send_request(call)
-        .await
-        .map_err(|error| Failure::Transport(error.to_string()))?;
+    let response = match send(&mut sender, call).await {
+        Ok(response) => response,
+        // The hub closed a kept-alive connection before this request went
+        // out on it: nothing was sent, so it goes again on a new one.
+        Err((Some(call), _)) if reused => {
+            sender = connect(endpoint).await?;
+            send(&mut sender, call)
+                .await
+                .map_err(|(_, error)| Failure::Transport(error))?
+        }
+        Err((_, error)) => return Err(Failure::Transport(error)),
+    };
     let status = response.status().as_u16();
     let body = response
         .into_body()
@@ -145,6 +149,21 @@ async fn post(
         .unwrap_or_else(PoisonError::into_inner)
         .push(sender);
     Ok((status, body))
+}
+
+/// Sends `call` on `sender`; on failure, the call back when it was not
+/// sent at all, and the reason.
+async fn send(
+    sender: &mut SendRequest<Full<Bytes>>,
+    call: hyper::Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, (Option<hyper::Request<Full<Bytes>>>, String)> {
+    if let Err(error) = sender.ready().await {
+        return Err((Some(call), error.to_string()));
+    }
+    sender.try_send_request(call).await.map_err(|mut error| {
+        let unsent = error.take_message();
+        (unsent, error.into_error().to_string())
+    })
 }
 
 async fn connect(endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, Failure> {

@@ -386,8 +386,8 @@ mod tests {
         assert!(uuid::Uuid::parse_str(&id).is_ok());
     }
 
-    /// The WhatsApp body parses as the hub parses it, carries the plan's
-    /// statuses in order, and its signature verifies under the app secret.
+    /// The WhatsApp body, written as text, is the JSON `envelope` makes of
+    /// `whatsapp_status`, for every stage.
     #[test]
     fn whatsapp_bodies_are_the_json_of_the_envelope() {
         let plan = Plan::new(Channel::Whatsapp, 3, 30, Order::Shuffled, 7, 5);
@@ -408,6 +408,8 @@ mod tests {
         assert!(stages.contains(&Stage::Failed) && stages.contains(&Stage::Sent));
     }
 
+    /// The WhatsApp body parses as the hub parses it, carries the plan's
+    /// statuses in order, and its signature verifies under the app secret.
     #[test]
     fn whatsapp_webhooks_are_meta_shaped_and_signed() {
         let plan = Plan::new(Channel::Whatsapp, 2, 20, Order::InOrder, 20, 1);

@@ -253,10 +253,16 @@ impl DbActor {
         }
     }
 
+    /// Rows waiting for a commit: queued here, or handed to the store and
+    /// not yet committed.
+    fn waiting_rows(&self) -> usize {
+        self.queue.queued_weight() + self.in_flight_rows
+    }
+
     fn set_depth_metric(&self) {
         self.metrics
             .db_queue_depth
-            .set(i64::try_from(self.queue.queued_weight()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.waiting_rows()).unwrap_or(i64::MAX));
     }
 
     /// Hands the oldest queued writes to the store as one batch, as long as
@@ -267,13 +273,15 @@ impl DbActor {
             self.set_depth_metric();
             let (batch, replies) = split(group);
             let batch = Arc::new(batch);
-            let store = self.store.clone();
             let number = self.sent;
             self.sent += 1;
             self.in_flight_rows += rows;
+            // Handed over here, in number order (actix polls spawned
+            // futures in no fixed order).
+            let started = Instant::now();
+            let committing = self.store.submit(Arc::clone(&batch), now_ms());
             let commit = async move {
-                let started = Instant::now();
-                let result = store.commit(Arc::clone(&batch), now_ms()).await;
+                let result = committing.await;
                 Ended {
                     batch,
                     replies,
@@ -291,40 +299,82 @@ impl DbActor {
     }
 
     /// Publishes and answers the commits that ended, in the order they were
-    /// handed over.
+    /// handed over; the batches of one transaction together, once all of
+    /// them have ended.
     fn settle(&mut self) {
-        while let Some(ended) = self.ended.remove(&self.settled) {
-            self.settled += 1;
+        loop {
+            let Some(first) = self.ended.get(&self.settled) else {
+                return;
+            };
+            // A merged transaction is told with its first batch; the others
+            // are the next numbers (the writer takes jobs in order).
+            let together = match &first.result {
+                Ok(outcome) => outcome
+                    .transaction
+                    .map_or(1, |transaction| transaction.batches.max(1)),
+                Err(_) => 1,
+            };
+            let numbers = self.settled..self.settled + together as u64;
+            if !numbers
+                .clone()
+                .all(|number| self.ended.contains_key(&number))
+            {
+                return;
+            }
+            let group: Vec<Ended> = numbers
+                .filter_map(|number| self.ended.remove(&number))
+                .collect();
+            self.settled += together as u64;
+            self.settle_transaction(group);
+        }
+    }
+
+    /// Settles the batches of one transaction: counts it, publishes what it
+    /// changed as one update (the counters are those after the whole
+    /// transaction, and its changes are ordered across its batches), then
+    /// answers each batch's writes.
+    fn settle_transaction(&mut self, group: Vec<Ended>) {
+        for ended in &group {
             self.queue.finish();
             self.in_flight_rows = self.in_flight_rows.saturating_sub(ended.rows);
+        }
+        let committed: Vec<(&Batch, &BatchOutcome)> = group
+            .iter()
+            .filter_map(|ended| match &ended.result {
+                Ok(outcome) => Some((&*ended.batch, outcome)),
+                Err(_) => None,
+            })
+            .collect();
+        // The store's own figures when it has them: the SQLite writer merges
+        // batches, and times its transactions.
+        match committed
+            .first()
+            .and_then(|(_, outcome)| outcome.transaction)
+        {
+            Some(transaction) => {
+                self.metrics.db_commit_seconds.observe(transaction.seconds);
+                self.metrics.db_batch_rows.observe(transaction.rows as f64);
+            }
+            None => {
+                for ended in group.iter().filter(|ended| ended.result.is_ok()) {
+                    self.metrics.db_commit_seconds.observe(ended.seconds);
+                    self.metrics.db_batch_rows.observe(ended.rows as f64);
+                }
+            }
+        }
+        // Publish before replying: a dashboard may see a change a moment
+        // before the provider gets its 200, never after.
+        self.publish(&committed);
+        for ended in group {
             let Ended {
-                batch,
                 replies,
                 rows,
                 seconds,
                 result,
+                ..
             } = ended;
             match result {
-                Ok(outcome) => {
-                    // The store's own figures when it has them: the SQLite
-                    // writer merges batches, and times its transactions.
-                    match outcome.transaction {
-                        Some(transaction) => {
-                            self.metrics.db_commit_seconds.observe(transaction.seconds);
-                            self.metrics.db_batch_rows.observe(transaction.rows as f64);
-                        }
-                        None if self.store.commits_in_flight() == 1 => {
-                            self.metrics.db_commit_seconds.observe(seconds);
-                            self.metrics.db_batch_rows.observe(rows as f64);
-                        }
-                        // Merged into a transaction counted with its first batch.
-                        None => {}
-                    }
-                    // Publish before replying: a dashboard may see a change
-                    // a moment before the provider gets its 200, never after.
-                    self.publish(&batch, &outcome);
-                    replies.answer(outcome);
-                }
+                Ok(outcome) => replies.answer(outcome),
                 Err(error) => {
                     tracing::error!(error = %error, source = ?std::error::Error::source(&error), "commit failed");
                     self.metrics.db_commit_failures.inc();
@@ -334,24 +384,29 @@ impl DbActor {
                 }
             }
         }
+        self.set_depth_metric();
     }
 
-    /// Publishes what a commit changed, when anyone listens.
-    fn publish(&self, batch: &Batch, outcome: &BatchOutcome) {
+    /// Publishes what a transaction changed, as one update, when anyone
+    /// listens.
+    fn publish(&self, committed: &[(&Batch, &BatchOutcome)]) {
         let Some(broadcaster) = self.broadcaster.as_ref().filter(|b| b.has_subscribers()) else {
             return;
         };
-        let registrations = batch
-            .registrations
-            .iter()
-            .zip(&outcome.registrations)
-            .map(|(write, done)| (write.campaign_pk, &done.counters, done.changes.as_slice()));
-        let applies = batch
-            .applies
-            .iter()
-            .zip(&outcome.applies)
-            .map(|(write, done)| (write.campaign_pk, &done.counters, done.changes.as_slice()));
-        if let Some(update) = CommitUpdate::from_writes(registrations.chain(applies)) {
+        let writes = committed.iter().flat_map(|(batch, outcome)| {
+            let registrations = batch
+                .registrations
+                .iter()
+                .zip(&outcome.registrations)
+                .map(|(write, done)| (write.campaign_pk, &done.counters, done.changes.as_slice()));
+            let applies = batch
+                .applies
+                .iter()
+                .zip(&outcome.applies)
+                .map(|(write, done)| (write.campaign_pk, &done.counters, done.changes.as_slice()));
+            registrations.chain(applies)
+        });
+        if let Some(update) = CommitUpdate::from_writes(writes) {
             broadcaster.publish(update);
         }
     }
@@ -392,9 +447,10 @@ impl<W: Write> Handler<Persist<W>> for DbActor {
 impl Handler<QueueDepth> for DbActor {
     type Result = usize;
 
-    /// Handler for `QueueDepth`: returns the rows waiting for a commit.
+    /// Handler for `QueueDepth`: returns the rows waiting for a commit
+    /// (queued, or handed to the store and not yet committed).
     fn handle(&mut self, _: QueueDepth, _: &mut Self::Context) -> usize {
-        self.queue.queued_weight()
+        self.waiting_rows()
     }
 }
 

@@ -177,6 +177,8 @@ impl BatchOutcome {
 /// One transaction of the SQLite writer, which may hold several batches.
 #[derive(Clone, Copy, Debug)]
 pub struct Transaction {
+    /// Batches it holds: this one and the next ones handed over.
+    pub batches: usize,
     /// Rows of all its batches.
     pub rows: usize,
     /// From its first statement to the end of its commit.

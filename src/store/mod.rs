@@ -88,6 +88,30 @@ impl Store {
         }
     }
 
+    /// Hands `batch` over for commit now, in the order of the calls, and
+    /// returns what waits for its outcome (see [`Store::commit`]). The DB
+    /// actor keeps several SQLite batches out at once: they must reach the
+    /// writer in the order it numbered them, not in the order its futures
+    /// happen to be polled. PostgreSQL, one batch out at a time, commits
+    /// when the future is polled.
+    pub fn submit(
+        &self,
+        batch: Arc<Batch>,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<BatchOutcome, StoreError>> + Send + 'static {
+        let queued = match self {
+            Store::Sqlite(store) => Some(store.submit(Arc::clone(&batch), now_ms)),
+            Store::Postgres(_) => None,
+        };
+        let store = self.clone();
+        async move {
+            match queued {
+                Some(queued) => queued.await,
+                None => store.commit(batch, now_ms).await,
+            }
+        }
+    }
+
     /// How many batches the DB actor may hand over before the first is
     /// committed. SQLite's writer thread takes them in order and commits
     /// everything that queued while it was busy in one transaction, so the

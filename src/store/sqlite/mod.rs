@@ -105,6 +105,15 @@ impl SqliteStore {
         self.writer.commit(batch, now_ms).await
     }
 
+    /// Queues `batch` for the writer at once; see [`super::Store::submit`].
+    pub fn submit(
+        &self,
+        batch: Arc<Batch>,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<BatchOutcome, StoreError>> + Send + 'static {
+        self.writer.submit(batch, now_ms)
+    }
+
     /// Finds registered messages by provider id.
     pub async fn resolve(
         &self,

@@ -109,14 +109,28 @@ impl Writer {
         batch: Arc<Batch>,
         now_ms: i64,
     ) -> Result<BatchOutcome, StoreError> {
+        self.submit(batch, now_ms).await
+    }
+
+    /// Queues `batch` for the writer now, before returning, and returns
+    /// what waits for its outcome: batches reach the writer in the order
+    /// this is called, whenever the futures are polled.
+    pub(super) fn submit(
+        &self,
+        batch: Arc<Batch>,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<BatchOutcome, StoreError>> + Send + 'static {
         let (reply, outcome) = oneshot::channel();
-        self.send(Job::Commit(CommitJob {
+        let sent = self.send(Job::Commit(CommitJob {
             rows: batch.rows(),
             batch,
             now_ms,
             reply,
-        }))?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        }));
+        async move {
+            sent?;
+            outcome.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     /// Writes a mark in a transaction that is rolled back.
@@ -223,6 +237,7 @@ fn commit_jobs(connection: &mut Connection, jobs: Vec<CommitJob>, rows: usize) {
         Ok(mut outcomes) if outcomes.len() == jobs.len() => {
             if let Some(first) = outcomes.first_mut() {
                 first.transaction = Some(Transaction {
+                    batches: jobs.len(),
                     rows,
                     seconds: started.elapsed().as_secs_f64(),
                 });
@@ -231,6 +246,9 @@ fn commit_jobs(connection: &mut Connection, jobs: Vec<CommitJob>, rows: usize) {
                 let _ = job.reply.send(Ok(outcome));
             }
         }
+        // Cannot happen (`commit_in` answers one outcome per batch). Were it
+        // to, the committed writes are answered as failed: the provider's
+        // retry is then a duplicate, nothing is lost.
         Ok(_) => {
             for job in jobs {
                 let _ = job.reply.send(Err(StoreError::Corrupt(
@@ -252,6 +270,7 @@ fn commit_jobs(connection: &mut Connection, jobs: Vec<CommitJob>, rows: usize) {
                         StoreError::Corrupt("a commit without an outcome".to_owned())
                     })?;
                     outcome.transaction = Some(Transaction {
+                        batches: 1,
                         rows: job.rows,
                         seconds: started.elapsed().as_secs_f64(),
                     });
