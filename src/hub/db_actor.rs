@@ -216,7 +216,8 @@ pub struct DbActor {
     /// Number of the next batch whose commit is settled here: commits are
     /// published and answered in the order they were made.
     settled: u64,
-    /// Commits that ended before one handed over earlier, by number.
+    /// Commits that ended and are not settled yet (one handed over earlier,
+    /// or another batch of the same transaction, has not ended), by number.
     ended: BTreeMap<u64, Ended>,
     /// Most rows in one commit.
     max_batch: usize,
