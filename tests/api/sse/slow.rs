@@ -19,6 +19,18 @@ struct RawStream {
     recv_buffer: usize,
 }
 
+/// The receive buffer of a [`RawStream`], fixed before it connects (the
+/// kernel never grows it), so that the data a stalled stream holds is known.
+///
+/// Not smaller: with a buffer of a few KiB the connection gets no window
+/// scaling, the client's window stays below one loopback segment, and once
+/// the client reads again after a long stall the kernel may not announce
+/// the window: the hub's side then sends only on its zero-window probes.
+/// Seen with 4 KiB: a backlog of 2.7 MB trickling at 9 KB/s for minutes,
+/// both processes idle, and a test that timed out about one run in four
+/// with four running at once.
+const RECV_BUFFER: usize = 256 << 10;
+
 impl RawStream {
     /// Sends the request for `path` as the admin, and reads nothing yet.
     async fn open(app: &TestApp, path: &str) -> RawStream {
@@ -27,7 +39,7 @@ impl RawStream {
             app.address.trim_start_matches("http://").parse().unwrap();
         let socket =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
+        socket.set_recv_buffer_size(RECV_BUFFER).unwrap();
         socket.connect(&address.into()).unwrap();
         let recv_buffer = socket.recv_buffer_size().unwrap();
         let mut stream: std::net::TcpStream = socket.into();
@@ -339,11 +351,17 @@ async fn a_slow_metrics_subscriber_skips_to_the_latest_counters_and_stays_connec
         let event = tokio::time::timeout(left, events.next())
             .await
             .unwrap_or_else(|_| {
-                let behind = finals
+                let behind: Vec<_> = finals
                     .iter()
                     .filter(|(c, f)| latest.get(*c) != Some(f))
-                    .count();
-                panic!("after {count} events, {behind} campaigns are not at their final counters")
+                    .collect();
+                let example = behind.first().map(|(campaign, wanted)| {
+                    format!("{campaign}: got {:?}, wanted {wanted}", latest.get(*campaign))
+                });
+                panic!(
+                    "after {count} events, {} campaigns are not at their final counters ({example:?})",
+                    behind.len()
+                )
             })
             .expect("the slow subscriber was disconnected");
         count += 1;
