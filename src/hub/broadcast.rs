@@ -700,8 +700,10 @@ fn fan_out(core: &Core, shared: &Weak<Shared>) {
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
         let taken = lock(&core.gathering).pending.take();
-        woken = shared.deliver(taken);
+        // Counted before it wakes anyone: a stream woken by a window never
+        // finds it uncounted.
         shared.metrics.sse_fanout_windows.inc();
+        woken = shared.deliver(taken);
         last = Some(Instant::now());
     }
 }

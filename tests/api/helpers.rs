@@ -151,14 +151,24 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         address,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
+        client: test_client(),
         db_path,
         dir,
         db,
     }
+}
+
+/// The HTTP client of a [`TestApp`]. It never reuses a connection the hub
+/// may be closing: a request sent on a kept-alive connection just as the
+/// server's keep-alive (5 s) closes it fails (`IncompleteMessage`), and
+/// tests leave their client idle for seconds (waiting for a pruning pass,
+/// or while another hub works). Idle connections are dropped well before.
+pub fn test_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
 }
 
 /// One WhatsApp status as `(message id, status, unix seconds)`.

@@ -111,22 +111,7 @@ fn refs(ids: &[String]) -> Vec<&str> {
 /// does not own the database: the test keeps its [`TestDb`] alive.
 async fn hub_on(url: &str) -> TestApp {
     let url = url.to_owned();
-    let mut app = spawn_app_with(move |settings| settings.database_url = url).await;
-    app.client = client();
-    app
-}
-
-/// A client that never reuses a connection the hub may be closing: these
-/// tests leave a hub's client idle for seconds (while another hub works),
-/// and a request sent on a kept-alive connection just as the server's
-/// keep-alive (5 s) closes it fails (`IncompleteMessage`). Idle
-/// connections are dropped well before.
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap()
+    spawn_app_with(move |settings| settings.database_url = url).await
 }
 
 /// Posts a signed WhatsApp body to `app` until it answers 200, as a
@@ -1116,7 +1101,7 @@ async fn start_binary(db: &TestDb) -> (Process, TestApp) {
     let process = Process(child);
     let app = TestApp {
         address: format!("http://127.0.0.1:{port}"),
-        client: client(),
+        client: test_client(),
         db_path: None,
         dir,
         db: db.clone(),

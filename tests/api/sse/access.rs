@@ -81,8 +81,10 @@ async fn a_stream_ends_when_its_token_expires() {
     let app = spawn_app().await;
     app.register_whatsapp("t1", "c1", &["wamid.0", "wamid.1"])
         .await;
+    // Whole seconds: a token of 3 s lives 2 to 3 s, time enough to open
+    // the stream on a loaded machine.
     let token = authenticator()
-        .mint("t1", None, Duration::from_secs(2))
+        .mint("t1", None, Duration::from_secs(3))
         .unwrap();
     let mut events = open(
         &app,
