@@ -31,6 +31,14 @@ use crate::store::{ChangePage, FeedOpener, StoreError};
 /// dropped, or is reconnecting).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How soon the outbox is read again while changes already committed wait
+/// behind a transaction still in flight: from the first to the second,
+/// doubling. Such a transaction may send no wake-up when it ends (another
+/// application's, a migration, a statushub commit that changed no
+/// counters); without this, its changes would wait for the next poll.
+const HELD_BACK_RETRY: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_millis(50));
+
 /// Starts following the store on a thread of its own; resolves once the
 /// feed follows (every commit from then on reaches subscribers).
 pub(super) async fn spawn(
@@ -81,19 +89,28 @@ async fn follow(
         }
     };
     let _ = ready.send(Ok(()));
+    let mut retry: Option<Duration> = None;
     while router.connected() {
-        feed.wait(POLL_INTERVAL).await;
-        loop {
+        feed.wait(retry.unwrap_or(POLL_INTERVAL)).await;
+        let caught_up = loop {
             match feed.next_page().await {
                 Ok(Some(page)) => hand_on(page, &broadcaster, &router, &metrics),
-                Ok(None) => break,
+                Ok(None) => break true,
                 Err(error) => {
                     metrics.feed_failures.inc();
                     tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "reading the change feed failed; retrying");
-                    break;
+                    break false;
                 }
             }
-        }
+        };
+        // Caught up to the horizon, but not to every commit: look again
+        // soon. A failed read waits for the poll.
+        let held_back = caught_up && feed.held_back().await.unwrap_or(false);
+        retry = held_back.then(|| {
+            retry.map_or(HELD_BACK_RETRY.0, |retry| {
+                (retry * 2).min(HELD_BACK_RETRY.1)
+            })
+        });
     }
     feed.close().await;
 }

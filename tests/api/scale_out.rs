@@ -900,6 +900,77 @@ async fn resumed_changes(app: &TestApp, token: &str, after: i64) -> Vec<(String,
         .collect()
 }
 
+/// A transaction that sends no wake-up when it ends (another
+/// application's, a migration, a statushub commit that changed no
+/// counters) holds the changes committed after it began while it is open;
+/// once it ends, they reach the streams at once (the follower looks again
+/// every few tens of milliseconds while changes wait), not at the next
+/// periodic read, up to 500 ms later.
+#[actix_web::test]
+async fn changes_held_back_by_a_silent_transaction_follow_soon_after_it_ends() {
+    /// How late after the transaction ends a change may arrive: the
+    /// follower's longest retry (50 ms), the fan-out and the recorder's
+    /// thread (about 40 ms in all, measured). Without the retries a change
+    /// waits for the next poll: here 200 ms after the end in every round
+    /// (the poll comes 500 ms after the wake-up of its commit).
+    const AFTER_END: Duration = Duration::from_millis(150);
+    const ROUNDS: usize = 8;
+    let _holding = HORIZON.write().await;
+    // Arrange: one hub, a campaign stream with statuses, no coalescing
+    // delay (the first change after a quiet spell goes out at once anyway).
+    let db = TestDb::postgres_fresh();
+    let url = db.url();
+    let app = spawn_app_with(move |settings| {
+        settings.database_url = url;
+        settings.sse_coalesce = Duration::from_millis(1);
+    })
+    .await;
+    let ids: Vec<String> = (0..ROUNDS).map(|i| format!("wamid.held{i}")).collect();
+    app.register_whatsapp("t1", "c1", &refs(&ids)).await;
+    let mut stream = Recorder::start(
+        &app,
+        "/api/v1/campaigns/c1/stream?include=statuses",
+        ADMIN_TOKEN,
+        None,
+    );
+    stream
+        .until(HANG_GUARD, |event| event.event == "snapshot")
+        .await;
+    let mut session = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+
+    let mut late = Vec::new();
+    for id in &ids {
+        // Act: a transaction with an id stays open while a change commits...
+        let mut silent = session.begin().await.unwrap();
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *silent)
+            .await
+            .unwrap();
+        deliver(&app, &[(id.as_str(), "sent", 1_700_000_000)]).await;
+        // ...which it holds back (else this test would prove nothing)...
+        let held = stream.during(Duration::from_millis(300)).await;
+        assert!(
+            held.iter().all(|event| change_of(event).is_none()),
+            "a change passed an open transaction: {:?}",
+            describe(held.iter())
+        );
+        // ...until it ends, with no wake-up.
+        silent.commit().await.unwrap();
+        let ended = Instant::now();
+        let expected = BTreeSet::from([(id.clone(), "sent".to_owned())]);
+        let arrived = stream.changes(HANG_GUARD, &expected).await;
+        late.push(arrived[&(id.clone(), "sent".to_owned())].duration_since(ended));
+    }
+
+    // Assert: all but one round (a loaded machine may delay one) within
+    // the bound.
+    let in_time = late.iter().filter(|late| **late <= AFTER_END).count();
+    assert!(
+        in_time >= ROUNDS - 1,
+        "changes arrived {late:?} after the transaction holding them ended"
+    );
+}
+
 /// Event ids are drawn when a transaction inserts, not when it commits: a
 /// slow instance's commit (made here by hand, as the hub makes one) holds
 /// the lower id and commits after a commit with a higher id. Both reach a

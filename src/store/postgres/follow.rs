@@ -26,7 +26,10 @@
 //! The cost: a transaction that stays open anywhere in the cluster (a
 //! long migration, a session idle in a transaction) holds fan-out back
 //! until it ends. statushub's own transactions last milliseconds, and its
-//! connections set `idle_in_transaction_session_timeout`.
+//! connections set `idle_in_transaction_session_timeout`. While committed
+//! changes wait behind one ([`ChangeFeed::held_back`]), the follower reads
+//! again every few tens of milliseconds rather than at its next poll: the
+//! transaction may end without a wake-up.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -150,6 +153,18 @@ impl ChangeFeed {
             }
             Err(_poll_passed) => {}
         }
+    }
+
+    /// Tells whether changes committed at or after the cursor wait unread:
+    /// a transaction still in flight holds the horizon below them (see the
+    /// module docs). One index probe of the outbox.
+    pub async fn held_back(&self) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM campaign_changes WHERE xact >= $1)")
+                .bind(self.cursor)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Reads the next page of committed changes; `None` when caught up.
